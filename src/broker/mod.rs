@@ -1,0 +1,1 @@
+//! The embedded AMQP 0-9-1 broker.
