@@ -2,3 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+mod error;
+pub mod wire;
+
+pub use error::{BoxError, Error};

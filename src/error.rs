@@ -1,0 +1,181 @@
+//! warren's one public error type: opaque, with kind predicates.
+//!
+//! Transport failures, timeouts, decode failures and failures raised by a
+//! remote server are distinct kinds of [`Error`]. A service's *own* error type
+//! (the `E` of a method returning `Result<T, E>`) never becomes an `Error`: it
+//! reaches the caller as `E`.
+
+use std::fmt;
+
+use crate::wire::Failure;
+
+/// A boxed error, the currency of `tower` middleware.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error returned by warren's clients, servers and transports.
+///
+/// Match on it with the predicates (`is_timeout()`, `is_transport()`, …);
+/// failures raised on the server side expose their details through
+/// [`Error::remote`].
+pub struct Error {
+    kind: Kind,
+    message: String,
+    remote: Option<Box<Failure>>,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Timeout,
+    Transport,
+    Remote,
+    Decode,
+    NoSuchMethod,
+    UnsupportedVersion,
+    Config,
+    Closed,
+}
+
+impl Error {
+    fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            remote: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn timeout(message: impl Into<String>) -> Self {
+        Self::new(Kind::Timeout, message)
+    }
+
+    pub(crate) fn transport(message: impl Into<String>) -> Self {
+        Self::new(Kind::Transport, message)
+    }
+
+    pub(crate) fn decode(message: impl Into<String>) -> Self {
+        Self::new(Kind::Decode, message)
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(Kind::Config, message)
+    }
+
+    pub(crate) fn closed(message: impl Into<String>) -> Self {
+        Self::new(Kind::Closed, message)
+    }
+
+    /// An error raised by the server side of a call, classified by the
+    /// failure's class (oslo.messaging's `NoSuchMethod`, `UnsupportedVersion`,
+    /// warren's decode failure, or anything else as a remote failure).
+    pub(crate) fn from_failure(failure: Failure) -> Self {
+        let kind = match (failure.class.as_str(), failure.module.as_str()) {
+            ("NoSuchMethod", _) => Kind::NoSuchMethod,
+            ("UnsupportedVersion", _) => Kind::UnsupportedVersion,
+            (crate::wire::DECODE_FAILURE_CLASS, crate::wire::WARREN_MODULE) => Kind::Decode,
+            _ => Kind::Remote,
+        };
+        Error {
+            kind,
+            message: format!("{}: {}", failure.class, failure.message),
+            remote: Some(Box::new(failure)),
+            source: None,
+        }
+    }
+
+    /// The call got no reply within its timeout (no server listening, or a
+    /// server too slow).
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// The broker could not be reached, refused an operation, or the
+    /// connection to it broke.
+    pub fn is_transport(&self) -> bool {
+        self.kind == Kind::Transport
+    }
+
+    /// The server raised a failure that is not one of the more specific kinds
+    /// below: a panic in the service method, an error from middleware, or an
+    /// exception from a Python server. See [`Error::remote`] for details.
+    pub fn is_remote(&self) -> bool {
+        self.kind == Kind::Remote
+    }
+
+    /// A message could not be decoded: a reply this side received, or (when
+    /// [`Error::remote`] is set) the request the server received.
+    pub fn is_decode(&self) -> bool {
+        self.kind == Kind::Decode
+    }
+
+    /// The server serves the target but has no such method.
+    pub fn is_no_such_method(&self) -> bool {
+        self.kind == Kind::NoSuchMethod
+    }
+
+    /// No server endpoint accepts the requested version and namespace.
+    pub fn is_unsupported_version(&self) -> bool {
+        self.kind == Kind::UnsupportedVersion
+    }
+
+    /// The request was invalid before anything was sent: a bad URL, a call
+    /// marked fanout, an unparsable version.
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+
+    /// The client, server or connection has been shut down.
+    pub fn is_closed(&self) -> bool {
+        self.kind == Kind::Closed
+    }
+
+    /// The failure as the server described it (class, module, message,
+    /// traceback), when this error came from a server.
+    pub fn remote(&self) -> Option<&Failure> {
+        self.remote.as_deref()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("warren::Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(remote) = &self.remote {
+            d.field("remote", remote);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            Kind::Timeout => "timed out",
+            Kind::Transport => "transport error",
+            Kind::Remote => "remote failure",
+            Kind::Decode => "decode error",
+            Kind::NoSuchMethod => "no such method",
+            Kind::UnsupportedVersion => "unsupported version",
+            Kind::Config => "invalid configuration",
+            Kind::Closed => "closed",
+        };
+        write!(f, "{what}: {}", self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
