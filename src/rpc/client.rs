@@ -1,0 +1,249 @@
+//! The client side of RPC: calls (request/reply with a timeout) and casts
+//! (fire-and-forget, optionally fanout), over any transport.
+//!
+//! Generated `<Trait>Client` stubs wrap a [`Client`]; it can also be used
+//! directly with hand-built arguments.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::reply_queue::ReplyQueue;
+use super::target::fanout_exchange;
+use super::CallOptions;
+use crate::transport::{Outgoing, Properties};
+use crate::wire::{new_id, Args, Codec, Failure, Reply, Request};
+use crate::{Connection, Error};
+
+/// An RPC client: one reply queue, reused by all its calls. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    codec: Codec,
+    replies: tokio::sync::Mutex<Option<Arc<ReplyQueue>>>,
+    declared: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("codec", &self.inner.codec).finish_non_exhaustive()
+    }
+}
+
+/// A call's raw result: the encoded value, or the server's failure.
+type RawOutcome = (Codec, Result<Vec<u8>, Failure>);
+
+impl Client {
+    /// A client on `connection`, using the connection's codec.
+    pub fn new(connection: &Connection) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                connection: connection.clone(),
+                codec: connection.codec(),
+                replies: tokio::sync::Mutex::new(None),
+                declared: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The codec requests are written in.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    /// Calls `method` and decodes its result as `T`.
+    pub async fn call<A, T>(&self, options: &CallOptions, method: &str, args: &A) -> Result<T, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        match self.call_raw(options, method, args).await? {
+            (codec, Ok(value)) => codec.decode_value(&value),
+            (_, Err(failure)) => Err(Error::from_failure(failure)),
+        }
+    }
+
+    /// Calls a method returning `Result<T, E>`: the service's own error
+    /// arrives as `Ok(Err(e))`, anything else as `Err(warren::Error)`.
+    pub async fn call_fallible<A, T, E>(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: &A,
+    ) -> Result<Result<T, E>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        match self.call_raw(options, method, args).await? {
+            (codec, Ok(value)) => Ok(Ok(codec.decode_value(&value)?)),
+            (codec, Err(failure)) => match &failure.data {
+                Some(data) => Ok(Err(codec.decode_value(data)?)),
+                None => Err(Error::from_failure(failure)),
+            },
+        }
+    }
+
+    /// Sends `method` without waiting for a result; returns once the broker
+    /// confirmed the message. With `options.target.fanout`, every server of
+    /// the topic receives it.
+    pub async fn cast<A>(&self, options: &CallOptions, method: &str, args: &A) -> Result<(), Error>
+    where
+        A: Serialize + ?Sized,
+    {
+        let target = &options.target;
+        let request = self.request(options, method, args, None)?;
+        let (exchange, routing_key) = if target.fanout {
+            let exchange = fanout_exchange(&target.topic);
+            let spec = self.inner.connection.topology().fanout_exchange(&exchange);
+            self.declare_once(&spec).await?;
+            (exchange, String::new())
+        } else {
+            self.declare_control_exchange(&target.exchange).await?;
+            (target.exchange.clone(), target.routing_key())
+        };
+        let message = self.outgoing(exchange, routing_key, &request, None, true)?;
+        self.inner.connection.transport().publish(message).await
+    }
+
+    async fn call_raw<A>(&self, options: &CallOptions, method: &str, args: &A) -> Result<RawOutcome, Error>
+    where
+        A: Serialize + ?Sized,
+    {
+        let target = &options.target;
+        if target.fanout {
+            return Err(Error::config(format!(
+                "{method}: a call cannot be fanout (only casts can)"
+            )));
+        }
+        let timeout = options.effective_timeout();
+        let replies = self.reply_queue().await?;
+        let msg_id = new_id();
+        let request = self.request(options, method, args, Some((&msg_id, replies.name())))?;
+        self.declare_control_exchange(&target.exchange).await?;
+        let message = self.outgoing(
+            target.exchange.clone(),
+            target.routing_key(),
+            &request,
+            Some(timeout),
+            false,
+        )?;
+        let (_registration, reply) = replies.register(msg_id);
+        self.inner.connection.transport().publish(message).await?;
+        let reply = match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => reply?,
+            Ok(Err(_)) => {
+                return Err(Error::transport(format!(
+                    "{method}: the reply consumer stopped (connection lost?)"
+                )))
+            }
+            Err(_) => {
+                return Err(Error::timeout(format!(
+                    "no reply to {method} on topic {:?} within {timeout:?}",
+                    target.routing_key()
+                )))
+            }
+        };
+        let (codec, Reply { outcome, .. }) = reply;
+        Ok((codec, outcome))
+    }
+
+    fn request<A>(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: &A,
+        reply: Option<(&str, &str)>,
+    ) -> Result<Request, Error>
+    where
+        A: Serialize + ?Sized,
+    {
+        Ok(Request {
+            method: method.to_owned(),
+            args: Args::encode(self.inner.codec, args)?,
+            namespace: options.target.namespace.clone(),
+            version: options.target.version.clone(),
+            msg_id: reply.map(|(id, _)| id.to_owned()),
+            reply_q: reply.map(|(_, q)| q.to_owned()),
+            timeout: None,
+            unique_id: Some(new_id()),
+            context: options.context.values().clone(),
+        })
+    }
+
+    fn outgoing(
+        &self,
+        exchange: String,
+        routing_key: String,
+        request: &Request,
+        timeout: Option<Duration>,
+        confirm: bool,
+    ) -> Result<Outgoing, Error> {
+        let codec = self.inner.codec;
+        let mut properties = Properties {
+            content_type: Some(codec.content_type().to_owned()),
+            expiration: timeout.map(|t| t.as_millis().max(1).to_string()),
+            ..Properties::default()
+        };
+        match codec {
+            // Exactly oslo's properties, so Python peers see what they expect.
+            Codec::OsloJson => {
+                properties.content_encoding = Some("utf-8".to_owned());
+                properties.delivery_mode = Some(2);
+                properties.priority = Some(0);
+            }
+            // Plain AMQP RPC properties too, so a server can answer even a
+            // request whose body it cannot read.
+            Codec::MsgPack => {
+                properties.reply_to = request.reply_q.clone();
+                properties.correlation_id = request.msg_id.clone();
+            }
+        }
+        Ok(Outgoing {
+            exchange,
+            routing_key,
+            mandatory: false,
+            confirm,
+            properties,
+            body: codec.encode_request(request)?,
+        })
+    }
+
+    async fn reply_queue(&self) -> Result<Arc<ReplyQueue>, Error> {
+        let mut slot = self.inner.replies.lock().await;
+        if let Some(queue) = slot.as_ref().filter(|q| q.is_alive()) {
+            return Ok(queue.clone());
+        }
+        let queue = Arc::new(ReplyQueue::start(&self.inner.connection).await?);
+        *slot = Some(queue.clone());
+        Ok(queue)
+    }
+
+    async fn declare_control_exchange(&self, exchange: &str) -> Result<(), Error> {
+        let spec = self.inner.connection.topology().control_exchange(exchange);
+        self.declare_once(&spec).await
+    }
+
+    /// Declares an exchange the first time this client publishes to it (a
+    /// publish to a missing exchange would close the channel).
+    async fn declare_once(&self, spec: &crate::transport::ExchangeSpec) -> Result<(), Error> {
+        if spec.name.is_empty() || lock(&self.inner.declared).contains(&spec.name) {
+            return Ok(());
+        }
+        self.inner.connection.transport().declare_exchange(spec).await?;
+        lock(&self.inner.declared).insert(spec.name.clone());
+        Ok(())
+    }
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}

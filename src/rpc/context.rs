@@ -1,0 +1,82 @@
+//! The request context: a deadline and arbitrary key/values that travel with
+//! a request (oslo's `_context_<key>` entries) and reach the server method.
+//!
+//! A server method reads its request's context with [`Context::current`];
+//! a client attaches one with the stub's `.context(ctx)`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::wire::ContextMap;
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// A request context.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    deadline: Option<Instant>,
+    values: ContextMap,
+}
+
+impl Context {
+    /// An empty context.
+    pub fn new() -> Self {
+        Context::default()
+    }
+
+    /// The context of the request this task is serving; empty outside a
+    /// server method.
+    pub fn current() -> Context {
+        CURRENT.try_with(Context::clone).unwrap_or_default()
+    }
+
+    /// Runs `future` with `self` as its [`Context::current`].
+    pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// Adds or replaces an item.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// Adds or replaces an item.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.values.insert(key.into(), value.into());
+    }
+
+    /// An item.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.values.get(key)
+    }
+
+    /// All items.
+    pub fn values(&self) -> &ContextMap {
+        &self.values
+    }
+
+    /// Sets the deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// When the caller stops waiting, if known.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub(crate) fn from_wire(values: ContextMap, deadline: Option<Instant>) -> Self {
+        Context { deadline, values }
+    }
+}

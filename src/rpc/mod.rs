@@ -1,0 +1,25 @@
+//! The RPC layer: what a service author touches.
+//!
+//! [`Client`] makes calls and casts to a [`Target`]; [`ServerBuilder`] serves
+//! [`Dispatch`] endpoints on one. `#[warren::service]` generates typed stubs
+//! and dispatchers on top of both. Everything here reaches the broker only
+//! through [`crate::transport::Transport`].
+
+mod client;
+mod context;
+mod dispatch;
+mod options;
+mod reply_queue;
+mod server;
+mod target;
+mod topology;
+mod version;
+
+pub use client::Client;
+pub use context::Context;
+pub use dispatch::{Dispatch, Endpoints, Request, Response, ServiceInfo};
+pub use options::{CallOptions, DEFAULT_TIMEOUT};
+pub use server::{DispatchService, ServerBuilder, ServerHandle, DEFAULT_PREFETCH};
+pub use target::{fanout_exchange, server_queue, Target, DEFAULT_EXCHANGE};
+pub use topology::{Topology, DEFAULT_TRANSIENT_TTL_MS};
+pub use version::Version;

@@ -1,0 +1,140 @@
+//! A client's reply queue and its correlation table.
+//!
+//! One `reply_<uuid>` queue per client serves all its calls: a call registers
+//! its correlation id here before publishing, and the consumer task hands
+//! each reply to the call waiting for it. Replies nobody waits for (late,
+//! duplicated, garbled) are logged and dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::transport::{ConsumeSpec, Delivery, Subscription};
+use crate::wire::{Codec, Reply};
+use crate::{Connection, Error};
+
+/// What a waiting call receives: the reply and the codec it came in, or why
+/// it could not be read.
+pub(crate) type ReplyResult = Result<(Codec, Reply), Error>;
+
+type Table = Mutex<HashMap<String, oneshot::Sender<ReplyResult>>>;
+
+/// A declared, consumed reply queue.
+pub(crate) struct ReplyQueue {
+    name: String,
+    pending: Arc<Table>,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+impl ReplyQueue {
+    /// Declares `reply_<uuid>` and starts consuming it.
+    pub(crate) async fn start(connection: &Connection) -> Result<Self, Error> {
+        let name = super::target::reply_queue();
+        let transport = connection.transport();
+        transport
+            .declare_queue(&connection.topology().transient_queue(&name))
+            .await?;
+        let subscription = transport
+            .consume(&ConsumeSpec {
+                queue: name.clone(),
+                prefetch: 0,
+                no_ack: true,
+            })
+            .await?;
+        let pending: Arc<Table> = Arc::default();
+        let consumer = tokio::spawn(consume(subscription, pending.clone(), name.clone()));
+        Ok(ReplyQueue {
+            name,
+            pending,
+            consumer,
+        })
+    }
+
+    /// The queue's name, for `_reply_q` / `reply_to`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the consumer still runs (it stops when the connection breaks).
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.consumer.is_finished()
+    }
+
+    /// Registers a call; the guard unregisters it when dropped.
+    pub(crate) fn register(&self, msg_id: String) -> (Registration, oneshot::Receiver<ReplyResult>) {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(msg_id.clone(), tx);
+        (
+            Registration {
+                msg_id,
+                pending: self.pending.clone(),
+            },
+            rx,
+        )
+    }
+}
+
+impl Drop for ReplyQueue {
+    fn drop(&mut self) {
+        self.consumer.abort();
+    }
+}
+
+/// Removes a call from the correlation table when the call ends, however it
+/// ends (reply, timeout, cancellation).
+pub(crate) struct Registration {
+    msg_id: String,
+    pending: Arc<Table>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.msg_id);
+    }
+}
+
+fn lock(table: &Table) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ReplyResult>>> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn consume(mut subscription: Box<dyn Subscription>, pending: Arc<Table>, queue: String) {
+    while let Some(delivery) = subscription.next().await {
+        match delivery {
+            Ok(delivery) => route(&pending, &queue, delivery),
+            Err(e) => {
+                tracing::warn!(%queue, error = %e, "reply consumer failed");
+                break;
+            }
+        }
+    }
+    tracing::debug!(%queue, "reply consumer stopped");
+    // Dropping the senders wakes every waiting call with an error.
+    lock(&pending).clear();
+}
+
+fn route(pending: &Table, queue: &str, delivery: Delivery) {
+    let props = &delivery.properties;
+    let decoded = Codec::for_message(props.content_type.as_deref(), &delivery.body)
+        .and_then(|codec| Ok((codec, codec.decode_reply(&delivery.body)?)));
+    let msg_id = match &decoded {
+        Ok((_, reply)) => reply.msg_id.clone().or_else(|| props.correlation_id.clone()),
+        Err(_) => props.correlation_id.clone(),
+    };
+    let Some(msg_id) = msg_id else {
+        tracing::warn!(%queue, "dropping a reply without correlation id");
+        return;
+    };
+    if let Ok((_, reply)) = &decoded {
+        if !reply.ending {
+            tracing::trace!(%queue, %msg_id, "keepalive reply");
+            return;
+        }
+    }
+    match lock(pending).remove(&msg_id) {
+        Some(waiter) => {
+            let _ = waiter.send(decoded);
+        }
+        None => tracing::debug!(%queue, %msg_id, "dropping a reply no call waits for"),
+    }
+}

@@ -1,0 +1,365 @@
+//! The server side of RPC: consume a target's queues, dispatch each request
+//! through the `tower` stack, reply to the caller, ack.
+//!
+//! A server consumes `<topic>`, `<topic>.<server>` and its own
+//! `<topic>_fanout_<uuid>` queue. Requests are handled concurrently, up to
+//! the prefetch count per queue, and acknowledged once handled (so a server
+//! that dies mid-call leaves the request to another server).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::dispatch::{Dispatch, Endpoints, Request, Response};
+use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
+use super::Context;
+use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, Subscription};
+use crate::wire::{new_id, Codec, Failure, Reply, WARREN_MODULE};
+use crate::{BoxError, Connection, Error};
+
+/// The type-erased dispatch stack layers wrap.
+pub type DispatchService = BoxCloneSyncService<Request, Response, BoxError>;
+
+/// Requests in flight per queue unless set: the prefetch count.
+pub const DEFAULT_PREFETCH: u16 = 64;
+
+type LayerFn = Box<dyn FnOnce(DispatchService) -> DispatchService + Send>;
+
+/// Builds a server: endpoints, middleware, prefetch; then [`serve`](Self::serve).
+pub struct ServerBuilder {
+    endpoints: Vec<Arc<dyn Dispatch>>,
+    layers: Vec<LayerFn>,
+    prefetch: u16,
+    topic: Option<String>,
+    exchange: Option<String>,
+}
+
+impl ServerBuilder {
+    /// A server for one endpoint.
+    pub fn new<D: Dispatch>(endpoint: D) -> Self {
+        ServerBuilder {
+            endpoints: vec![Arc::new(endpoint)],
+            layers: Vec::new(),
+            prefetch: DEFAULT_PREFETCH,
+            topic: None,
+            exchange: None,
+        }
+    }
+
+    /// Adds another endpoint on the same target; endpoints are tried in the
+    /// order added (oslo's version and namespace rules pick among them).
+    pub fn endpoint<D: Dispatch>(mut self, endpoint: D) -> Self {
+        self.endpoints.push(Arc::new(endpoint));
+        self
+    }
+
+    /// Wraps dispatch in a `tower` layer (tracing, auth, limits, …). The
+    /// first layer added is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<DispatchService> + Send + 'static,
+        L::Service: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Error: Into<BoxError>,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner).map_err(Into::into))
+        }));
+        self
+    }
+
+    /// At most this many requests in flight per queue (default 64).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Serves another topic than the first endpoint's.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Uses another control exchange than the first endpoint's.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = Some(exchange.into());
+        self
+    }
+
+    /// Declares the target's topology and starts serving as `server`.
+    pub async fn serve(self, connection: &Connection, server: &str) -> Result<ServerHandle, Error> {
+        let info = self.endpoints[0].info();
+        let topic = self.topic.unwrap_or_else(|| info.topic.to_owned());
+        let exchange = self
+            .exchange
+            .or_else(|| info.exchange.map(str::to_owned))
+            .unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+        let mut service = DispatchService::new(Endpoints::new(self.endpoints));
+        for layer in self.layers.into_iter().rev() {
+            service = layer(service);
+        }
+
+        let transport = connection.transport();
+        let topology = connection.topology();
+        let own_queue = server_queue(&topic, server);
+        let fanout = fanout_exchange(&topic);
+        let fanout_q = fanout_queue(&topic);
+        transport.declare_exchange(&topology.control_exchange(&exchange)).await?;
+        for (queue, key) in [(&topic, &topic), (&own_queue, &own_queue)] {
+            transport.declare_queue(&topology.topic_queue(queue)).await?;
+            transport.bind_queue(queue, &exchange, key).await?;
+        }
+        transport.declare_exchange(&topology.fanout_exchange(&fanout)).await?;
+        transport.declare_queue(&topology.transient_queue(&fanout_q)).await?;
+        transport.bind_queue(&fanout_q, &fanout, &topic).await?;
+
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            connection: connection.clone(),
+            service,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let mut loops = Vec::new();
+        for queue in [&topic, &own_queue, &fanout_q] {
+            let subscription = transport
+                .consume(&ConsumeSpec {
+                    queue: queue.clone(),
+                    prefetch: self.prefetch,
+                    no_ack: false,
+                })
+                .await?;
+            loops.push(tokio::spawn(consume(subscription, shared.clone(), stopped.clone())));
+        }
+        tracing::info!(%exchange, %topic, %server, "serving");
+        Ok(ServerHandle {
+            shared,
+            stop,
+            loops,
+            fanout_queue: fanout_q,
+        })
+    }
+}
+
+struct Shared {
+    connection: Connection,
+    service: DispatchService,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// A running server. [`shutdown`](Self::shutdown) stops it gracefully;
+/// dropping the handle stops consuming without waiting.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    loops: Vec<JoinHandle<Box<dyn Subscription>>>,
+    fanout_queue: String,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("fanout_queue", &self.fanout_queue)
+            .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops taking requests, finishes (and replies to) the ones in flight,
+    /// then closes the consumers and deletes this server's fanout queue.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        let mut subscriptions = Vec::new();
+        for handle in std::mem::take(&mut self.loops) {
+            match handle.await {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(e) => tracing::warn!(error = %e, "consumer task failed"),
+            }
+        }
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        for subscription in subscriptions {
+            subscription.close().await?;
+        }
+        self.shared
+            .connection
+            .transport()
+            .delete_queue(&self.fanout_queue)
+            .await
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn consume(
+    mut subscription: Box<dyn Subscription>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Box<dyn Subscription> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                if let Err(e) = subscription.cancel().await {
+                    tracing::warn!(error = %e, "cannot cancel consumer");
+                }
+                break;
+            }
+            delivery = subscription.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        handle(&shared, delivery).await;
+                        if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            shared.idle.notify_waiters();
+                        }
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    subscription
+}
+
+/// Where a reply goes: queue and correlation id.
+struct ReplyAddress {
+    queue: String,
+    msg_id: String,
+}
+
+async fn handle(shared: &Shared, delivery: Delivery) {
+    let props = &delivery.properties;
+    let plain_address = match (&props.reply_to, &props.correlation_id) {
+        (Some(queue), Some(msg_id)) => Some(ReplyAddress {
+            queue: queue.clone(),
+            msg_id: msg_id.clone(),
+        }),
+        _ => None,
+    };
+    let deadline = props
+        .expiration
+        .as_deref()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    // Answer in the caller's codec when known, else MessagePack.
+    let (codec, decoded) = match Codec::for_message(props.content_type.as_deref(), &delivery.body) {
+        Ok(codec) => (codec, codec.decode_request(&delivery.body)),
+        Err(e) => (Codec::default(), Err(e)),
+    };
+    let (address, outcome) = match decoded {
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable request");
+            (plain_address, Err(Failure::decode(e.to_string())))
+        }
+        Ok(request) => {
+            let address = match (request.reply_q, request.msg_id) {
+                (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
+                _ => plain_address,
+            };
+            let request = Request {
+                method: request.method,
+                args: request.args,
+                context: Context::from_wire(request.context, deadline),
+                version: request.version,
+                namespace: request.namespace,
+            };
+            let outcome = match shared.service.clone().oneshot(request).await {
+                Ok(response) => response.into_outcome(),
+                Err(e) => Err(middleware_failure(e)),
+            };
+            (address, outcome)
+        }
+    };
+    if let Some(address) = address {
+        if let Err(e) = reply(&shared.connection, codec, address, outcome).await {
+            tracing::warn!(error = %e, "cannot send reply");
+        }
+    }
+    if let Err(e) = delivery.acker.ack().await {
+        tracing::warn!(error = %e, "cannot ack request");
+    }
+}
+
+/// An error from middleware (load shedding, a timeout layer, an auth layer)
+/// as the failure the caller receives.
+fn middleware_failure(e: BoxError) -> Failure {
+    let class = if e.is::<tower::load_shed::error::Overloaded>() {
+        "Overloaded"
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        "Timeout"
+    } else {
+        "ServiceError"
+    };
+    Failure::new(class, WARREN_MODULE, e.to_string())
+}
+
+async fn reply(
+    connection: &Connection,
+    codec: Codec,
+    address: ReplyAddress,
+    outcome: Result<Vec<u8>, Failure>,
+) -> Result<(), Error> {
+    let reply = Reply {
+        msg_id: Some(address.msg_id.clone()),
+        outcome,
+        ending: true,
+        unique_id: Some(new_id()),
+    };
+    let body = match codec.encode_reply(&reply) {
+        Ok(body) => body,
+        // A result this codec cannot carry (JSON with non-string map keys,
+        // say) becomes a failure rather than silence.
+        Err(e) => codec.encode_reply(&Reply {
+            outcome: Err(Failure::new("EncodeError", WARREN_MODULE, e.to_string())),
+            ..reply
+        })?,
+    };
+    let mut properties = Properties {
+        content_type: Some(codec.content_type().to_owned()),
+        correlation_id: Some(address.msg_id),
+        ..Properties::default()
+    };
+    if codec == Codec::OsloJson {
+        properties.content_encoding = Some("utf-8".to_owned());
+        properties.delivery_mode = Some(2);
+        properties.priority = Some(0);
+    }
+    connection
+        .transport()
+        .publish(Outgoing {
+            exchange: String::new(),
+            routing_key: address.queue,
+            mandatory: true,
+            confirm: false,
+            properties,
+            body,
+        })
+        .await
+}

@@ -1,0 +1,407 @@
+//! The [`Transport`] over any AMQP 0-9-1 server (RabbitMQ, LavinMQ, warren's
+//! own broker), with lapin.
+//!
+//! Publishing goes through a small pool of confirm-mode channels picked
+//! round-robin, so tasks publishing at once do not queue behind one channel;
+//! a channel the broker closed is replaced on next use. Each subscription and
+//! each declaration gets a channel of its own, so a refused declaration
+//! (which closes its channel in AMQP) cannot break anything else.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties};
+
+use super::{
+    Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, Outgoing, Properties, QueueSpec,
+    Subscription, Transport,
+};
+use crate::Error;
+
+/// Publishing channels per connection.
+const PUBLISH_CHANNELS: usize = 4;
+
+fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
+    Error::transport(format!("{what}: {e}")).with_source(e)
+}
+
+/// A connection to an AMQP 0-9-1 server.
+pub struct AmqpTransport {
+    connection: lapin::Connection,
+    publishers: Vec<Mutex<Channel>>,
+    next_publisher: AtomicUsize,
+    uri: String,
+}
+
+impl std::fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport").field("uri", &redact(&self.uri)).finish()
+    }
+}
+
+/// The URI without its password, for logs and errors.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &uri[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &uri[..scheme_end + 3], &uri[at..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+impl AmqpTransport {
+    /// Connects to the first reachable URI, trying them in order (fail-over).
+    pub async fn connect(uris: &[String]) -> Result<Self, Error> {
+        let mut last = None;
+        for uri in uris {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(LongString::from("warren"));
+            match lapin::Connection::connect(uri, properties).await {
+                Ok(connection) => {
+                    tracing::debug!(uri = %redact(uri), "connected");
+                    let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
+                    for _ in 0..PUBLISH_CHANNELS {
+                        publishers.push(Mutex::new(open_publisher(&connection).await?));
+                    }
+                    return Ok(AmqpTransport {
+                        connection,
+                        publishers,
+                        next_publisher: AtomicUsize::new(0),
+                        uri: uri.clone(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(uri = %redact(uri), error = %e, "cannot connect, trying the next host");
+                    last = Some(transport_error(format!("cannot connect to {}", redact(uri)), e));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::config("transport URL names no host")))
+    }
+
+    async fn publisher(&self) -> Result<Channel, Error> {
+        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        let slot = &self.publishers[index];
+        let channel = lock(slot).clone();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = open_publisher(&self.connection).await?;
+        *lock(slot) = fresh.clone();
+        Ok(fresh)
+    }
+
+    async fn scratch_channel(&self) -> Result<Channel, Error> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| transport_error("cannot open a channel", e))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned slot still holds a usable channel handle.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn open_publisher(connection: &lapin::Connection) -> Result<Channel, Error> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| transport_error("cannot open a channel", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| transport_error("confirm.select refused", e))?;
+    Ok(channel)
+}
+
+/// Runs one declaration on a channel of its own, then closes it.
+async fn on_scratch<F, Fut>(transport: &AmqpTransport, what: &str, op: F) -> Result<(), Error>
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<(), lapin::Error>>,
+{
+    let channel = transport.scratch_channel().await?;
+    let result = op(channel.clone()).await.map_err(|e| transport_error(what, e));
+    if channel.status().connected() {
+        let _ = channel.close(200, ShortString::from("OK")).await;
+    }
+    result
+}
+
+fn to_amqp(p: &Properties) -> BasicProperties {
+    let mut out = BasicProperties::default().with_headers(FieldTable::default());
+    if let Some(v) = &p.content_type {
+        out = out.with_content_type(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &p.content_encoding {
+        out = out.with_content_encoding(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &p.correlation_id {
+        out = out.with_correlation_id(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &p.reply_to {
+        out = out.with_reply_to(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &p.expiration {
+        out = out.with_expiration(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = p.delivery_mode {
+        out = out.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        out = out.with_priority(v);
+    }
+    out
+}
+
+fn from_amqp(p: &BasicProperties) -> Properties {
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    Properties {
+        content_type: text(p.content_type()),
+        content_encoding: text(p.content_encoding()),
+        correlation_id: text(p.correlation_id()),
+        reply_to: text(p.reply_to()),
+        expiration: text(p.expiration()),
+        delivery_mode: *p.delivery_mode(),
+        priority: *p.priority(),
+    }
+}
+
+#[async_trait]
+impl Transport for AmqpTransport {
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), Error> {
+        let kind = match spec.kind {
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        };
+        let options = ExchangeDeclareOptions {
+            durable: spec.durable,
+            auto_delete: spec.auto_delete,
+            ..Default::default()
+        };
+        let what = format!("cannot declare exchange {:?}", spec.name);
+        on_scratch(self, &what, |ch| async move {
+            ch.exchange_declare(spec.name.as_str().into(), kind, options, FieldTable::default())
+                .await
+        })
+        .await
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
+        let mut arguments = FieldTable::default();
+        if let Some(ms) = spec.expires_ms {
+            // py-amqp writes Python ints as signed 32-bit ('I'); RabbitMQ
+            // compares argument types on redeclare, so write the same.
+            let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+            arguments.insert("x-expires".into(), AMQPValue::LongInt(ms));
+        }
+        if spec.quorum {
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        }
+        let options = QueueDeclareOptions {
+            durable: spec.durable,
+            auto_delete: spec.auto_delete,
+            exclusive: spec.exclusive,
+            ..Default::default()
+        };
+        let what = format!("cannot declare queue {:?}", spec.name);
+        on_scratch(self, &what, |ch| async move {
+            ch.queue_declare(spec.name.as_str().into(), options, arguments)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
+        let what = format!("cannot bind queue {queue:?} to {exchange:?} with {routing_key:?}");
+        on_scratch(self, &what, |ch| async move {
+            ch.queue_bind(
+                queue.into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), Error> {
+        let what = format!("cannot delete queue {queue:?}");
+        on_scratch(self, &what, |ch| async move {
+            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn publish(&self, message: Outgoing) -> Result<(), Error> {
+        let channel = self.publisher().await?;
+        let options = BasicPublishOptions {
+            mandatory: message.mandatory,
+            immediate: false,
+        };
+        let confirm = channel
+            .basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                options,
+                &message.body,
+                to_amqp(&message.properties),
+            )
+            .await
+            .map_err(|e| transport_error(format!("cannot publish to {:?}", message.exchange), e))?;
+        if !message.confirm {
+            return Ok(());
+        }
+        let confirmation = confirm
+            .await
+            .map_err(|e| transport_error(format!("publish to {:?} failed", message.exchange), e))?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(Error::transport(format!(
+                    "message to exchange {:?} with routing key {:?} was returned: {} {}",
+                    message.exchange,
+                    message.routing_key,
+                    returned.reply_code,
+                    returned.reply_text
+                )))
+            }
+            Confirmation::Nack(None) => Err(Error::transport(format!(
+                "the broker refused the message to exchange {:?}",
+                message.exchange
+            ))),
+        }
+    }
+
+    async fn consume(&self, spec: &ConsumeSpec) -> Result<Box<dyn Subscription>, Error> {
+        let channel = self.scratch_channel().await?;
+        if spec.prefetch > 0 {
+            channel
+                .basic_qos(spec.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| transport_error("basic.qos refused", e))?;
+        }
+        let options = BasicConsumeOptions {
+            no_ack: spec.no_ack,
+            ..Default::default()
+        };
+        let consumer = channel
+            .basic_consume(spec.queue.as_str().into(), "".into(), options, FieldTable::default())
+            .await
+            .map_err(|e| transport_error(format!("cannot consume queue {:?}", spec.queue), e))?;
+        Ok(Box::new(AmqpSubscription {
+            channel,
+            consumer,
+            no_ack: spec.no_ack,
+        }))
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        if self.connection.status().connected() {
+            self.connection
+                .close(200, ShortString::from("OK"))
+                .await
+                .map_err(|e| transport_error("cannot close the connection", e))?;
+        }
+        Ok(())
+    }
+}
+
+struct AmqpSubscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    no_ack: bool,
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(transport_error("consumer failed", e))),
+        };
+        let acker: Box<dyn Acker> = if self.no_ack {
+            Box::new(NoAck)
+        } else {
+            Box::new(LapinAcker(delivery.acker))
+        };
+        Some(Ok(Delivery {
+            properties: from_amqp(&delivery.properties),
+            body: delivery.data,
+            redelivered: delivery.redelivered,
+            acker,
+        }))
+    }
+
+    async fn cancel(&mut self) -> Result<(), Error> {
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        self.channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| transport_error("basic.cancel failed", e))
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), Error> {
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        self.channel
+            .close(200, ShortString::from("OK"))
+            .await
+            .map_err(|e| transport_error("channel.close failed", e))
+    }
+}
+
+struct LapinAcker(lapin::Acker);
+
+#[async_trait]
+impl Acker for LapinAcker {
+    async fn ack(&self) -> Result<(), Error> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| transport_error("basic.ack failed", e))
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        self.0
+            .reject(BasicRejectOptions { requeue })
+            .await
+            .map(|_| ())
+            .map_err(|e| transport_error("basic.reject failed", e))
+    }
+}
+
+struct NoAck;
+
+#[async_trait]
+impl Acker for NoAck {
+    async fn ack(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn reject(&self, _requeue: bool) -> Result<(), Error> {
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Transports: how the RPC layer reaches a broker.
+//!
+//! The RPC layer sees only the [`Transport`] trait: declare exchanges and
+//! queues, bind, publish, consume, ack. [`amqp`] implements it over any AMQP
+//! 0-9-1 server with lapin; [`url`] parses the `amqp://`, `rabbit://` and
+//! `embedded://` URLs that pick one.
+
+pub mod amqp;
+pub mod url;
+
+use async_trait::async_trait;
+
+use crate::Error;
+
+/// The AMQP properties warren reads and writes on a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// MIME type of the body; selects the codec.
+    pub content_type: Option<String>,
+    /// Encoding of the body (oslo sets `utf-8`).
+    pub content_encoding: Option<String>,
+    /// Correlation id of a reply (plain AMQP RPC).
+    pub correlation_id: Option<String>,
+    /// Where to reply (plain AMQP RPC).
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, as a decimal string.
+    pub expiration: Option<String>,
+    /// 1 transient, 2 persistent.
+    pub delivery_mode: Option<u8>,
+    /// Message priority.
+    pub priority: Option<u8>,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The exchange (`""` is the default exchange).
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// Ask the broker to return the message if no queue takes it.
+    pub mandatory: bool,
+    /// Wait for the broker's publisher confirm before returning.
+    pub confirm: bool,
+    /// Properties.
+    pub properties: Properties,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// Acknowledges one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Positive acknowledgement: the broker forgets the message.
+    async fn ack(&self) -> Result<(), Error>;
+    /// Negative acknowledgement; `requeue` puts the message back.
+    async fn reject(&self, requeue: bool) -> Result<(), Error>;
+}
+
+/// A message received from a queue.
+pub struct Delivery {
+    /// Properties.
+    pub properties: Properties,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Whether the broker delivered this message before.
+    pub redelivered: bool,
+    /// Acknowledges it (a no-op for `no_ack` subscriptions).
+    pub acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("properties", &self.properties)
+            .field("body_len", &self.body.len())
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+/// A consumer on one queue.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the subscription is cancelled or its
+    /// connection is gone.
+    async fn next(&mut self) -> Option<Result<Delivery, Error>>;
+    /// Stops deliveries. Messages delivered but not yet acknowledged stay
+    /// acknowledgeable.
+    async fn cancel(&mut self) -> Result<(), Error>;
+    /// Ends the subscription: deliveries not yet acknowledged go back to
+    /// their queue.
+    async fn close(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// Exchange types warren declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routing by exact key.
+    Direct,
+    /// To every bound queue.
+    Fanout,
+    /// Routing by pattern (`*`, `#`).
+    Topic,
+}
+
+/// An exchange declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+}
+
+/// A queue declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueSpec {
+    /// Name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Only this connection may use it; deleted with the connection.
+    pub exclusive: bool,
+    /// `x-expires`: deleted after this long unused, in milliseconds.
+    pub expires_ms: Option<u32>,
+    /// `x-queue-type: quorum` (RabbitMQ's replicated queues).
+    pub quorum: bool,
+}
+
+/// How to consume a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeSpec {
+    /// The queue.
+    pub queue: String,
+    /// At most this many unacknowledged deliveries (0: no limit).
+    pub prefetch: u16,
+    /// Deliveries count as acknowledged when sent.
+    pub no_ack: bool,
+}
+
+/// What the RPC layer needs from a broker connection.
+///
+/// Implementations are shared (`Arc<dyn Transport>`) by every client and
+/// server of a [`crate::Connection`] and must let many tasks publish at once.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Declares an exchange (idempotent with identical flags).
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), Error>;
+    /// Declares a queue (idempotent with identical flags and arguments).
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error>;
+    /// Binds a queue to an exchange with a routing key.
+    async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error>;
+    /// Deletes a queue.
+    async fn delete_queue(&self, queue: &str) -> Result<(), Error>;
+    /// Publishes a message; with `confirm`, returns once the broker took it.
+    async fn publish(&self, message: Outgoing) -> Result<(), Error>;
+    /// Starts consuming a queue.
+    async fn consume(&self, spec: &ConsumeSpec) -> Result<Box<dyn Subscription>, Error>;
+    /// Closes the connection.
+    async fn close(&self) -> Result<(), Error>;
+}

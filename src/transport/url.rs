@@ -1,0 +1,223 @@
+//! Transport URLs: `amqp://`, oslo's `rabbit://` (several hosts for
+//! fail-over) and `embedded://`.
+//!
+//! ```text
+//! amqp://user:pass@host:5672/vhost
+//! rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost?amqp_durable_queues=true
+//! embedded://
+//! ```
+
+use std::str::FromStr;
+
+use crate::Error;
+
+/// Which kind of broker a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `amqp://`: any AMQP 0-9-1 server; warren's MessagePack codec by default.
+    Amqp,
+    /// `rabbit://`: oslo.messaging's URL form; oslo's JSON codec by default.
+    Rabbit,
+    /// `embedded://` (or no URL at all): the broker inside this process.
+    Embedded,
+}
+
+/// One broker address of a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// User name, still percent-encoded.
+    pub user: String,
+    /// Password, still percent-encoded.
+    pub password: String,
+    /// Host name or address (IPv6 in brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// A parsed transport URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportUrl {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Broker addresses in fail-over order (empty for `embedded://`).
+    pub hosts: Vec<Host>,
+    /// The virtual host, still percent-encoded (`%2f` for `/`).
+    pub vhost: String,
+    /// `?key=value` options, in order.
+    pub options: Vec<(String, String)>,
+}
+
+impl TransportUrl {
+    /// The embedded broker.
+    pub fn embedded() -> Self {
+        TransportUrl {
+            scheme: Scheme::Embedded,
+            hosts: Vec::new(),
+            vhost: "%2f".into(),
+            options: Vec::new(),
+        }
+    }
+
+    /// An option's value (`?key=value`), the last one if repeated.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean option (`true`/`false`/`1`/`0`/`yes`/`no`).
+    pub fn flag(&self, key: &str) -> Result<bool, Error> {
+        match self.option(key).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(false),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(other) => Err(Error::config(format!("option {key}={other} is not a boolean"))),
+        }
+    }
+
+    /// One `amqp://` URI per host, in fail-over order, as lapin reads them.
+    pub fn amqp_uris(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "amqp://{}:{}@{}:{}/{}",
+                    h.user, h.password, h.host, h.port, self.vhost
+                )
+            })
+            .collect()
+    }
+}
+
+impl FromStr for TransportUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self, Error> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Ok(TransportUrl::embedded());
+        }
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| Error::config(format!("transport URL {url:?} has no scheme")))?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "amqp" => Scheme::Amqp,
+            "rabbit" | "kombu+amqp" => Scheme::Rabbit,
+            "embedded" => Scheme::Embedded,
+            other => {
+                return Err(Error::config(format!(
+                    "unsupported transport scheme {other:?} (use amqp://, rabbit:// or embedded://)"
+                )))
+            }
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((authority, path)) => (authority, path),
+            None => (rest, ""),
+        };
+        let options = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv.to_owned(), String::new()),
+            })
+            .collect();
+        let vhost = if path.is_empty() { "%2f".to_owned() } else { path.to_owned() };
+        let hosts = if scheme == Scheme::Embedded {
+            Vec::new()
+        } else if authority.is_empty() {
+            vec![parse_host("")?]
+        } else {
+            authority.split(',').map(parse_host).collect::<Result<_, _>>()?
+        };
+        Ok(TransportUrl {
+            scheme,
+            hosts,
+            vhost,
+            options,
+        })
+    }
+}
+
+fn parse_host(spec: &str) -> Result<Host, Error> {
+    let (credentials, address) = match spec.rsplit_once('@') {
+        Some((c, a)) => (Some(c), a),
+        None => (None, spec),
+    };
+    let (user, password) = match credentials {
+        Some(c) => match c.split_once(':') {
+            Some((u, p)) => (u.to_owned(), p.to_owned()),
+            None => (c.to_owned(), String::new()),
+        },
+        None => ("guest".to_owned(), "guest".to_owned()),
+    };
+    let (host, port) = if let Some(v6) = address.strip_prefix('[') {
+        let (inside, after) = v6
+            .split_once(']')
+            .ok_or_else(|| Error::config(format!("unclosed IPv6 bracket in {address:?}")))?;
+        (format!("[{inside}]"), after.strip_prefix(':'))
+    } else {
+        match address.split_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (address.to_owned(), None),
+        }
+    };
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| Error::config(format!("invalid port {p:?} in transport URL")))?,
+        None => 5672,
+    };
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    Ok(Host {
+        user,
+        password,
+        host,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbit_url_with_several_hosts_keeps_fail_over_order() {
+        let url: TransportUrl = "rabbit://a:b@h1:5673,c:d@h2/heat?amqp_durable_queues=true"
+            .parse()
+            .unwrap();
+        assert_eq!(url.scheme, Scheme::Rabbit);
+        assert_eq!(
+            url.amqp_uris(),
+            vec!["amqp://a:b@h1:5673/heat", "amqp://c:d@h2:5672/heat"]
+        );
+        assert!(url.flag("amqp_durable_queues").unwrap());
+        assert!(!url.flag("rabbit_quorum_queue").unwrap());
+    }
+
+    #[test]
+    fn bare_rabbit_url_means_guest_on_localhost() {
+        let url: TransportUrl = "rabbit://".parse().unwrap();
+        assert_eq!(url.amqp_uris(), vec!["amqp://guest:guest@localhost:5672/%2f"]);
+    }
+
+    #[test]
+    fn ipv6_hosts_and_empty_url() {
+        let url: TransportUrl = "amqp://u:p@[::1]:5999/%2f".parse().unwrap();
+        assert_eq!(url.amqp_uris(), vec!["amqp://u:p@[::1]:5999/%2f"]);
+        assert_eq!("".parse::<TransportUrl>().unwrap().scheme, Scheme::Embedded);
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        for bad in ["nope", "http://x", "amqp://h:notaport/", "amqp://[::1/"] {
+            assert!(bad.parse::<TransportUrl>().unwrap_err().is_config(), "{bad}");
+        }
+        let url: TransportUrl = "amqp://h/?amqp_durable_queues=maybe".parse().unwrap();
+        assert!(url.flag("amqp_durable_queues").unwrap_err().is_config());
+    }
+}
