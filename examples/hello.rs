@@ -3,8 +3,6 @@
 //! With no `TRANSPORT_URL` it runs on the broker embedded in this process;
 //! set `TRANSPORT_URL=amqp://guest:guest@localhost:5672/%2f` to use RabbitMQ.
 
-use warren::prelude::*;
-
 /// A greeter.
 #[warren::service(topic = "greeter", version = "1.0")]
 pub trait Greeter {

@@ -33,7 +33,6 @@ enum Kind {
     NoSuchMethod,
     UnsupportedVersion,
     Config,
-    Closed,
 }
 
 impl Error {
@@ -65,10 +64,6 @@ impl Error {
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(Kind::Config, message)
-    }
-
-    pub(crate) fn closed(message: impl Into<String>) -> Self {
-        Self::new(Kind::Closed, message)
     }
 
     /// An error raised by the server side of a call, classified by the
@@ -130,11 +125,6 @@ impl Error {
         self.kind == Kind::Config
     }
 
-    /// The client, server or connection has been shut down.
-    pub fn is_closed(&self) -> bool {
-        self.kind == Kind::Closed
-    }
-
     /// The failure as the server described it (class, module, message,
     /// traceback), when this error came from a server.
     pub fn remote(&self) -> Option<&Failure> {
@@ -166,7 +156,6 @@ impl fmt::Display for Error {
             Kind::NoSuchMethod => "no such method",
             Kind::UnsupportedVersion => "unsupported version",
             Kind::Config => "invalid configuration",
-            Kind::Closed => "closed",
         };
         write!(f, "{what}: {}", self.message)
     }

@@ -129,7 +129,7 @@ fn emit_args(service: &Service, names: &Names) -> TokenStream {
         });
         quote! {
             #[doc(hidden)]
-            #[allow(non_camel_case_types)]
+            #[allow(non_camel_case_types, dead_code)]
             #[derive(::warren::__private::serde::Serialize, ::warren::__private::serde::Deserialize)]
             #[serde(crate = "::warren::__private::serde")]
             struct #ident { #(#fields),* }
@@ -168,9 +168,11 @@ fn emit_enums(service: &Service, names: &Names) -> TokenStream {
     quote! {
         #[doc = #request_doc]
         #derive
+        #[allow(dead_code)]
         #vis enum #request { #(#requests),* }
 
         #[doc = #response_doc]
+        #[allow(dead_code)]
         #vis enum #response { #(#responses),* }
     }
 }
@@ -258,6 +260,16 @@ fn emit_client(service: &Service, names: &Names) -> TokenStream {
 
             fn with_options(&self, options: ::warren::rpc::CallOptions) -> Self {
                 #client { client: self.client.clone(), options }
+            }
+
+            /// A stub addressing another topic than the service's own.
+            pub fn topic(&self, topic: impl ::core::convert::Into<::std::string::String>) -> Self {
+                self.with_options(self.options.clone().topic(topic))
+            }
+
+            /// A stub using another control exchange than the service's own.
+            pub fn exchange(&self, exchange: impl ::core::convert::Into<::std::string::String>) -> Self {
+                self.with_options(self.options.clone().exchange(exchange))
             }
 
             /// A stub addressing one named server (`<topic>.<server>`).

@@ -30,6 +30,18 @@ impl CallOptions {
         }
     }
 
+    /// Addresses another topic than the service's own.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.target.topic = topic.into();
+        self
+    }
+
+    /// Uses another control exchange than the service's own.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.target.exchange = exchange.into();
+        self
+    }
+
     /// Addresses one named server (`<topic>.<server>`).
     pub fn to_server(mut self, server: impl Into<String>) -> Self {
         self.target.server = Some(server.into());

@@ -1,0 +1,44 @@
+//! The service the classic oslo.messaging demo runs between heat-api and
+//! heat-engine, shared by the `heat`, `heat_engine` and `heat_api` examples.
+
+/// heat-engine's RPC API, as the Python demo defines it.
+#[warren::service(topic = "engine", version = "1.0", exchange = "heat")]
+pub trait Engine {
+    /// Answers `(seqid, hostname, "I'm fine!")`.
+    async fn health_check(&self, seqid: u64, host: String, req: String) -> (u64, String, String);
+}
+
+/// The engine: reports this machine's hostname.
+pub struct HeatEngine {
+    pub hostname: String,
+}
+
+impl HeatEngine {
+    /// An engine named after this machine.
+    pub fn new() -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        HeatEngine { hostname }
+    }
+}
+
+impl Engine for HeatEngine {
+    async fn health_check(&self, seqid: u64, host: String, req: String) -> (u64, String, String) {
+        tracing::info!(seqid, %host, %req, "health_check");
+        (seqid, self.hostname.clone(), "I'm fine!".to_owned())
+    }
+}
+
+/// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
