@@ -1,0 +1,257 @@
+//! The one harness every integration test shares: brokers (RabbitMQ, started
+//! on demand), unique names, a test service, and Python peers in a venv.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use warren::rpc::Context;
+
+/// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
+pub fn rabbitmq_url() -> String {
+    ensure_rabbitmq();
+    std::env::var("WARREN_TEST_RABBITMQ")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Starts the local RabbitMQ (Debian's `rabbitmq-server`) unless it is
+/// already listening. Tests need a real broker: no RabbitMQ is a failure,
+/// not a skip.
+pub fn ensure_rabbitmq() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        if std::env::var("WARREN_TEST_RABBITMQ").is_ok() || listening(5672) {
+            return;
+        }
+        let status = Command::new("rabbitmq-server").arg("-detached").status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "RabbitMQ is not running and `rabbitmq-server -detached` failed ({status:?}); install Debian's rabbitmq-server"
+        );
+        let status = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "120"])
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "rabbitmqctl await_startup failed: {status:?}"
+        );
+    });
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs `rabbitmqctl` with `args`, returning its standard output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh RabbitMQ vhost (guest has all rights), for tests that inspect the
+/// whole topology.
+pub fn rabbitmq_vhost() -> (String, String) {
+    ensure_rabbitmq();
+    let vhost = unique("warren-test");
+    rabbitmqctl(&["add_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    (vhost, url)
+}
+
+/// Why a `divide` failed: the service's own error type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum CalcError {
+    /// Division by zero.
+    #[error("cannot divide {0} by zero")]
+    DivideByZero(i64),
+}
+
+/// The test service.
+#[warren::service(topic = "calc", version = "1.5", derive(Clone, Debug))]
+pub trait Calc {
+    /// a + b
+    async fn add(&self, a: i64, b: i64) -> i64;
+    /// a / b, or the service's own error.
+    async fn divide(&self, a: i64, b: i64) -> Result<i64, CalcError>;
+    /// The serving server's name.
+    async fn whoami(&self) -> String;
+    /// A request-context item, as the server sees it.
+    async fn context_value(&self, key: String) -> Option<serde_json::Value>;
+    /// Whether the server saw a deadline.
+    async fn has_deadline(&self) -> bool;
+    /// Sleeps, then answers `ms`.
+    async fn sleep_ms(&self, ms: u64) -> u64;
+    /// Panics.
+    async fn boom(&self) -> u64;
+    /// Records `value` (fire-and-forget).
+    #[cast]
+    async fn record(&self, value: i64);
+}
+
+/// A `Calc` that reports casts to the test.
+pub struct CalcImpl {
+    pub name: String,
+    pub records: mpsc::UnboundedSender<(String, i64)>,
+}
+
+impl Calc for CalcImpl {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    async fn divide(&self, a: i64, b: i64) -> Result<i64, CalcError> {
+        if b == 0 {
+            Err(CalcError::DivideByZero(a))
+        } else {
+            Ok(a / b)
+        }
+    }
+
+    async fn whoami(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn context_value(&self, key: String) -> Option<serde_json::Value> {
+        Context::current().get(&key).cloned()
+    }
+
+    async fn has_deadline(&self) -> bool {
+        Context::current().deadline().is_some()
+    }
+
+    async fn sleep_ms(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+
+    async fn boom(&self) -> u64 {
+        panic!("boom on purpose")
+    }
+
+    async fn record(&self, value: i64) {
+        let _ = self.records.send((self.name.clone(), value));
+    }
+}
+
+/// A `Calc` server named `name`, reporting casts on `records`.
+pub fn calc(name: &str, records: &mpsc::UnboundedSender<(String, i64)>) -> CalcServer<CalcImpl> {
+    CalcServer::new(CalcImpl {
+        name: name.to_owned(),
+        records: records.clone(),
+    })
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Python with pika and oslo.messaging: `$WARREN_PYTHON`, else a venv
+/// under `target/` that this creates once (from PyPI) when missing.
+pub fn python() -> PathBuf {
+    static PYTHON: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut slot = PYTHON.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = slot.as_ref() {
+        return p.clone();
+    }
+    let python = match std::env::var_os("WARREN_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let venv = repo().join("target/pyenv");
+            let python = venv.join("bin/python");
+            let ready = Command::new(&python)
+                .args(["-c", "import pika, oslo_messaging"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ready {
+                let ok = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "cannot create a venv at {}", venv.display());
+                let ok = Command::new(&python)
+                    .args(["-m", "pip", "install", "-q", "-r"])
+                    .arg(repo().join("tests/python/requirements.txt"))
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "cannot pip install tests/python/requirements.txt");
+            }
+            python
+        }
+    };
+    *slot = Some(python.clone());
+    python
+}
+
+/// Collects what arrives on `rx` within `wait` (a safety net, not a timing
+/// assertion: tests compare contents).
+pub async fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>, count: usize, wait: Duration) -> Vec<T> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(v)) => out.push(v),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Shared counters for middleware tests.
+pub type Counter = Arc<std::sync::atomic::AtomicUsize>;
+
+/// A broker an RPC test runs against. The conformance suite runs every
+/// behaviour on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// RabbitMQ over TCP.
+    RabbitMq,
+}
+
+impl Backend {
+    /// A connection for one test. Tests isolate themselves with unique
+    /// topics, so backends may be shared.
+    pub async fn connect(self) -> warren::Connection {
+        match self {
+            Backend::RabbitMq => warren::connect(&rabbitmq_url())
+                .await
+                .expect("connect to RabbitMQ"),
+        }
+    }
+}
+
+/// Declares one test per backend for each scenario `async fn name(Backend)`.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::RabbitMq).await
+                }
+            )*
+        }
+    };
+}
