@@ -33,7 +33,9 @@ async fn main() -> Result<(), warren::Error> {
             .health_check(seqid, "heat-api".into(), "How are you?".into())
             .await
         {
-            Ok((seqid, host, answer)) => tracing::info!(seqid, %host, %answer, "heat-engine answered"),
+            Ok((seqid, host, answer)) => {
+                tracing::info!(seqid, %host, %answer, "heat-engine answered")
+            }
             Err(e) => tracing::warn!(seqid, error = %e, "health_check failed"),
         }
         seqid += 1;

@@ -21,7 +21,9 @@ impl Greeter for English {
 #[tokio::main]
 async fn main() -> Result<(), warren::Error> {
     let connection = warren::connect_from_env().await?;
-    let server = GreeterServer::new(English).serve(&connection, "greeter-1").await?;
+    let server = GreeterServer::new(English)
+        .serve(&connection, "greeter-1")
+        .await?;
     let greeter = GreeterClient::new(&connection);
     println!("{}", greeter.hello("world".into()).await?);
     server.shutdown().await?;

@@ -56,9 +56,9 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
         ..Topology::default()
     };
     if let Some(ttl) = url.option("rabbit_transient_queues_ttl") {
-        let seconds: u32 = ttl
-            .parse()
-            .map_err(|_| Error::config(format!("rabbit_transient_queues_ttl={ttl} is not a number")))?;
+        let seconds: u32 = ttl.parse().map_err(|_| {
+            Error::config(format!("rabbit_transient_queues_ttl={ttl} is not a number"))
+        })?;
         topology.transient_ttl_ms = (seconds > 0).then(|| seconds.saturating_mul(1000));
     }
     let transport: Arc<dyn Transport> = match url.scheme {

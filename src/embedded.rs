@@ -7,5 +7,7 @@ use crate::Error;
 
 /// The transport to this process's embedded broker, started on first use.
 pub(crate) async fn transport() -> Result<Arc<dyn Transport>, Error> {
-    Err(Error::config("the embedded broker is not available in this build"))
+    Err(Error::config(
+        "the embedded broker is not available in this build",
+    ))
 }

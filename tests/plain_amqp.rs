@@ -47,7 +47,11 @@ async fn pika_tutorial_client_calls_a_warren_server() {
             "pika client failed ({extra:?}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{extra:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "42",
+            "{extra:?}"
+        );
     }
 }
 
@@ -106,15 +110,27 @@ async fn garbage_request_gets_a_decode_failure_and_the_server_keeps_serving() {
             .unwrap()
             .unwrap();
         assert_eq!(
-            delivery.properties.correlation_id().as_ref().map(|c| c.as_str()),
+            delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
             Some("garbage-1")
         );
         let codec = Codec::for_message(
-            delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
             &delivery.data,
         )
         .unwrap();
-        let failure = codec.decode_reply(&delivery.data).unwrap().outcome.unwrap_err();
+        let failure = codec
+            .decode_reply(&delivery.data)
+            .unwrap()
+            .outcome
+            .unwrap_err();
         assert_eq!(failure.class, "DecodeError", "{content_type}: {failure:?}");
     }
     let client = CalcClient::new(&connection).topic(&topic);

@@ -187,7 +187,11 @@ async fn underscore_methods_are_never_dispatched(backend: Backend) {
     let _server = s.serve("s1").await;
     let raw = Client::new(&s.connection);
     let err = raw
-        .call::<_, i64>(&s.raw_options(), "_add", &serde_json::json!({"a": 1, "b": 2}))
+        .call::<_, i64>(
+            &s.raw_options(),
+            "_add",
+            &serde_json::json!({"a": 1, "b": 2}),
+        )
         .await
         .unwrap_err();
     assert!(err.is_no_such_method(), "{err:?}");
@@ -209,7 +213,10 @@ async fn context_reaches_the_server_method(backend: Backend) {
         Some(serde_json::json!(true))
     );
     assert_eq!(client.context_value("absent".into()).await.unwrap(), None);
-    assert!(client.has_deadline().await.unwrap(), "the call's deadline travels");
+    assert!(
+        client.has_deadline().await.unwrap(),
+        "the call's deadline travels"
+    );
 }
 
 async fn thousand_concurrent_calls_are_all_matched(backend: Backend) {
@@ -236,7 +243,11 @@ async fn undecodable_arguments_give_a_decode_error_and_the_server_keeps_serving(
     let _server = s.serve("s1").await;
     let raw = Client::new(&s.connection);
     let err = raw
-        .call::<_, i64>(&s.raw_options(), "add", &serde_json::json!({"a": "one", "b": 2}))
+        .call::<_, i64>(
+            &s.raw_options(),
+            "add",
+            &serde_json::json!({"a": "one", "b": 2}),
+        )
         .await
         .unwrap_err();
     assert!(err.is_decode(), "{err:?}");
@@ -249,7 +260,10 @@ async fn panicking_method_gives_a_remote_failure_and_the_server_keeps_serving(ba
     let _server = s.serve("s1").await;
     let err = s.client().boom().await.unwrap_err();
     assert!(err.is_remote(), "{err:?}");
-    assert!(err.remote().unwrap().message.contains("boom on purpose"), "{err:?}");
+    assert!(
+        err.remote().unwrap().message.contains("boom on purpose"),
+        "{err:?}"
+    );
     assert_eq!(s.client().add(1, 2).await.unwrap(), 3);
 }
 
@@ -262,7 +276,11 @@ async fn graceful_shutdown_finishes_calls_in_flight(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.shutdown().await.unwrap();
-    assert_eq!(slow.await.unwrap().unwrap(), 300, "the call in flight was answered");
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        300,
+        "the call in flight was answered"
+    );
 }
 
 async fn a_call_cannot_be_fanout(backend: Backend) {

@@ -28,7 +28,10 @@ fn without_uuids(line: &str) -> String {
     let chars: Vec<char> = line.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        let run = chars[i..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+        let run = chars[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
         if run == 32 {
             out.push_str("<uuid>");
             i += 32;
@@ -83,14 +86,29 @@ async fn heat_pair_declares_exactly_what_oslo_messaging_declares() {
     let bindings = listed(
         &vhost,
         "list_bindings",
-        &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments"],
+        &[
+            "source_name",
+            "source_kind",
+            "destination_name",
+            "destination_kind",
+            "routing_key",
+            "arguments",
+        ],
     );
-    let queues = listed(&vhost, "list_queues", &["name", "durable", "auto_delete", "arguments"]);
-    let exchanges: BTreeSet<String> = listed(&vhost, "list_exchanges", &["name", "type", "durable", "auto_delete"])
-        .into_iter()
-        // The default exchange lists with an empty name.
-        .filter(|l| !l.starts_with('\t'))
-        .collect();
+    let queues = listed(
+        &vhost,
+        "list_queues",
+        &["name", "durable", "auto_delete", "arguments"],
+    );
+    let exchanges: BTreeSet<String> = listed(
+        &vhost,
+        "list_exchanges",
+        &["name", "type", "durable", "auto_delete"],
+    )
+    .into_iter()
+    // The default exchange lists with an empty name.
+    .filter(|l| !l.starts_with('\t'))
+    .collect();
     rabbitmqctl(&["delete_vhost", &vhost]);
     assert_eq!(bindings, expected("bindings"));
     assert_eq!(queues, expected("queues"));

@@ -93,7 +93,9 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         if request.context.get("token") != Some(&serde_json::json!("secret")) {
-            return Box::pin(ready(Err::<Response, BoxError>("missing or wrong token".into())));
+            return Box::pin(ready(Err::<Response, BoxError>(
+                "missing or wrong token".into(),
+            )));
         }
         Box::pin(self.0.call(request))
     }
@@ -123,7 +125,12 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_under_tower_timeout() {
     let s = setup().await;
-    let _server = calc("s1", &s.records).builder().topic(&s.topic).serve(&s.connection, "s1").await.unwrap();
+    let _server = calc("s1", &s.records)
+        .builder()
+        .topic(&s.topic)
+        .serve(&s.connection, "s1")
+        .await
+        .unwrap();
     let mut svc = ServiceBuilder::new()
         .timeout(Duration::from_millis(50))
         .service(s.client());
@@ -136,7 +143,13 @@ async fn client_under_tower_timeout() {
         .err()
         .expect("the timeout layer fires");
     assert!(err.is::<tower::timeout::error::Elapsed>(), "{err:?}");
-    let ok = svc.ready().await.unwrap().call(CalcRequest::Add { a: 1, b: 2 }).await.unwrap();
+    let ok = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(CalcRequest::Add { a: 1, b: 2 })
+        .await
+        .unwrap();
     assert!(matches!(ok, CalcResponse::Add(3)));
 }
 
@@ -163,7 +176,11 @@ async fn client_concurrency_limit_bounds_what_the_server_sees() {
         assert!(matches!(r.unwrap().unwrap(), CalcResponse::SleepMs(30)));
     }
     assert_eq!(counters.seen.load(Ordering::SeqCst), 8);
-    assert!(counters.peak.load(Ordering::SeqCst) <= 2, "peak {}", counters.peak.load(Ordering::SeqCst));
+    assert!(
+        counters.peak.load(Ordering::SeqCst) <= 2,
+        "peak {}",
+        counters.peak.load(Ordering::SeqCst)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,8 +211,15 @@ async fn client_load_shed_refuses_beyond_the_limit() {
         .err()
         .expect("shed");
     assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err:?}");
-    assert!(matches!(busy.await.unwrap().unwrap(), CalcResponse::SleepMs(300)));
-    assert_eq!(counters.seen.load(Ordering::SeqCst), 1, "the shed request never reached the server");
+    assert!(matches!(
+        busy.await.unwrap().unwrap(),
+        CalcResponse::SleepMs(300)
+    ));
+    assert_eq!(
+        counters.seen.load(Ordering::SeqCst),
+        1,
+        "the shed request never reached the server"
+    );
 }
 
 /// Retries remote failures up to `left` more times.
@@ -240,9 +264,17 @@ async fn client_retry_resends_failed_calls() {
     let svc = ServiceBuilder::new()
         .retry(RetryRemote { left: 2 })
         .service(s.client());
-    let err = svc.oneshot(CalcRequest::Boom {}).await.err().expect("boom always fails");
+    let err = svc
+        .oneshot(CalcRequest::Boom {})
+        .await
+        .err()
+        .expect("boom always fails");
     assert!(err.is_remote(), "{err:?}");
-    assert_eq!(counters.seen.load(Ordering::SeqCst), 3, "one call and two retries reached the server");
+    assert_eq!(
+        counters.seen.load(Ordering::SeqCst),
+        3,
+        "one call and two retries reached the server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,5 +320,9 @@ async fn server_load_shed_and_concurrency_limit_layers() {
     assert!(err.is_remote(), "{err:?}");
     assert_eq!(err.remote().unwrap().class, "Overloaded");
     assert_eq!(slow.await.unwrap().unwrap(), 300);
-    assert_eq!(client.add(1, 1).await.unwrap(), 2, "served again once the slot is free");
+    assert_eq!(
+        client.add(1, 1).await.unwrap(),
+        2,
+        "served again once the slot is free"
+    );
 }

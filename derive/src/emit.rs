@@ -75,12 +75,16 @@ fn output_type(method: &Method) -> TokenStream {
 
 fn emit_trait(service: &Service) -> TokenStream {
     let mut item = service.item.clone();
-    item.supertraits.push(syn::parse_quote!(::core::marker::Send));
-    item.supertraits.push(syn::parse_quote!(::core::marker::Sync));
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Send));
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Sync));
     item.supertraits.push(syn::parse_quote!('static));
     let mut methods = service.methods.iter();
     for trait_item in &mut item.items {
-        let TraitItem::Fn(f) = trait_item else { continue };
+        let TraitItem::Fn(f) = trait_item else {
+            continue;
+        };
         let Some(method) = methods.next() else { break };
         let output = output_type(method);
         f.attrs.retain(|a| !a.path().is_ident("cast"));
@@ -163,7 +167,9 @@ fn emit_enums(service: &Service, names: &Names) -> TokenStream {
             }
         }
     });
-    let request_doc = format!("A request to any method of [`{trait_name}`], for using the client as a `tower::Service`.");
+    let request_doc = format!(
+        "A request to any method of [`{trait_name}`], for using the client as a `tower::Service`."
+    );
     let response_doc = format!("The response to a [`{request}`].");
     quote! {
         #[doc = #request_doc]
@@ -179,8 +185,13 @@ fn emit_enums(service: &Service, names: &Names) -> TokenStream {
 
 fn emit_client(service: &Service, names: &Names) -> TokenStream {
     let vis = &service.item.vis;
-    let (client, request, response, info, trait_name) =
-        (&names.client, &names.request, &names.response, &names.info, &names.trait_name);
+    let (client, request, response, info, trait_name) = (
+        &names.client,
+        &names.request,
+        &names.response,
+        &names.info,
+        &names.trait_name,
+    );
     let doc = format!(
         "The client stub of [`{trait_name}`]: one method per service method, plus per-call options (`.to_server()`, `.timeout()`, `.version()`, `.fanout()`, `.context()`). Also a `tower::Service<{request}>`."
     );
@@ -342,8 +353,14 @@ fn emit_server(service: &Service, names: &Names) -> TokenStream {
             quote!(__warren_args.#field)
         });
         let respond = match &m.output {
-            Output::Fallible(..) => quote!(::warren::rpc::Response::result(__warren_codec, &__warren_result)),
-            _ => quote!(::warren::rpc::Response::value(__warren_codec, &__warren_result)),
+            Output::Fallible(..) => quote!(::warren::rpc::Response::result(
+                __warren_codec,
+                &__warren_result
+            )),
+            _ => quote!(::warren::rpc::Response::value(
+                __warren_codec,
+                &__warren_result
+            )),
         };
         quote! {
             #method => {

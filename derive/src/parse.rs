@@ -44,9 +44,9 @@ pub struct Config {
 /// What a method returns.
 pub enum Output {
     /// `T`: a call.
-    Value(Type),
+    Value(Box<Type>),
     /// `Result<T, E>`: a call whose `E` travels typed.
-    Fallible(Type, Type),
+    Fallible(Box<Type>, Box<Type>),
     /// A `#[cast]`: nothing.
     Cast,
 }
@@ -93,7 +93,10 @@ impl Service {
         let mut errors = Errors::default();
         let config = parse_config(attr, &mut errors);
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
-            errors.push(item.generics.span(), "a warren service trait cannot be generic");
+            errors.push(
+                item.generics.span(),
+                "a warren service trait cannot be generic",
+            );
         }
         let mut methods = Vec::new();
         for trait_item in &item.items {
@@ -110,7 +113,8 @@ impl Service {
             }
         }
         errors.finish()?;
-        let config = config.ok_or_else(|| syn::Error::new(Span::call_site(), "invalid service attributes"))?;
+        let config = config
+            .ok_or_else(|| syn::Error::new(Span::call_site(), "invalid service attributes"))?;
         Ok(Service {
             config,
             item,
@@ -213,7 +217,10 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         );
     }
     if sig.asyncness.is_none() {
-        errors.push(sig.fn_token.span(), "warren service methods must be `async fn`");
+        errors.push(
+            sig.fn_token.span(),
+            "warren service methods must be `async fn`",
+        );
     }
     if let Some(c) = &sig.constness {
         errors.push(c.span(), "warren service methods cannot be `const`");
@@ -222,13 +229,19 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         errors.push(u.span(), "warren service methods cannot be `unsafe`");
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push(sig.generics.span(), "warren service methods cannot be generic");
+        errors.push(
+            sig.generics.span(),
+            "warren service methods cannot be generic",
+        );
     }
     if let Some(v) = &sig.variadic {
         errors.push(v.span(), "warren service methods cannot be variadic");
     }
     if let Some(body) = &f.default {
-        errors.push(body.span(), "warren service methods cannot have a default body");
+        errors.push(
+            body.span(),
+            "warren service methods cannot have a default body",
+        );
     }
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
@@ -245,7 +258,10 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         match &*typed.pat {
             Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
                 if p.ident.to_string().starts_with("__warren") {
-                    errors.push(p.ident.span(), "argument names starting with `__warren` are reserved");
+                    errors.push(
+                        p.ident.span(),
+                        "argument names starting with `__warren` are reserved",
+                    );
                 }
                 args.push(Arg {
                     name: p.ident.clone(),
@@ -258,10 +274,16 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
             ),
         }
         if let Type::ImplTrait(t) = &*typed.ty {
-            errors.push(t.span(), "arguments cannot be `impl Trait`: they must be concrete serializable types");
+            errors.push(
+                t.span(),
+                "arguments cannot be `impl Trait`: they must be concrete serializable types",
+            );
         }
         if let Type::Reference(t) = &*typed.ty {
-            errors.push(t.span(), "arguments must be owned types (they are deserialized on the server)");
+            errors.push(
+                t.span(),
+                "arguments must be owned types (they are deserialized on the server)",
+            );
         }
     }
     let cast = f.attrs.iter().any(is_cast_attr);
@@ -269,19 +291,27 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         (ReturnType::Default, true) => Output::Cast,
         (ReturnType::Type(_, ty), true) if is_unit(ty) => Output::Cast,
         (ReturnType::Type(_, ty), true) => {
-            errors.push(ty.span(), "a #[cast] method cannot return a value: casts get no reply");
+            errors.push(
+                ty.span(),
+                "a #[cast] method cannot return a value: casts get no reply",
+            );
             Output::Cast
         }
-        (ReturnType::Default, false) => Output::Value(syn::parse_quote!(())),
+        (ReturnType::Default, false) => Output::Value(Box::new(syn::parse_quote!(()))),
         (ReturnType::Type(_, ty), false) => match result_types(ty) {
-            Some((ok, err)) => Output::Fallible(ok, err),
-            None => Output::Value((**ty).clone()),
+            Some((ok, err)) => Output::Fallible(Box::new(ok), Box::new(err)),
+            None => Output::Value(ty.clone()),
         },
     };
     if errors.0.is_some() && !before {
         return None;
     }
-    let attrs = f.attrs.iter().filter(|a| !is_cast_attr(a)).cloned().collect();
+    let attrs = f
+        .attrs
+        .iter()
+        .filter(|a| !is_cast_attr(a))
+        .cloned()
+        .collect();
     Some(Method {
         attrs,
         name,

@@ -33,7 +33,9 @@ struct Inner {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("codec", &self.inner.codec).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("codec", &self.inner.codec)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,7 +61,12 @@ impl Client {
     }
 
     /// Calls `method` and decodes its result as `T`.
-    pub async fn call<A, T>(&self, options: &CallOptions, method: &str, args: &A) -> Result<T, Error>
+    pub async fn call<A, T>(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: &A,
+    ) -> Result<T, Error>
     where
         A: Serialize + ?Sized,
         T: DeserializeOwned,
@@ -114,7 +121,12 @@ impl Client {
         self.inner.connection.transport().publish(message).await
     }
 
-    async fn call_raw<A>(&self, options: &CallOptions, method: &str, args: &A) -> Result<RawOutcome, Error>
+    async fn call_raw<A>(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: &A,
+    ) -> Result<RawOutcome, Error>
     where
         A: Serialize + ?Sized,
     {
@@ -238,7 +250,11 @@ impl Client {
         if spec.name.is_empty() || lock(&self.inner.declared).contains(&spec.name) {
             return Ok(());
         }
-        self.inner.connection.transport().declare_exchange(spec).await?;
+        self.inner
+            .connection
+            .transport()
+            .declare_exchange(spec)
+            .await?;
         lock(&self.inner.declared).insert(spec.name.clone());
         Ok(())
     }

@@ -89,7 +89,9 @@ impl Response {
                 let mut failure = Failure::new(class, module, error.to_string());
                 match codec.encode_value(error) {
                     Ok(data) => failure.data = Some(data),
-                    Err(e) => failure.message = format!("{} (and cannot encode it: {e})", failure.message),
+                    Err(e) => {
+                        failure.message = format!("{} (and cannot encode it: {e})", failure.message)
+                    }
                 }
                 Response::failure(failure)
             }
@@ -98,7 +100,9 @@ impl Response {
 
     /// A failure.
     pub fn failure(failure: Failure) -> Self {
-        Response { outcome: Err(failure) }
+        Response {
+            outcome: Err(failure),
+        }
     }
 
     /// The arguments of a request could not be decoded.

@@ -62,7 +62,10 @@ impl ReplyQueue {
     }
 
     /// Registers a call; the guard unregisters it when dropped.
-    pub(crate) fn register(&self, msg_id: String) -> (Registration, oneshot::Receiver<ReplyResult>) {
+    pub(crate) fn register(
+        &self,
+        msg_id: String,
+    ) -> (Registration, oneshot::Receiver<ReplyResult>) {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(msg_id.clone(), tx);
         (
@@ -118,7 +121,10 @@ fn route(pending: &Table, queue: &str, delivery: Delivery) {
     let decoded = Codec::for_message(props.content_type.as_deref(), &delivery.body)
         .and_then(|codec| Ok((codec, codec.decode_reply(&delivery.body)?)));
     let msg_id = match &decoded {
-        Ok((_, reply)) => reply.msg_id.clone().or_else(|| props.correlation_id.clone()),
+        Ok((_, reply)) => reply
+            .msg_id
+            .clone()
+            .or_else(|| props.correlation_id.clone()),
         Err(_) => props.correlation_id.clone(),
     };
     let Some(msg_id) = msg_id else {

@@ -109,13 +109,21 @@ impl ServerBuilder {
         let own_queue = server_queue(&topic, server);
         let fanout = fanout_exchange(&topic);
         let fanout_q = fanout_queue(&topic);
-        transport.declare_exchange(&topology.control_exchange(&exchange)).await?;
+        transport
+            .declare_exchange(&topology.control_exchange(&exchange))
+            .await?;
         for (queue, key) in [(&topic, &topic), (&own_queue, &own_queue)] {
-            transport.declare_queue(&topology.topic_queue(queue)).await?;
+            transport
+                .declare_queue(&topology.topic_queue(queue))
+                .await?;
             transport.bind_queue(queue, &exchange, key).await?;
         }
-        transport.declare_exchange(&topology.fanout_exchange(&fanout)).await?;
-        transport.declare_queue(&topology.transient_queue(&fanout_q)).await?;
+        transport
+            .declare_exchange(&topology.fanout_exchange(&fanout))
+            .await?;
+        transport
+            .declare_queue(&topology.transient_queue(&fanout_q))
+            .await?;
         transport.bind_queue(&fanout_q, &fanout, &topic).await?;
 
         let (stop, stopped) = watch::channel(false);
@@ -134,7 +142,11 @@ impl ServerBuilder {
                     no_ack: false,
                 })
                 .await?;
-            loops.push(tokio::spawn(consume(subscription, shared.clone(), stopped.clone())));
+            loops.push(tokio::spawn(consume(
+                subscription,
+                shared.clone(),
+                stopped.clone(),
+            )));
         }
         tracing::info!(%exchange, %topic, %server, "serving");
         Ok(ServerHandle {

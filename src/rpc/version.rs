@@ -58,7 +58,10 @@ mod tests {
         assert!(server.can_serve("1.35".parse().unwrap()));
         assert!(!server.can_serve("1.36".parse().unwrap()));
         assert!(!server.can_serve("2.0".parse().unwrap()));
-        assert_eq!("2".parse::<Version>().unwrap(), Version { major: 2, minor: 0 });
+        assert_eq!(
+            "2".parse::<Version>().unwrap(),
+            Version { major: 2, minor: 0 }
+        );
         assert!("x.1".parse::<Version>().unwrap_err().is_config());
     }
 }

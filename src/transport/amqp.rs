@@ -43,7 +43,9 @@ pub struct AmqpTransport {
 
 impl std::fmt::Debug for AmqpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpTransport").field("uri", &redact(&self.uri)).finish()
+        f.debug_struct("AmqpTransport")
+            .field("uri", &redact(&self.uri))
+            .finish()
     }
 }
 
@@ -64,8 +66,8 @@ impl AmqpTransport {
     pub async fn connect(uris: &[String]) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(LongString::from("warren"));
+            let properties =
+                ConnectionProperties::default().with_connection_name(LongString::from("warren"));
             match lapin::Connection::connect(uri, properties).await {
                 Ok(connection) => {
                     tracing::debug!(uri = %redact(uri), "connected");
@@ -82,7 +84,10 @@ impl AmqpTransport {
                 }
                 Err(e) => {
                     tracing::warn!(uri = %redact(uri), error = %e, "cannot connect, trying the next host");
-                    last = Some(transport_error(format!("cannot connect to {}", redact(uri)), e));
+                    last = Some(transport_error(
+                        format!("cannot connect to {}", redact(uri)),
+                        e,
+                    ));
                 }
             }
         }
@@ -133,7 +138,9 @@ where
     Fut: std::future::Future<Output = Result<(), lapin::Error>>,
 {
     let channel = transport.scratch_channel().await?;
-    let result = op(channel.clone()).await.map_err(|e| transport_error(what, e));
+    let result = op(channel.clone())
+        .await
+        .map_err(|e| transport_error(what, e));
     if channel.status().connected() {
         let _ = channel.close(200, ShortString::from("OK")).await;
     }
@@ -194,8 +201,13 @@ impl Transport for AmqpTransport {
         };
         let what = format!("cannot declare exchange {:?}", spec.name);
         on_scratch(self, &what, |ch| async move {
-            ch.exchange_declare(spec.name.as_str().into(), kind, options, FieldTable::default())
-                .await
+            ch.exchange_declare(
+                spec.name.as_str().into(),
+                kind,
+                options,
+                FieldTable::default(),
+            )
+            .await
         })
         .await
     }
@@ -209,7 +221,10 @@ impl Transport for AmqpTransport {
             arguments.insert("x-expires".into(), AMQPValue::LongInt(ms));
         }
         if spec.quorum {
-            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         let options = QueueDeclareOptions {
             durable: spec.durable,
@@ -226,7 +241,12 @@ impl Transport for AmqpTransport {
         .await
     }
 
-    async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), Error> {
         let what = format!("cannot bind queue {queue:?} to {exchange:?} with {routing_key:?}");
         on_scratch(self, &what, |ch| async move {
             ch.queue_bind(
@@ -278,10 +298,7 @@ impl Transport for AmqpTransport {
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
                 Err(Error::transport(format!(
                     "message to exchange {:?} with routing key {:?} was returned: {} {}",
-                    message.exchange,
-                    message.routing_key,
-                    returned.reply_code,
-                    returned.reply_text
+                    message.exchange, message.routing_key, returned.reply_code, returned.reply_text
                 )))
             }
             Confirmation::Nack(None) => Err(Error::transport(format!(
@@ -304,7 +321,12 @@ impl Transport for AmqpTransport {
             ..Default::default()
         };
         let consumer = channel
-            .basic_consume(spec.queue.as_str().into(), "".into(), options, FieldTable::default())
+            .basic_consume(
+                spec.queue.as_str().into(),
+                "".into(),
+                options,
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| transport_error(format!("cannot consume queue {:?}", spec.queue), e))?;
         Ok(Box::new(AmqpSubscription {

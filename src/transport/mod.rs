@@ -156,7 +156,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Declares a queue (idempotent with identical flags and arguments).
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error>;
     /// Binds a queue to an exchange with a routing key.
-    async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error>;
+    async fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str)
+        -> Result<(), Error>;
     /// Deletes a queue.
     async fn delete_queue(&self, queue: &str) -> Result<(), Error>;
     /// Publishes a message; with `confirm`, returns once the broker took it.

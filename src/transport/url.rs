@@ -61,7 +61,11 @@ impl TransportUrl {
 
     /// An option's value (`?key=value`), the last one if repeated.
     pub fn option(&self, key: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A boolean option (`true`/`false`/`1`/`0`/`yes`/`no`).
@@ -70,7 +74,9 @@ impl TransportUrl {
             None => Ok(false),
             Some("true" | "1" | "yes" | "on") => Ok(true),
             Some("false" | "0" | "no" | "off") => Ok(false),
-            Some(other) => Err(Error::config(format!("option {key}={other} is not a boolean"))),
+            Some(other) => Err(Error::config(format!(
+                "option {key}={other} is not a boolean"
+            ))),
         }
     }
 
@@ -126,13 +132,20 @@ impl FromStr for TransportUrl {
                 None => (kv.to_owned(), String::new()),
             })
             .collect();
-        let vhost = if path.is_empty() { "%2f".to_owned() } else { path.to_owned() };
+        let vhost = if path.is_empty() {
+            "%2f".to_owned()
+        } else {
+            path.to_owned()
+        };
         let hosts = if scheme == Scheme::Embedded {
             Vec::new()
         } else if authority.is_empty() {
             vec![parse_host("")?]
         } else {
-            authority.split(',').map(parse_host).collect::<Result<_, _>>()?
+            authority
+                .split(',')
+                .map(parse_host)
+                .collect::<Result<_, _>>()?
         };
         Ok(TransportUrl {
             scheme,
@@ -172,7 +185,11 @@ fn parse_host(spec: &str) -> Result<Host, Error> {
             .map_err(|_| Error::config(format!("invalid port {p:?} in transport URL")))?,
         None => 5672,
     };
-    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    };
     Ok(Host {
         user,
         password,
@@ -202,7 +219,10 @@ mod tests {
     #[test]
     fn bare_rabbit_url_means_guest_on_localhost() {
         let url: TransportUrl = "rabbit://".parse().unwrap();
-        assert_eq!(url.amqp_uris(), vec!["amqp://guest:guest@localhost:5672/%2f"]);
+        assert_eq!(
+            url.amqp_uris(),
+            vec!["amqp://guest:guest@localhost:5672/%2f"]
+        );
     }
 
     #[test]
@@ -215,7 +235,10 @@ mod tests {
     #[test]
     fn bad_urls_are_config_errors() {
         for bad in ["nope", "http://x", "amqp://h:notaport/", "amqp://[::1/"] {
-            assert!(bad.parse::<TransportUrl>().unwrap_err().is_config(), "{bad}");
+            assert!(
+                bad.parse::<TransportUrl>().unwrap_err().is_config(),
+                "{bad}"
+            );
         }
         let url: TransportUrl = "amqp://h/?amqp_durable_queues=maybe".parse().unwrap();
         assert!(url.flag("amqp_durable_queues").unwrap_err().is_config());

@@ -25,7 +25,11 @@ pub struct Failure {
 
 impl Failure {
     /// A failure without traceback or data.
-    pub fn new(class: impl Into<String>, module: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        class: impl Into<String>,
+        module: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Failure {
             class: class.into(),
             module: module.into(),

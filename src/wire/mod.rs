@@ -83,8 +83,9 @@ impl Codec {
     /// Decodes one value encoded by [`Codec::encode_value`].
     pub fn decode_value<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, Error> {
         match self {
-            Codec::MsgPack => rmp_serde::from_slice(bytes)
-                .map_err(|e| Error::decode(format!("invalid MessagePack value: {e}")).with_source(e)),
+            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
+                Error::decode(format!("invalid MessagePack value: {e}")).with_source(e)
+            }),
             Codec::OsloJson => serde_json::from_slice(bytes)
                 .map_err(|e| Error::decode(format!("invalid JSON value: {e}")).with_source(e)),
         }

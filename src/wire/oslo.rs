@@ -140,7 +140,8 @@ impl<'de> Deserialize<'de> for InnerRequestIn {
                         "_unique_id" => r.unique_id = map.next_value()?,
                         k if k.starts_with(CONTEXT_PREFIX) => {
                             let value = map.next_value()?;
-                            r.context.insert(k[CONTEXT_PREFIX.len()..].to_owned(), value);
+                            r.context
+                                .insert(k[CONTEXT_PREFIX.len()..].to_owned(), value);
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -213,7 +214,8 @@ fn decode_failure(text: &str) -> Result<Failure, Error> {
     let mut oslo: OsloFailure = serde_json::from_str(text).map_err(|e| invalid("failure", e))?;
     let data = match oslo.kwargs.remove(DATA_KWARG) {
         Some(value) => Some(
-            serde_json::to_vec(&value).map_err(|e| Error::decode("bad error value").with_source(e))?,
+            serde_json::to_vec(&value)
+                .map_err(|e| Error::decode("bad error value").with_source(e))?,
         ),
         None => None,
     };

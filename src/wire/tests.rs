@@ -35,7 +35,9 @@ fn health_check(codec: Codec) -> Request {
 
 #[test]
 fn oslo_request_matches_the_captured_bytes() {
-    let body = Codec::OsloJson.encode_request(&health_check(Codec::OsloJson)).unwrap();
+    let body = Codec::OsloJson
+        .encode_request(&health_check(Codec::OsloJson))
+        .unwrap();
     let captured = r#"{"oslo.version":"2.0","oslo.message":"{\"method\":\"health_check\",\"args\":{\"seqid\":0,\"host\":\"heat-api\",\"req\":\"How are you?\"},\"version\":\"1.0\",\"_msg_id\":\"6e0509d917394247affb6b6d6b9979ef\",\"_reply_q\":\"reply_b9d558bd91624d409a1d84080137cd84\",\"_timeout\":null,\"_unique_id\":\"b036b19a474643f9970d1bdcd53f907b\"}"}"#;
     assert_eq!(String::from_utf8(body).unwrap(), captured);
 }
@@ -46,7 +48,10 @@ fn captured_python_request_with_context_decodes() {
     let r = Codec::OsloJson.decode_request(body).unwrap();
     assert_eq!(r.method, "add");
     assert_eq!(r.version.as_deref(), Some("1.2"));
-    assert_eq!(r.reply_q.as_deref(), Some("reply_3080b94eb8ea429ca91c78cdc67a7325"));
+    assert_eq!(
+        r.reply_q.as_deref(),
+        Some("reply_3080b94eb8ea429ca91c78cdc67a7325")
+    );
     assert_eq!(r.context["user_id"], serde_json::json!("u1"));
     assert_eq!(r.context["is_admin"], serde_json::json!(false));
     assert_eq!(r.context.len(), 3);
@@ -63,7 +68,10 @@ fn captured_python_request_with_context_decodes() {
 fn captured_python_failure_reply_decodes() {
     let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"result\": null, \"failure\": \"{\\\"class\\\": \\\"ValueError\\\", \\\"module\\\": \\\"builtins\\\", \\\"message\\\": \\\"boom\\\", \\\"tb\\\": [\\\"Traceback (most recent call last):\\\\n\\\", \\\"ValueError: boom\\\\n\\\"], \\\"args\\\": [\\\"boom\\\"], \\\"kwargs\\\": {}}\", \"ending\": true, \"_msg_id\": \"f797e16db7ac45d0b942a797f74e191b\", \"_unique_id\": \"259c87448ca943f4b7048ad0a7b1c7cb\"}"}"#;
     let reply = Codec::OsloJson.decode_reply(body).unwrap();
-    assert_eq!(reply.msg_id.as_deref(), Some("f797e16db7ac45d0b942a797f74e191b"));
+    assert_eq!(
+        reply.msg_id.as_deref(),
+        Some("f797e16db7ac45d0b942a797f74e191b")
+    );
     let failure = reply.outcome.unwrap_err();
     assert_eq!(failure.class, "ValueError");
     assert_eq!(failure.module, "builtins");
@@ -94,8 +102,12 @@ fn requests_round_trip_in_both_codecs() {
     for codec in [Codec::MsgPack, Codec::OsloJson] {
         let mut request = health_check(codec);
         request.namespace = Some("ns".into());
-        request.context.insert("user_id".into(), serde_json::json!("u1"));
-        let decoded = codec.decode_request(&codec.encode_request(&request).unwrap()).unwrap();
+        request
+            .context
+            .insert("user_id".into(), serde_json::json!("u1"));
+        let decoded = codec
+            .decode_request(&codec.encode_request(&request).unwrap())
+            .unwrap();
         assert_eq!(decoded.method, request.method);
         assert_eq!(decoded.namespace, request.namespace);
         assert_eq!(decoded.msg_id, request.msg_id);
@@ -116,7 +128,9 @@ fn replies_round_trip_in_both_codecs() {
             ending: true,
             unique_id: Some(new_id()),
         };
-        let decoded = codec.decode_reply(&codec.encode_reply(&reply).unwrap()).unwrap();
+        let decoded = codec
+            .decode_reply(&codec.encode_reply(&reply).unwrap())
+            .unwrap();
         assert_eq!(decoded.msg_id, reply.msg_id);
         let result: (u64, String, String) = codec.decode_value(&decoded.outcome.unwrap()).unwrap();
         assert_eq!(result, (7, "vm".into(), "I'm fine!".into()));
@@ -129,7 +143,9 @@ fn replies_round_trip_in_both_codecs() {
             ending: true,
             unique_id: None,
         };
-        let decoded = codec.decode_reply(&codec.encode_reply(&reply).unwrap()).unwrap();
+        let decoded = codec
+            .decode_reply(&codec.encode_reply(&reply).unwrap())
+            .unwrap();
         assert_eq!(decoded.outcome.unwrap_err(), failure);
     }
 }
@@ -146,8 +162,16 @@ fn garbage_is_a_decode_error_not_a_panic() {
 
 #[test]
 fn content_type_picks_the_codec() {
-    assert_eq!(Codec::for_message(Some("application/json"), b"").unwrap(), Codec::OsloJson);
-    assert_eq!(Codec::for_message(Some("application/msgpack"), b"").unwrap(), Codec::MsgPack);
+    assert_eq!(
+        Codec::for_message(Some("application/json"), b"").unwrap(),
+        Codec::OsloJson
+    );
+    assert_eq!(
+        Codec::for_message(Some("application/msgpack"), b"").unwrap(),
+        Codec::MsgPack
+    );
     assert_eq!(Codec::for_message(None, b"{}").unwrap(), Codec::OsloJson);
-    assert!(Codec::for_message(Some("text/plain"), b"").unwrap_err().is_decode());
+    assert!(Codec::for_message(Some("text/plain"), b"")
+        .unwrap_err()
+        .is_decode());
 }

@@ -27,6 +27,7 @@ pub fn ensure_rabbitmq() {
         if std::env::var("WARREN_TEST_RABBITMQ").is_ok() || listening(5672) {
             return;
         }
+        install_rabbitmq();
         let status = Command::new("rabbitmq-server").arg("-detached").status();
         assert!(
             matches!(status, Ok(s) if s.success()),
@@ -40,6 +41,35 @@ pub fn ensure_rabbitmq() {
             "rabbitmqctl await_startup failed: {status:?}"
         );
     });
+}
+
+/// Installs Debian's `rabbitmq-server` when it is missing and this runs as
+/// root (CI, a fresh machine); otherwise says what to install.
+fn install_rabbitmq() {
+    let present = Command::new("sh")
+        .args(["-c", "command -v rabbitmq-server"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if present {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    assert!(
+        root,
+        "the tests need RabbitMQ: run `apt-get install rabbitmq-server` (or set WARREN_TEST_RABBITMQ=amqp://...)"
+    );
+    let status = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server"])
+        .status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "apt-get install rabbitmq-server failed: {status:?}"
+    );
 }
 
 fn listening(port: u16) -> bool {
