@@ -353,10 +353,14 @@ fn emit_server(service: &Service, names: &Names) -> TokenStream {
             quote!(__warren_args.#field)
         });
         let respond = match &m.output {
-            Output::Fallible(..) => quote!(::warren::rpc::Response::result(
-                __warren_codec,
-                &__warren_result
-            )),
+            Output::Fallible(_, e) => quote! {
+                let __warren_class = {
+                    #[allow(unused_imports)]
+                    use ::warren::rpc::{ViaRemoteException as _, ViaTypeName as _};
+                    (&::warren::rpc::ClassOf::<#e>::new()).class_of()
+                };
+                ::warren::rpc::Response::result_as(__warren_codec, &__warren_result, __warren_class)
+            },
             _ => quote!(::warren::rpc::Response::value(
                 __warren_codec,
                 &__warren_result

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Serialize;
 
+use super::exception::type_path;
 use super::{Context, Version};
 use crate::wire::{Args, Codec, Failure, WARREN_MODULE};
 use crate::{BoxError, Error};
@@ -82,10 +83,20 @@ impl Response {
         T: Serialize,
         E: Serialize + Display,
     {
+        Response::result_as(codec, result, type_path::<E>())
+    }
+
+    /// Like [`Response::result`], with the failure's (module, class) given
+    /// (generated code passes the error's [`super::RemoteException`] class).
+    pub fn result_as<T, E>(codec: Codec, result: &Result<T, E>, class: (String, String)) -> Self
+    where
+        T: Serialize,
+        E: Serialize + Display,
+    {
         match result {
             Ok(value) => Response::value(codec, value),
             Err(error) => {
-                let (module, class) = type_path::<E>();
+                let (module, class) = class;
                 let mut failure = Failure::new(class, module, error.to_string());
                 match codec.encode_value(error) {
                     Ok(data) => failure.data = Some(data),
@@ -118,17 +129,6 @@ impl Response {
     /// The outcome, owned.
     pub fn into_outcome(self) -> Result<Vec<u8>, Failure> {
         self.outcome
-    }
-}
-
-/// `my_crate::errors::EngineError` → (`my_crate.errors`, `EngineError`), the
-/// way oslo names an exception's module and class.
-fn type_path<E>() -> (String, String) {
-    let full = std::any::type_name::<E>();
-    let base = full.split('<').next().unwrap_or(full);
-    match base.rsplit_once("::") {
-        Some((module, class)) => (module.replace("::", "."), class.to_owned()),
-        None => (String::new(), base.to_owned()),
     }
 }
 
@@ -231,19 +231,5 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::type_path;
-
-    #[test]
-    fn type_paths_read_like_python_modules() {
-        assert_eq!(
-            type_path::<std::io::Error>(),
-            ("std.io.error".to_owned(), "Error".to_owned())
-        );
-        assert_eq!(type_path::<Vec<u8>>().1, "Vec");
     }
 }

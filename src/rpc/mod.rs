@@ -8,6 +8,7 @@
 mod client;
 mod context;
 mod dispatch;
+mod exception;
 mod options;
 mod reply_queue;
 mod server;
@@ -18,6 +19,9 @@ mod version;
 pub use client::Client;
 pub use context::Context;
 pub use dispatch::{Dispatch, Endpoints, Request, Response, ServiceInfo};
+pub use exception::RemoteException;
+#[doc(hidden)]
+pub use exception::{ClassOf, ViaRemoteException, ViaTypeName};
 pub use options::{CallOptions, DEFAULT_TIMEOUT};
 pub use server::{DispatchService, ServerBuilder, ServerHandle, DEFAULT_PREFETCH};
 pub use target::{fanout_exchange, server_queue, Target, DEFAULT_EXCHANGE};

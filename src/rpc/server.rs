@@ -6,8 +6,9 @@
 //! the prefetch count per queue, and acknowledged once handled (so a server
 //! that dies mid-call leaves the request to another server).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
@@ -132,6 +133,7 @@ impl ServerBuilder {
             service,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            recent: Mutex::new(VecDeque::with_capacity(DUPLICATE_WINDOW)),
         });
         let mut loops = Vec::new();
         for queue in [&topic, &own_queue, &fanout_q] {
@@ -163,6 +165,27 @@ struct Shared {
     service: DispatchService,
     in_flight: AtomicUsize,
     idle: Notify,
+    recent: Mutex<VecDeque<String>>,
+}
+
+/// oslo.messaging drops a request whose `_unique_id` is among the last 16.
+const DUPLICATE_WINDOW: usize = 16;
+
+impl Shared {
+    /// Whether this request id was seen among the recent ones (remembering
+    /// it if not).
+    fn seen_before(&self, unique_id: Option<&str>) -> bool {
+        let Some(id) = unique_id else { return false };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.iter().any(|seen| seen == id) {
+            return true;
+        }
+        if recent.len() == DUPLICATE_WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back(id.to_owned());
+        false
+    }
 }
 
 /// A running server. [`shutdown`](Self::shutdown) stops it gracefully;
@@ -290,11 +313,19 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             tracing::warn!(error = %e, "undecodable request");
             (plain_address, Err(Failure::decode(e.to_string())))
         }
+        Ok(request) if shared.seen_before(request.unique_id.as_deref()) => {
+            tracing::debug!(method = %request.method, "dropping a duplicate request");
+            (None, Ok(Vec::new()))
+        }
         Ok(request) => {
             let address = match (request.reply_q, request.msg_id) {
                 (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
                 _ => plain_address,
             };
+            let keepalive = request
+                .timeout
+                .filter(|t| *t > 0.0)
+                .map(|t| Duration::from_secs_f64(t / 2.0));
             let request = Request {
                 method: request.method,
                 args: request.args,
@@ -302,7 +333,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 version: request.version,
                 namespace: request.namespace,
             };
-            let outcome = match shared.service.clone().oneshot(request).await {
+            let dispatch = shared.service.clone().oneshot(request);
+            let response = match (keepalive, &address) {
+                (Some(period), Some(address)) => {
+                    with_keepalives(&shared.connection, codec, address, period, dispatch).await
+                }
+                _ => dispatch.await,
+            };
+            let outcome = match response {
                 Ok(response) => response.into_outcome(),
                 Err(e) => Err(middleware_failure(e)),
             };
@@ -310,12 +348,47 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
     };
     if let Some(address) = address {
-        if let Err(e) = reply(&shared.connection, codec, address, outcome).await {
+        let reply = Reply {
+            msg_id: Some(address.msg_id.clone()),
+            outcome,
+            ending: true,
+            unique_id: Some(new_id()),
+        };
+        if let Err(e) = send_reply(&shared.connection, codec, &address, reply).await {
             tracing::warn!(error = %e, "cannot send reply");
         }
     }
     if let Err(e) = delivery.acker.ack().await {
         tracing::warn!(error = %e, "cannot ack request");
+    }
+}
+
+/// Runs `dispatch`, sending oslo's `ending: false` keepalive replies every
+/// `period` meanwhile (only for callers that asked, with `_timeout`).
+async fn with_keepalives<F: std::future::Future>(
+    connection: &Connection,
+    codec: Codec,
+    address: &ReplyAddress,
+    period: Duration,
+    dispatch: F,
+) -> F::Output {
+    tokio::pin!(dispatch);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            output = &mut dispatch => return output,
+            _ = ticks.tick() => {
+                let keepalive = Reply {
+                    msg_id: Some(address.msg_id.clone()),
+                    outcome: codec.encode_value(&()).map_err(|e| Failure::new("EncodeError", WARREN_MODULE, e.to_string())),
+                    ending: false,
+                    unique_id: Some(new_id()),
+                };
+                if let Err(e) = send_reply(connection, codec, address, keepalive).await {
+                    tracing::warn!(error = %e, "cannot send keepalive");
+                }
+            }
+        }
     }
 }
 
@@ -332,18 +405,12 @@ fn middleware_failure(e: BoxError) -> Failure {
     Failure::new(class, WARREN_MODULE, e.to_string())
 }
 
-async fn reply(
+async fn send_reply(
     connection: &Connection,
     codec: Codec,
-    address: ReplyAddress,
-    outcome: Result<Vec<u8>, Failure>,
+    address: &ReplyAddress,
+    reply: Reply,
 ) -> Result<(), Error> {
-    let reply = Reply {
-        msg_id: Some(address.msg_id.clone()),
-        outcome,
-        ending: true,
-        unique_id: Some(new_id()),
-    };
     let body = match codec.encode_reply(&reply) {
         Ok(body) => body,
         // A result this codec cannot carry (JSON with non-string map keys,
@@ -355,7 +422,7 @@ async fn reply(
     };
     let mut properties = Properties {
         content_type: Some(codec.content_type().to_owned()),
-        correlation_id: Some(address.msg_id),
+        correlation_id: Some(address.msg_id.clone()),
         ..Properties::default()
     };
     if codec == Codec::OsloJson {
@@ -367,7 +434,7 @@ async fn reply(
         .transport()
         .publish(Outgoing {
             exchange: String::new(),
-            routing_key: address.queue,
+            routing_key: address.queue.clone(),
             mandatory: true,
             confirm: false,
             properties,

@@ -15,8 +15,6 @@ use crate::Error;
 
 const ENVELOPE_VERSION: &str = "2.0";
 const CONTEXT_PREFIX: &str = "_context_";
-/// The `kwargs` key that carries a Rust service error's value.
-const DATA_KWARG: &str = "warren_data";
 
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
@@ -190,41 +188,41 @@ struct OsloFailure {
     args: Vec<serde_json::Value>,
     #[serde(default)]
     kwargs: serde_json::Map<String, serde_json::Value>,
+    /// A Rust service error's value. Python ignores keys it does not know,
+    /// and `kwargs` must stay empty for the builtin exceptions it rebuilds.
+    #[serde(
+        rename = "warren_data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    data: Option<Box<RawValue>>,
 }
 
 fn encode_failure(failure: &Failure) -> Result<String, Error> {
-    let mut kwargs = serde_json::Map::new();
-    if let Some(data) = &failure.data {
-        let value: serde_json::Value =
-            serde_json::from_slice(data).map_err(|e| invalid("error value", e))?;
-        kwargs.insert(DATA_KWARG.to_owned(), value);
-    }
+    let data = match &failure.data {
+        Some(data) => Some(raw_json(data)?.to_owned()),
+        None => None,
+    };
     let oslo = OsloFailure {
         class: failure.class.clone(),
         module: failure.module.clone(),
         message: failure.message.clone(),
         tb: failure.tb.clone(),
         args: vec![serde_json::Value::String(failure.message.clone())],
-        kwargs,
+        kwargs: serde_json::Map::new(),
+        data,
     };
     serde_json::to_string(&oslo).map_err(|e| Error::decode("cannot encode failure").with_source(e))
 }
 
 fn decode_failure(text: &str) -> Result<Failure, Error> {
-    let mut oslo: OsloFailure = serde_json::from_str(text).map_err(|e| invalid("failure", e))?;
-    let data = match oslo.kwargs.remove(DATA_KWARG) {
-        Some(value) => Some(
-            serde_json::to_vec(&value)
-                .map_err(|e| Error::decode("bad error value").with_source(e))?,
-        ),
-        None => None,
-    };
+    let oslo: OsloFailure = serde_json::from_str(text).map_err(|e| invalid("failure", e))?;
     Ok(Failure {
         class: oslo.class,
         module: oslo.module,
         message: oslo.message,
         tb: oslo.tb,
-        data,
+        data: oslo.data.map(|raw| raw.get().as_bytes().to_vec()),
     })
 }
 

@@ -1,0 +1,272 @@
+//! oslo.messaging interoperability with real, unmodified Python peers
+//! (oslo.messaging from PyPI): a Python client calling warren servers, and a
+//! warren client calling a Python server.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use warren::rpc::{Context, RemoteException};
+
+const EXCHANGE: &str = "heat";
+
+/// The engine a Python client calls.
+#[warren::service(topic = "engine", version = "1.2", exchange = "heat")]
+pub trait Engine {
+    async fn health_check(&self, seqid: u64, host: String, req: String) -> (u64, String, String);
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn fail(&self, message: String) -> Result<i64, BadValue>;
+    async fn get_context(&self, key: String) -> Option<Value>;
+    async fn sleep(&self, seconds: f64) -> f64;
+    #[cast]
+    async fn record(&self, value: i64);
+}
+
+/// A service error that Python clients rebuild as `ValueError`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
+
+impl RemoteException for BadValue {
+    const CLASS: &'static str = "ValueError";
+}
+
+struct RustEngine {
+    records: mpsc::UnboundedSender<i64>,
+}
+
+impl Engine for RustEngine {
+    async fn health_check(&self, seqid: u64, _host: String, _req: String) -> (u64, String, String) {
+        (seqid, "rust-engine".into(), "I'm fine!".into())
+    }
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn fail(&self, message: String) -> Result<i64, BadValue> {
+        Err(BadValue(message))
+    }
+    async fn get_context(&self, key: String) -> Option<Value> {
+        Context::current().get(&key).cloned()
+    }
+    async fn sleep(&self, seconds: f64) -> f64 {
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        seconds
+    }
+    async fn record(&self, value: i64) {
+        let _ = self.records.send(value);
+    }
+}
+
+fn rabbit_url() -> String {
+    rabbitmq_url()
+        .replacen("amqp://", "rabbit://", 1)
+        .replace("/%2f", "/")
+}
+
+fn python_script(name: &str) -> Command {
+    let mut command = Command::new(python());
+    command.arg(repo().join("tests/python").join(name));
+    command
+}
+
+async fn run_python(mut command: Command) -> Value {
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("python printed no JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_calls_warren_servers() {
+    let url = rabbit_url();
+    let connection = warren::connect(&url).await.unwrap();
+    let topic = unique("engine");
+    let (records, mut recorded) = mpsc::unbounded_channel();
+    let mut servers = Vec::new();
+    for name in ["rust-engine", "rust-engine-2"] {
+        servers.push(
+            EngineServer::new(RustEngine {
+                records: records.clone(),
+            })
+            .builder()
+            .topic(&topic)
+            .serve(&connection, name)
+            .await
+            .unwrap(),
+        );
+    }
+    let mut command = python_script("oslo_client.py");
+    command.args([url.as_str(), EXCHANGE, topic.as_str(), "rust-engine"]);
+    let out = run_python(command).await;
+
+    assert_eq!(
+        out["health_check"],
+        json!({"result": [7, "rust-engine", "I'm fine!"]})
+    );
+    assert_eq!(out["add"], json!({"result": 42}));
+    assert_eq!(out["to_server"], json!({"result": 3}));
+    assert_eq!(out["fail"]["error"], "ValueError", "{}", out["fail"]);
+    assert!(out["fail"]["message"].as_str().unwrap().contains("boom"));
+    assert_eq!(
+        out["no_such_method"]["exc_type"], "NoSuchMethod",
+        "{}",
+        out["no_such_method"]
+    );
+    assert_eq!(out["private_method"]["exc_type"], "NoSuchMethod");
+    assert_eq!(out["unsupported_version"]["exc_type"], "UnsupportedVersion");
+    assert_eq!(out["wrong_namespace"]["exc_type"], "UnsupportedVersion");
+    assert_eq!(out["context"], json!({"result": "u1"}));
+    assert_eq!(out["context_is_admin"], json!({"result": false}));
+    assert_eq!(
+        out["call_monitor"],
+        json!({"result": 2.5}),
+        "keepalives kept a 2.5 s call alive under a 1 s call monitor"
+    );
+    assert_eq!(out["cast"], json!({"result": null}));
+    assert_eq!(out["timeout"], json!({"error": "MessagingTimeout"}));
+
+    let mut got = drain(&mut recorded, 4, Duration::from_secs(5)).await;
+    got.sort();
+    assert_eq!(got, vec![5, 6, 6], "cast once, fanout to both servers");
+}
+
+/// The Python engine, as a warren client sees it.
+#[warren::service(topic = "engine", version = "1.2", exchange = "heat")]
+pub trait PyEngine {
+    async fn health_check(&self, seqid: u64, host: String, req: String) -> (u64, String, String);
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn fail(&self, message: String) -> i64;
+    async fn get_context(&self, key: String) -> Option<Value>;
+    async fn nope(&self) -> i64;
+    #[cast]
+    async fn record(&self, value: i64);
+}
+
+struct PythonServer {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl PythonServer {
+    async fn start(url: &str, topic: &str, server: &str) -> Self {
+        let mut child = python_script("oslo_server.py")
+            .args([url, EXCHANGE, topic, server])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = tokio::time::timeout(Duration::from_secs(60), lines.recv()).await;
+        assert_eq!(
+            ready.ok().flatten().as_deref(),
+            Some("ready"),
+            "the Python server started"
+        );
+        PythonServer { child, lines }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_client_calls_a_python_server() {
+    let url = rabbit_url();
+    let topic = unique("engine");
+    let mut python = PythonServer::start(&url, &topic, "py-engine").await;
+    let connection = warren::connect(&url).await.unwrap();
+    let engine = PyEngineClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+
+    let (seqid, _host, answer) = engine
+        .health_check(7, "heat-api".into(), "How are you?".into())
+        .await
+        .unwrap();
+    assert_eq!((seqid, answer.as_str()), (7, "I'm fine!"));
+    assert_eq!(engine.add(20, 22).await.unwrap(), 42);
+    assert_eq!(engine.to_server("py-engine").add(1, 2).await.unwrap(), 3);
+
+    let err = engine.fail("boom".into()).await.unwrap_err();
+    assert!(err.is_remote(), "{err:?}");
+    let failure = err.remote().unwrap();
+    assert_eq!(
+        (failure.class.as_str(), failure.module.as_str()),
+        ("ValueError", "builtins")
+    );
+    assert_eq!(failure.message, "boom");
+    assert!(
+        failure.tb.iter().any(|l| l.contains("Traceback")),
+        "{:?}",
+        failure.tb
+    );
+
+    assert!(engine.nope().await.unwrap_err().is_no_such_method());
+    assert!(engine
+        .version("2.0")
+        .add(1, 2)
+        .await
+        .unwrap_err()
+        .is_unsupported_version());
+    assert!(engine
+        .version("1.3")
+        .add(1, 2)
+        .await
+        .unwrap_err()
+        .is_unsupported_version());
+
+    let ctx = Context::new().with("user_id", "u1").with("is_admin", false);
+    assert_eq!(
+        engine
+            .context(ctx)
+            .get_context("user_id".into())
+            .await
+            .unwrap(),
+        Some(json!("u1"))
+    );
+
+    engine.record(5).await.unwrap();
+    engine.fanout().record(6).await.unwrap();
+    let mut casts = Vec::new();
+    while casts.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), python.lines.recv())
+            .await
+            .expect("the Python server printed the cast")
+            .unwrap();
+        casts.push(serde_json::from_str::<Value>(&line).unwrap()["cast"].clone());
+    }
+    casts.sort_by_key(|v| v.as_i64());
+    assert_eq!(casts, vec![json!(5), json!(6)]);
+
+    let err = engine
+        .topic(format!("{topic}-nobody"))
+        .timeout(Duration::from_millis(500))
+        .add(1, 2)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+}
