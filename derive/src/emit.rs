@@ -354,6 +354,7 @@ fn emit_server(service: &Service, names: &Names) -> TokenStream {
         });
         let respond = match &m.output {
             Output::Fallible(_, e) => quote! {
+                #[allow(clippy::needless_borrow)]
                 let __warren_class = {
                     #[allow(unused_imports)]
                     use ::warren::rpc::{ViaRemoteException as _, ViaTypeName as _};

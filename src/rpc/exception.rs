@@ -88,6 +88,7 @@ mod tests {
     struct Undeclared;
 
     #[test]
+    #[allow(clippy::needless_borrow)]
     fn declared_class_wins_over_the_type_name() {
         #[allow(unused_imports)]
         use super::{ViaRemoteException as _, ViaTypeName as _};
