@@ -1,0 +1,469 @@
+//! Running a workload: servers, clients, workers, histograms.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_bytes::ByteBuf;
+use warren::wire::Codec;
+use warren::Connection;
+
+use super::{CodecArg, Mode, Workload};
+
+/// The service `warren bench` measures: an echo and a sink.
+#[warren::service(topic = "warren_bench", version = "1.0")]
+pub trait BenchService {
+    /// Returns its payload.
+    async fn echo(&self, payload: ByteBuf) -> ByteBuf;
+    /// Swallows its payload.
+    #[cast]
+    async fn sink(&self, payload: ByteBuf);
+}
+
+struct Bench {
+    received: Arc<AtomicU64>,
+}
+
+impl BenchService for Bench {
+    async fn echo(&self, payload: ByteBuf) -> ByteBuf {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        payload
+    }
+
+    async fn sink(&self, _payload: ByteBuf) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the servers run.
+pub enum Servers {
+    /// Started by this run.
+    InProcess,
+    /// Started by `warren bench server` elsewhere.
+    Elsewhere,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub min: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunResult {
+    pub url: String,
+    pub mode: Mode,
+    pub codec: CodecArg,
+    pub servers: usize,
+    pub clients: usize,
+    pub in_flight: usize,
+    pub payload: String,
+    pub rate: Option<f64>,
+    /// Seconds measured (after warm-up).
+    pub seconds: f64,
+    /// Requests completed successfully in the measured window.
+    pub completed: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    /// Requests the servers of this process received, whole run.
+    pub received: Option<u64>,
+    /// Completed requests per second.
+    pub throughput: f64,
+    pub latency_us: Latency,
+    /// Completions per second of the measured window, second by second.
+    pub timeline: Vec<u64>,
+    /// (percentile, latency µs) points of the latency distribution.
+    pub distribution: Vec<(f64, u64)>,
+}
+
+/// `SIZE` or `SIZE:WEIGHT,…`.
+fn parse_payload(spec: &str) -> Result<Vec<(usize, u32)>, String> {
+    let sizes = spec
+        .split(',')
+        .map(|part| {
+            let (size, weight) = part.split_once(':').unwrap_or((part, "1"));
+            let size = size
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad payload size {size:?}"))?;
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad payload weight {weight:?}"))?;
+            Ok((size, weight))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if sizes.iter().map(|(_, w)| *w as u64).sum::<u64>() == 0 {
+        return Err(format!("payload distribution {spec:?} has no weight"));
+    }
+    Ok(sizes)
+}
+
+/// A tiny xorshift generator: payload sizes need no crypto.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn pick(sizes: &[(usize, u32)], rng: &mut Rng) -> usize {
+    let total: u64 = sizes.iter().map(|(_, w)| *w as u64).sum();
+    let mut roll = rng.next() % total.max(1);
+    for (size, weight) in sizes {
+        if roll < *weight as u64 {
+            return *size;
+        }
+        roll -= *weight as u64;
+    }
+    sizes.last().map(|(s, _)| *s).unwrap_or(0)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+async fn connect(workload: &Workload) -> Result<Connection, warren::Error> {
+    let codec = match workload.codec {
+        CodecArg::Msgpack => Codec::MsgPack,
+        CodecArg::Oslo => Codec::OsloJson,
+    };
+    Ok(warren::connect(&workload.url).await?.with_codec(codec))
+}
+
+async fn start_servers(
+    workload: &Workload,
+    topic: &str,
+    received: &Arc<AtomicU64>,
+) -> Result<Vec<(Connection, warren::rpc::ServerHandle)>, warren::Error> {
+    let mut servers = Vec::new();
+    for i in 0..workload.servers.max(1) {
+        let connection = connect(workload).await?;
+        let handle = BenchServiceServer::new(Bench {
+            received: received.clone(),
+        })
+        .builder()
+        .topic(topic)
+        .prefetch(256)
+        .serve(&connection, &format!("bench-{i}"))
+        .await?;
+        servers.push((connection, handle));
+    }
+    Ok(servers)
+}
+
+/// `warren bench server`: serve until Ctrl-C.
+pub async fn serve_until_ctrl_c(workload: &Workload) -> Result<(), Box<dyn std::error::Error>> {
+    let received = Arc::new(AtomicU64::new(0));
+    let servers = start_servers(workload, &workload.topic, &received).await?;
+    tracing::info!(servers = servers.len(), topic = %workload.topic, "bench servers ready; Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    for (connection, handle) in servers {
+        handle.shutdown().await?;
+        connection.close().await?;
+    }
+    tracing::info!(
+        received = received.load(Ordering::Relaxed),
+        "bench servers stopped"
+    );
+    Ok(())
+}
+
+/// Shared by the workers of one run.
+struct Shared {
+    start: Instant,
+    measure_from: Instant,
+    end: Option<Instant>,
+    remaining: AtomicI64,
+    completed: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    timeline: Vec<AtomicU64>,
+    histograms: Vec<Mutex<Histogram<u64>>>,
+    last_done: Mutex<Option<Instant>>,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the workload once and measures it.
+pub async fn measure(
+    workload: &Workload,
+    servers: Servers,
+) -> Result<RunResult, Box<dyn std::error::Error>> {
+    let sizes = parse_payload(&workload.payload)?;
+    let topic = match servers {
+        Servers::InProcess => format!("{}_{}", workload.topic, &warren::wire::new_id()[..8]),
+        Servers::Elsewhere => workload.topic.clone(),
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let server_handles = match servers {
+        Servers::InProcess => start_servers(workload, &topic, &received).await?,
+        Servers::Elsewhere => Vec::new(),
+    };
+    let workers = workload.clients.max(1) * workload.in_flight.max(1);
+    let mut clients = Vec::new();
+    for _ in 0..workload.clients.max(1) {
+        let connection = connect(workload).await?;
+        let client = BenchServiceClient::new(&connection)
+            .topic(&topic)
+            .timeout(workload.timeout());
+        // One call first so reply queues exist before the clock starts.
+        if workload.mode == Mode::Call {
+            client.echo(ByteBuf::new()).await?;
+        }
+        clients.push((connection, client));
+    }
+
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(workload.warmup.max(0.0));
+    let end = match workload.count {
+        Some(_) => None,
+        None => Some(measure_from + Duration::from_secs_f64(workload.duration.max(0.001))),
+    };
+    let seconds_hint = end.map_or(3600, |e| (e - measure_from).as_secs() as usize + 2);
+    let shared = Arc::new(Shared {
+        start,
+        measure_from,
+        end,
+        remaining: AtomicI64::new(
+            workload
+                .count
+                .map_or(i64::MAX, |c| c.min(i64::MAX as u64) as i64),
+        ),
+        completed: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
+        timeline: (0..seconds_hint).map(|_| AtomicU64::new(0)).collect(),
+        histograms: (0..workers).map(|_| Mutex::new(new_histogram())).collect(),
+        last_done: Mutex::new(None),
+        finished: std::sync::atomic::AtomicBool::new(false),
+    });
+
+    let progress = progress_bar(shared.clone(), workload);
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..workers {
+        let client = clients[index / workload.in_flight.max(1)].1.clone();
+        let shared = shared.clone();
+        let sizes = sizes.clone();
+        let (mode, rate) = (workload.mode, workload.rate);
+        tasks.spawn(worker(index, workers, client, shared, sizes, mode, rate));
+    }
+    while tasks.join_next().await.is_some() {}
+    shared.finished.store(true, Ordering::Relaxed);
+    let _ = progress.await;
+
+    let mut histogram = new_histogram();
+    for h in &shared.histograms {
+        let _ = histogram.add(&*lock(h));
+    }
+    let window_end = lock(&shared.last_done).unwrap_or_else(Instant::now);
+    let seconds = window_end
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-9);
+    let completed = shared.completed.load(Ordering::Relaxed);
+    let timeline_len = (seconds.ceil() as usize).min(shared.timeline.len());
+    // Casts may still be in the servers' queues: give them a moment.
+    if matches!(servers, Servers::InProcess) && workload.mode != Mode::Call {
+        let expected = completed
+            * if workload.mode == Mode::Fanout {
+                workload.servers.max(1) as u64
+            } else {
+                1
+            };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let result = RunResult {
+        url: display_url(&workload.url),
+        mode: workload.mode,
+        codec: workload.codec,
+        servers: workload.servers,
+        clients: workload.clients,
+        in_flight: workload.in_flight,
+        payload: workload.payload.clone(),
+        rate: workload.rate,
+        seconds,
+        completed,
+        errors: shared.errors.load(Ordering::Relaxed),
+        timeouts: shared.timeouts.load(Ordering::Relaxed),
+        received: matches!(servers, Servers::InProcess).then(|| received.load(Ordering::Relaxed)),
+        throughput: completed as f64 / seconds,
+        latency_us: Latency {
+            min: histogram.min(),
+            p50: histogram.value_at_quantile(0.5),
+            p90: histogram.value_at_quantile(0.9),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        },
+        timeline: shared.timeline[..timeline_len]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect(),
+        distribution: distribution(&histogram),
+    };
+    for (connection, handle) in server_handles {
+        handle.shutdown().await?;
+        connection.close().await?;
+    }
+    for (connection, _) in clients {
+        connection.close().await?;
+    }
+    Ok(result)
+}
+
+/// The URL without its password.
+fn display_url(url: &str) -> String {
+    if url.is_empty() {
+        return "embedded".to_owned();
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = url[s + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Latency at percentiles 0 .. 99.999 (log-spaced towards the tail).
+fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    (0..=50)
+        .map(|i| {
+            // 1 - 10^(-i/10): 0, 20.6, 36.9, … 99.999
+            let p = 1.0 - 10f64.powf(-(i as f64) / 10.0);
+            (p * 100.0, h.value_at_quantile(p.min(0.99999)))
+        })
+        .collect()
+}
+
+async fn worker(
+    index: usize,
+    workers: usize,
+    client: BenchServiceClient,
+    shared: Arc<Shared>,
+    sizes: Vec<(usize, u32)>,
+    mode: Mode,
+    rate: Option<f64>,
+) {
+    let mut rng =
+        Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let fanout = client.fanout();
+    for k in 0u64.. {
+        let intended = match rate {
+            Some(r) if r > 0.0 => {
+                shared.start
+                    + Duration::from_secs_f64((k * workers as u64 + index as u64) as f64 / r)
+            }
+            _ => Instant::now(),
+        };
+        let measuring = intended >= shared.measure_from;
+        match shared.end {
+            Some(end) if intended >= end => break,
+            None if measuring && shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 => break,
+            _ => {}
+        }
+        if rate.is_some() {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        let payload = ByteBuf::from(vec![0x5a; pick(&sizes, &mut rng)]);
+        let result = match mode {
+            Mode::Call => client.echo(payload).await.map(drop),
+            Mode::Cast => client.sink(payload).await,
+            Mode::Fanout => fanout.sink(payload).await,
+        };
+        let done = Instant::now();
+        if !measuring {
+            continue;
+        }
+        match result {
+            Ok(()) => {
+                let micros = done.saturating_duration_since(intended).as_micros() as u64;
+                let _ = lock(&shared.histograms[index]).record(micros.max(1));
+                shared.completed.fetch_add(1, Ordering::Relaxed);
+                let second = done
+                    .saturating_duration_since(shared.measure_from)
+                    .as_secs() as usize;
+                if let Some(slot) = shared.timeline.get(second) {
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut last = lock(&shared.last_done);
+                if last.is_none_or(|l| l < done) {
+                    *last = Some(done);
+                }
+            }
+            Err(e) if e.is_timeout() => {
+                shared.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if shared.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "request failed");
+                }
+            }
+        }
+    }
+}
+
+fn progress_bar(shared: Arc<Shared>, workload: &Workload) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let label = format!(
+        "{} {}",
+        display_url(&workload.url),
+        format!("{:?}", workload.mode).to_lowercase()
+    );
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        while !shared.finished.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = Instant::now();
+            let done = shared.completed.load(Ordering::Relaxed);
+            let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            last = (now, done);
+            let mut h = new_histogram();
+            for w in &shared.histograms {
+                let _ = h.add(&*lock(w));
+            }
+            let phase = if now < shared.measure_from {
+                "warm-up "
+            } else {
+                ""
+            };
+            bar.set_message(format!(
+                "{label}: {phase}{rate:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  errors {}  timeouts {}",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                shared.errors.load(Ordering::Relaxed),
+                shared.timeouts.load(Ordering::Relaxed),
+            ));
+            bar.tick();
+        }
+        bar.finish_and_clear();
+    })
+}

@@ -1,0 +1,45 @@
+//! The `warren` command: `warren broker` runs the embedded AMQP 0-9-1 broker
+//! as a standalone server; `warren bench` generates RPC load against any
+//! broker and reports throughput and latency.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "RPC over message queues: broker and load generator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure RPC calls/s and latency against a broker.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() {
+    init_logging();
+    let result = match Cli::parse().command {
+        Command::Bench(args) => bench::run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("warren: {e}");
+        std::process::exit(1);
+    }
+}
