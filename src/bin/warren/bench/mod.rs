@@ -119,7 +119,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(Role::Server(workload)) => run::serve_until_ctrl_c(&workload).await,
         Some(Role::Client(workload)) => {
             let result = run::measure(&workload, run::Servers::Elsewhere).await?;
-            report::print(&[result.clone()]);
+            report::print(std::slice::from_ref(&result));
             report::write_outputs(&[result], args.json.as_deref(), args.plot.as_deref())
         }
         None => {
