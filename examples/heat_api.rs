@@ -28,7 +28,7 @@ async fn main() -> Result<(), warren::Error> {
     let connection = warren::connect_from_env().await?;
     let engine = EngineClient::new(&connection).timeout(Duration::from_secs(10));
     let mut seqid = 0;
-    while count.map_or(true, |n| seqid < n) {
+    while count.is_none_or(|n| seqid < n) {
         match engine
             .health_check(seqid, "heat-api".into(), "How are you?".into())
             .await
