@@ -1,9 +1,12 @@
 //! The [`Transport`] over any AMQP 0-9-1 server (RabbitMQ, LavinMQ, warren's
 //! own broker), with lapin.
 //!
-//! Publishing goes through a small pool of confirm-mode channels picked
-//! round-robin, so tasks publishing at once do not queue behind one channel;
-//! a channel the broker closed is replaced on next use. Each subscription and
+//! Publishing goes through two small pools of channels picked round-robin,
+//! so tasks publishing at once do not queue behind one channel: one pool in
+//! confirm mode for publishes that wait for the broker's confirm (casts), one
+//! without (calls and replies, whose answer is the reply itself: confirms
+//! there would only cost the broker work). A channel the broker closed is
+//! replaced on next use. Each subscription and
 //! each declaration gets a channel of its own, so a refused declaration
 //! (which closes its channel in AMQP) cannot break anything else.
 
@@ -26,8 +29,42 @@ use super::{
 };
 use crate::Error;
 
-/// Publishing channels per connection.
+/// Publishing channels per pool.
 const PUBLISH_CHANNELS: usize = 4;
+
+/// Channels used round-robin for one kind of publish.
+struct Pool {
+    channels: Vec<Mutex<Channel>>,
+    next: AtomicUsize,
+    confirm: bool,
+}
+
+impl Pool {
+    async fn open(connection: &lapin::Connection, confirm: bool) -> Result<Self, Error> {
+        let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            channels.push(Mutex::new(open_publisher(connection, confirm).await?));
+        }
+        Ok(Pool {
+            channels,
+            next: AtomicUsize::new(0),
+            confirm,
+        })
+    }
+
+    /// The next channel, reopened if the broker closed it.
+    async fn channel(&self, connection: &lapin::Connection) -> Result<Channel, Error> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let slot = &self.channels[index];
+        let channel = lock(slot).clone();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = open_publisher(connection, self.confirm).await?;
+        *lock(slot) = fresh.clone();
+        Ok(fresh)
+    }
+}
 
 fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
     Error::transport(format!("{what}: {e}")).with_source(e)
@@ -36,8 +73,8 @@ fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
 /// A connection to an AMQP 0-9-1 server.
 pub struct AmqpTransport {
     connection: lapin::Connection,
-    publishers: Vec<Mutex<Channel>>,
-    next_publisher: AtomicUsize,
+    confirmed: Pool,
+    unconfirmed: Pool,
     uri: String,
 }
 
@@ -71,14 +108,10 @@ impl AmqpTransport {
             match lapin::Connection::connect(uri, properties).await {
                 Ok(connection) => {
                     tracing::debug!(uri = %redact(uri), "connected");
-                    let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
-                    for _ in 0..PUBLISH_CHANNELS {
-                        publishers.push(Mutex::new(open_publisher(&connection).await?));
-                    }
                     return Ok(AmqpTransport {
+                        confirmed: Pool::open(&connection, true).await?,
+                        unconfirmed: Pool::open(&connection, false).await?,
                         connection,
-                        publishers,
-                        next_publisher: AtomicUsize::new(0),
                         uri: uri.clone(),
                     });
                 }
@@ -94,18 +127,6 @@ impl AmqpTransport {
         Err(last.unwrap_or_else(|| Error::config("transport URL names no host")))
     }
 
-    async fn publisher(&self) -> Result<Channel, Error> {
-        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-        let slot = &self.publishers[index];
-        let channel = lock(slot).clone();
-        if channel.status().connected() {
-            return Ok(channel);
-        }
-        let fresh = open_publisher(&self.connection).await?;
-        *lock(slot) = fresh.clone();
-        Ok(fresh)
-    }
-
     async fn scratch_channel(&self) -> Result<Channel, Error> {
         self.connection
             .create_channel()
@@ -119,15 +140,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn open_publisher(connection: &lapin::Connection) -> Result<Channel, Error> {
+async fn open_publisher(connection: &lapin::Connection, confirm: bool) -> Result<Channel, Error> {
     let channel = connection
         .create_channel()
         .await
         .map_err(|e| transport_error("cannot open a channel", e))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| transport_error("confirm.select refused", e))?;
+    if confirm {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| transport_error("confirm.select refused", e))?;
+    }
     Ok(channel)
 }
 
@@ -272,7 +295,12 @@ impl Transport for AmqpTransport {
     }
 
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
-        let channel = self.publisher().await?;
+        let pool = if message.confirm {
+            &self.confirmed
+        } else {
+            &self.unconfirmed
+        };
+        let channel = pool.channel(&self.connection).await?;
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             immediate: false,
