@@ -3,6 +3,7 @@
 //! broker and reports throughput and latency.
 
 mod bench;
+mod broker;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the embedded AMQP 0-9-1 broker as a server.
+    Broker(broker::BrokerArgs),
     /// Measure RPC calls/s and latency against a broker.
     Bench(bench::BenchArgs),
 }
@@ -36,6 +39,7 @@ fn init_logging() {
 async fn main() {
     init_logging();
     let result = match Cli::parse().command {
+        Command::Broker(args) => broker::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     if let Err(e) = result {
