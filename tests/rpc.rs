@@ -34,6 +34,7 @@ conformance!(
 /// A connection, a unique topic, and a channel for casts.
 struct Setup {
     connection: warren::Connection,
+    _broker: Option<warren::broker::BrokerHandle>,
     topic: String,
     records: mpsc::UnboundedSender<(String, i64)>,
     recorded: mpsc::UnboundedReceiver<(String, i64)>,
@@ -41,8 +42,10 @@ struct Setup {
 
 async fn setup(backend: Backend) -> Setup {
     let (records, recorded) = mpsc::unbounded_channel();
+    let (connection, broker) = backend.connect().await;
     Setup {
-        connection: backend.connect().await,
+        connection,
+        _broker: broker,
         topic: unique("calc"),
         records,
         recorded,

@@ -136,7 +136,8 @@ async fn sweep(core: Arc<core::Core>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// A running broker. Cheap to clone.
+/// A running broker. Cheap to clone; when the last clone is dropped (or
+/// [`BrokerHandle::shutdown`] is called) the broker stops.
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
     inner: Arc<Inner>,

@@ -257,18 +257,38 @@ pub type Counter = Arc<std::sync::atomic::AtomicUsize>;
 pub enum Backend {
     /// RabbitMQ over TCP.
     RabbitMq,
+    /// warren's embedded broker over TCP (a broker of its own per test).
+    EmbeddedTcp,
 }
 
 impl Backend {
-    /// A connection for one test. Tests isolate themselves with unique
-    /// topics, so backends may be shared.
-    pub async fn connect(self) -> warren::Connection {
+    /// A connection for one test, and the broker it started (which lives as
+    /// long as the returned handle). Tests isolate themselves with unique
+    /// topics, so RabbitMQ is shared.
+    pub async fn connect(self) -> (warren::Connection, Option<warren::broker::BrokerHandle>) {
         match self {
-            Backend::RabbitMq => warren::connect(&rabbitmq_url())
-                .await
-                .expect("connect to RabbitMQ"),
+            Backend::RabbitMq => (
+                warren::connect(&rabbitmq_url()).await.expect("connect to RabbitMQ"),
+                None,
+            ),
+            Backend::EmbeddedTcp => {
+                let broker = embedded_broker().await;
+                let connection = warren::connect(&broker.url())
+                    .await
+                    .expect("connect to the embedded broker");
+                (connection, Some(broker))
+            }
         }
     }
+}
+
+/// A broker of this test's own on a free port (dropped with the runtime).
+pub async fn embedded_broker() -> warren::broker::BrokerHandle {
+    warren::broker::Broker::builder()
+        .listen(([127, 0, 0, 1], 0).into())
+        .start()
+        .await
+        .expect("start the embedded broker")
 }
 
 /// Declares one test per backend for each scenario `async fn name(Backend)`.
@@ -280,6 +300,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::RabbitMq).await
+                }
+            )*
+        }
+        mod embedded_tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::EmbeddedTcp).await
                 }
             )*
         }
