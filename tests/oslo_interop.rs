@@ -89,9 +89,35 @@ async fn run_python(mut command: Command) -> Value {
         .unwrap_or_else(|e| panic!("python printed no JSON ({e}): {stdout}"))
 }
 
+/// oslo's URL for a broker's `amqp://` one.
+fn as_rabbit(amqp: &str) -> String {
+    amqp.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_calls_warren_servers() {
-    let url = rabbit_url();
+async fn python_client_calls_warren_servers_on_rabbitmq() {
+    python_client_calls_warren_servers(&rabbit_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_calls_warren_servers_on_the_embedded_broker() {
+    let broker = embedded_broker().await;
+    python_client_calls_warren_servers(&as_rabbit(&broker.url())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_client_calls_a_python_server_on_rabbitmq() {
+    warren_client_calls_a_python_server(&rabbit_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_client_calls_a_python_server_on_the_embedded_broker() {
+    let broker = embedded_broker().await;
+    warren_client_calls_a_python_server(&as_rabbit(&broker.url())).await
+}
+
+async fn python_client_calls_warren_servers(url: &str) {
+    let url = url.to_owned();
     let connection = warren::connect(&url).await.unwrap();
     let topic = unique("engine");
     let (records, mut recorded) = mpsc::unbounded_channel();
@@ -193,9 +219,8 @@ impl Drop for PythonServer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warren_client_calls_a_python_server() {
-    let url = rabbit_url();
+async fn warren_client_calls_a_python_server(url: &str) {
+    let url = url.to_owned();
     let topic = unique("engine");
     let mut python = PythonServer::start(&url, &topic, "py-engine").await;
     let connection = warren::connect(&url).await.unwrap();
