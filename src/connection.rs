@@ -33,7 +33,9 @@ impl std::fmt::Debug for Connection {
 ///   by default;
 /// - `rabbit://user:pass@host:port[,user:pass@host2:port2]/vhost`: oslo's
 ///   form, oslo's JSON codec by default, several hosts tried in order;
-/// - `embedded://`: the broker inside this process.
+/// - `embedded://` (or an empty URL): the broker inside this process,
+///   reached without a socket; `embedded://?listen=127.0.0.1:5672` also
+///   exposes it to other processes over AMQP.
 ///
 /// Options after `?`: `codec=msgpack|oslo`, `amqp_durable_queues`,
 /// `rabbit_quorum_queue`, `rabbit_transient_queues_ttl` (seconds, 0 omits).
@@ -63,7 +65,7 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
     }
     let transport: Arc<dyn Transport> = match url.scheme {
         Scheme::Amqp | Scheme::Rabbit => Arc::new(AmqpTransport::connect(&url.amqp_uris()).await?),
-        Scheme::Embedded => crate::embedded::transport().await?,
+        Scheme::Embedded => crate::embedded::transport(&url).await?,
     };
     Ok(Connection {
         transport,
@@ -86,6 +88,17 @@ impl Connection {
             codec,
             topology,
         }
+    }
+
+    /// An in-process connection to `broker` (no socket): what `embedded://`
+    /// uses for the process-wide broker, for any broker of this process.
+    pub fn in_process(broker: &crate::broker::BrokerHandle) -> Result<Self, Error> {
+        let transport = crate::transport::local::LocalTransport::connect(broker.core(), "/")?;
+        Ok(Connection::from_transport(
+            Arc::new(transport),
+            Codec::MsgPack,
+            Topology::default(),
+        ))
     }
 
     /// The same connection, with clients created from it using `codec`.

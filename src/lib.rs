@@ -12,7 +12,7 @@
 
 pub mod broker;
 mod connection;
-mod embedded;
+pub mod embedded;
 mod error;
 pub mod rpc;
 pub mod transport;

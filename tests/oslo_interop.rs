@@ -91,7 +91,8 @@ async fn run_python(mut command: Command) -> Value {
 
 /// oslo's URL for a broker's `amqp://` one.
 fn as_rabbit(amqp: &str) -> String {
-    amqp.replacen("amqp://", "rabbit://", 1).replace("/%2f", "/")
+    amqp.replacen("amqp://", "rabbit://", 1)
+        .replace("/%2f", "/")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,11 +21,11 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties};
+use lapin::{Channel, Confirmation, ConnectionProperties};
 
 use super::{
-    Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, Outgoing, Properties, QueueSpec,
-    Subscription, Transport,
+    short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
+    QueueSpec, Subscription, Transport,
 };
 use crate::Error;
 
@@ -170,45 +170,6 @@ where
     result
 }
 
-fn to_amqp(p: &Properties) -> BasicProperties {
-    let mut out = BasicProperties::default().with_headers(FieldTable::default());
-    if let Some(v) = &p.content_type {
-        out = out.with_content_type(ShortString::from(v.as_str()));
-    }
-    if let Some(v) = &p.content_encoding {
-        out = out.with_content_encoding(ShortString::from(v.as_str()));
-    }
-    if let Some(v) = &p.correlation_id {
-        out = out.with_correlation_id(ShortString::from(v.as_str()));
-    }
-    if let Some(v) = &p.reply_to {
-        out = out.with_reply_to(ShortString::from(v.as_str()));
-    }
-    if let Some(v) = &p.expiration {
-        out = out.with_expiration(ShortString::from(v.as_str()));
-    }
-    if let Some(v) = p.delivery_mode {
-        out = out.with_delivery_mode(v);
-    }
-    if let Some(v) = p.priority {
-        out = out.with_priority(v);
-    }
-    out
-}
-
-fn from_amqp(p: &BasicProperties) -> Properties {
-    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-    Properties {
-        content_type: text(p.content_type()),
-        content_encoding: text(p.content_encoding()),
-        correlation_id: text(p.correlation_id()),
-        reply_to: text(p.reply_to()),
-        expiration: text(p.expiration()),
-        delivery_mode: *p.delivery_mode(),
-        priority: *p.priority(),
-    }
-}
-
 #[async_trait]
 impl Transport for AmqpTransport {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), Error> {
@@ -223,14 +184,10 @@ impl Transport for AmqpTransport {
             ..Default::default()
         };
         let what = format!("cannot declare exchange {:?}", spec.name);
+        let name = short(&spec.name)?;
         on_scratch(self, &what, |ch| async move {
-            ch.exchange_declare(
-                spec.name.as_str().into(),
-                kind,
-                options,
-                FieldTable::default(),
-            )
-            .await
+            ch.exchange_declare(name, kind, options, FieldTable::default())
+                .await
         })
         .await
     }
@@ -256,10 +213,9 @@ impl Transport for AmqpTransport {
             ..Default::default()
         };
         let what = format!("cannot declare queue {:?}", spec.name);
+        let name = short(&spec.name)?;
         on_scratch(self, &what, |ch| async move {
-            ch.queue_declare(spec.name.as_str().into(), options, arguments)
-                .await
-                .map(|_| ())
+            ch.queue_declare(name, options, arguments).await.map(|_| ())
         })
         .await
     }
@@ -271,11 +227,12 @@ impl Transport for AmqpTransport {
         routing_key: &str,
     ) -> Result<(), Error> {
         let what = format!("cannot bind queue {queue:?} to {exchange:?} with {routing_key:?}");
+        let (queue, exchange, routing_key) = (short(queue)?, short(exchange)?, short(routing_key)?);
         on_scratch(self, &what, |ch| async move {
             ch.queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
+                queue,
+                exchange,
+                routing_key,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -286,8 +243,9 @@ impl Transport for AmqpTransport {
 
     async fn delete_queue(&self, queue: &str) -> Result<(), Error> {
         let what = format!("cannot delete queue {queue:?}");
+        let queue = short(queue)?;
         on_scratch(self, &what, |ch| async move {
-            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+            ch.queue_delete(queue, QueueDeleteOptions::default())
                 .await
                 .map(|_| ())
         })
@@ -300,19 +258,15 @@ impl Transport for AmqpTransport {
         } else {
             &self.unconfirmed
         };
+        let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
+        let properties = message.properties.to_amqp()?;
         let channel = pool.channel(&self.connection).await?;
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             immediate: false,
         };
         let confirm = channel
-            .basic_publish(
-                message.exchange.as_str().into(),
-                message.routing_key.as_str().into(),
-                options,
-                &message.body,
-                to_amqp(&message.properties),
-            )
+            .basic_publish(exchange, routing_key, options, &message.body, properties)
             .await
             .map_err(|e| transport_error(format!("cannot publish to {:?}", message.exchange), e))?;
         if !message.confirm {
@@ -350,8 +304,8 @@ impl Transport for AmqpTransport {
         };
         let consumer = channel
             .basic_consume(
-                spec.queue.as_str().into(),
-                "".into(),
+                short(&spec.queue)?,
+                ShortString::default(),
                 options,
                 FieldTable::default(),
             )
@@ -394,7 +348,7 @@ impl Subscription for AmqpSubscription {
             Box::new(LapinAcker(delivery.acker))
         };
         Some(Ok(Delivery {
-            properties: from_amqp(&delivery.properties),
+            properties: Properties::from_amqp(&delivery.properties),
             body: delivery.data,
             redelivered: delivery.redelivered,
             acker,
@@ -440,18 +394,5 @@ impl Acker for LapinAcker {
             .await
             .map(|_| ())
             .map_err(|e| transport_error("basic.reject failed", e))
-    }
-}
-
-struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(&self) -> Result<(), Error> {
-        Ok(())
-    }
-
-    async fn reject(&self, _requeue: bool) -> Result<(), Error> {
-        Ok(())
     }
 }

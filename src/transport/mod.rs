@@ -2,12 +2,16 @@
 //!
 //! The RPC layer sees only the [`Transport`] trait: declare exchanges and
 //! queues, bind, publish, consume, ack. [`amqp`] implements it over any AMQP
-//! 0-9-1 server with lapin; [`url`] parses the `amqp://`, `rabbit://` and
-//! `embedded://` URLs that pick one.
+//! 0-9-1 server with lapin; [`local`] goes straight into the embedded
+//! broker's core in this process; [`url`] parses the `amqp://`, `rabbit://`
+//! and `embedded://` URLs that pick one.
 
 pub mod amqp;
+pub mod local;
 pub mod url;
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{FieldTable, ShortString};
 use async_trait::async_trait;
 
 use crate::Error;
@@ -29,6 +33,63 @@ pub struct Properties {
     pub delivery_mode: Option<u8>,
     /// Message priority.
     pub priority: Option<u8>,
+}
+
+/// An AMQP short string (at most 255 bytes), or a configuration error
+/// naming the value.
+pub fn short(value: &str) -> Result<ShortString, Error> {
+    ShortString::try_new(value).map_err(|_| {
+        Error::config(format!(
+            "{:?}… is {} bytes long; AMQP names and properties hold at most 255",
+            crate::broker::core::error::truncate(value, 32),
+            value.len()
+        ))
+    })
+}
+
+impl Properties {
+    /// As AMQP properties (with oslo's empty `headers` table); a value too
+    /// long for an AMQP short string is a configuration error.
+    pub fn to_amqp(&self) -> Result<BasicProperties, Error> {
+        let p = self;
+        let mut out = BasicProperties::default().with_headers(FieldTable::default());
+        if let Some(v) = &p.content_type {
+            out = out.with_content_type(short(v)?);
+        }
+        if let Some(v) = &p.content_encoding {
+            out = out.with_content_encoding(short(v)?);
+        }
+        if let Some(v) = &p.correlation_id {
+            out = out.with_correlation_id(short(v)?);
+        }
+        if let Some(v) = &p.reply_to {
+            out = out.with_reply_to(short(v)?);
+        }
+        if let Some(v) = &p.expiration {
+            out = out.with_expiration(short(v)?);
+        }
+        if let Some(v) = p.delivery_mode {
+            out = out.with_delivery_mode(v);
+        }
+        if let Some(v) = p.priority {
+            out = out.with_priority(v);
+        }
+        Ok(out)
+    }
+
+    /// From AMQP properties.
+    pub fn from_amqp(p: &BasicProperties) -> Properties {
+        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+        Properties {
+            content_type: text(p.content_type()),
+            content_encoding: text(p.content_encoding()),
+            correlation_id: text(p.correlation_id()),
+            reply_to: text(p.reply_to()),
+            expiration: text(p.expiration()),
+            delivery_mode: *p.delivery_mode(),
+            priority: *p.priority(),
+        }
+    }
 }
 
 /// A message to publish.
@@ -55,6 +116,20 @@ pub trait Acker: Send + Sync {
     async fn ack(&self) -> Result<(), Error>;
     /// Negative acknowledgement; `requeue` puts the message back.
     async fn reject(&self, requeue: bool) -> Result<(), Error>;
+}
+
+/// The acker of `no_ack` deliveries: there is nothing to acknowledge.
+pub(crate) struct NoAck;
+
+#[async_trait]
+impl Acker for NoAck {
+    async fn ack(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn reject(&self, _requeue: bool) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// A message received from a queue.

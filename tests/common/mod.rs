@@ -259,6 +259,8 @@ pub enum Backend {
     RabbitMq,
     /// warren's embedded broker over TCP (a broker of its own per test).
     EmbeddedTcp,
+    /// warren's embedded broker in this process, no socket (one per test).
+    InProcess,
 }
 
 impl Backend {
@@ -268,7 +270,9 @@ impl Backend {
     pub async fn connect(self) -> (warren::Connection, Option<warren::broker::BrokerHandle>) {
         match self {
             Backend::RabbitMq => (
-                warren::connect(&rabbitmq_url()).await.expect("connect to RabbitMQ"),
+                warren::connect(&rabbitmq_url())
+                    .await
+                    .expect("connect to RabbitMQ"),
                 None,
             ),
             Backend::EmbeddedTcp => {
@@ -276,6 +280,16 @@ impl Backend {
                 let connection = warren::connect(&broker.url())
                     .await
                     .expect("connect to the embedded broker");
+                (connection, Some(broker))
+            }
+            Backend::InProcess => {
+                let broker = warren::broker::Broker::builder()
+                    .no_listen()
+                    .start()
+                    .await
+                    .expect("start the embedded broker");
+                let connection =
+                    warren::Connection::in_process(&broker).expect("in-process connection");
                 (connection, Some(broker))
             }
         }
@@ -308,6 +322,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::EmbeddedTcp).await
+                }
+            )*
+        }
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::InProcess).await
                 }
             )*
         }
