@@ -112,7 +112,7 @@ pub enum Routed {
     /// At least one queue took it.
     Queued,
     /// No queue did: here it is back (properties, body).
-    Unroutable(BasicProperties, Vec<u8>),
+    Unroutable(Box<BasicProperties>, Vec<u8>),
 }
 
 /// A message handed out by `basic.get`.
@@ -520,7 +520,7 @@ impl VHost {
         if source.is_empty() {
             return Err(AmqpError::channel(
                 code::ACCESS_REFUSED,
-                format!("operation not permitted on the default exchange"),
+                "operation not permitted on the default exchange",
             ));
         }
         let Some(exchange) = state.exchanges.get_mut(source) else {
@@ -663,7 +663,7 @@ impl VHost {
             );
         }
         if destinations.is_empty() {
-            return Ok(Routed::Unroutable(properties, body));
+            return Ok(Routed::Unroutable(Box::new(properties), body));
         }
         let now = Instant::now();
         let per_message_ttl = properties

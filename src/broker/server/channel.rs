@@ -25,7 +25,7 @@ struct Pending {
 
 /// A publish or an acknowledgement held until `tx.commit`.
 enum TxOp {
-    Publish(basic::Publish, BasicProperties, Vec<u8>),
+    Publish(Box<(basic::Publish, BasicProperties)>, Vec<u8>),
     Ack(u64, bool),
     Reject(u64, bool, bool),
 }
@@ -564,7 +564,8 @@ impl Session {
                 let key = session.key;
                 for op in ops {
                     match op {
-                        TxOp::Publish(publish, properties, body) => {
+                        TxOp::Publish(message, body) => {
+                            let (publish, properties) = *message;
                             self.route(ch, publish, properties, body)?
                         }
                         op => self.apply_settle(key, op)?,
@@ -695,7 +696,7 @@ impl Session {
             return Ok(());
         };
         if let Some(ops) = session.tx.as_mut() {
-            ops.push(TxOp::Publish(publish, properties, body));
+            ops.push(TxOp::Publish(Box::new((publish, properties)), body));
             return Ok(());
         }
         match self.route(ch, publish, properties, body) {
@@ -726,7 +727,7 @@ impl Session {
                 let content = Content {
                     exchange: publish.exchange.to_string(),
                     routing_key: publish.routing_key.to_string(),
-                    properties,
+                    properties: *properties,
                     body,
                 };
                 let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
