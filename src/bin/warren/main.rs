@@ -23,7 +23,7 @@ enum Command {
     /// Run the embedded AMQP 0-9-1 broker as a server.
     Broker(broker::BrokerArgs),
     /// Measure RPC calls/s and latency against a broker.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn init_logging() {
@@ -40,7 +40,7 @@ async fn main() {
     init_logging();
     let result = match Cli::parse().command {
         Command::Broker(args) => broker::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
     };
     if let Err(e) = result {
         eprintln!("warren: {e}");
