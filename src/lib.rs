@@ -7,6 +7,7 @@
 //!   touches;
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
+//! - [`notify`]: oslo-style notifications (notifier and listener);
 //! - [`broker`]: the embedded AMQP 0-9-1 broker.
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod broker;
 mod connection;
 pub mod embedded;
 mod error;
+pub mod notify;
 pub mod rpc;
 pub mod transport;
 pub mod wire;

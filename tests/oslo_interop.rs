@@ -189,8 +189,12 @@ struct PythonServer {
 
 impl PythonServer {
     async fn start(url: &str, topic: &str, server: &str) -> Self {
-        let mut child = python_script("oslo_server.py")
-            .args([url, EXCHANGE, topic, server])
+        Self::spawn(python_script("oslo_server.py").args([url, EXCHANGE, topic, server])).await
+    }
+
+    /// Runs a Python peer that prints "ready", then JSON lines.
+    async fn spawn(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -295,4 +299,97 @@ async fn warren_client_calls_a_python_server(url: &str) {
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_between_python_and_warren_on_rabbitmq() {
+    notifications_both_ways(&rabbit_url()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_between_python_and_warren_on_the_embedded_broker() {
+    let broker = embedded_broker().await;
+    notifications_both_ways(&as_rabbit(&broker.url())).await
+}
+
+async fn notifications_both_ways(url: &str) {
+    use warren::notify::{Notification, NotificationListener, Notifier, Priority};
+
+    let connection = warren::connect(url).await.unwrap();
+
+    // oslo's notifier → warren's listener.
+    let topic = unique("notifications");
+    let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
+    let _listener = NotificationListener::new(&connection)
+        .topic(&topic)
+        .exchange(EXCHANGE)
+        .serve(move |n: Notification| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(n);
+            }
+        })
+        .await
+        .unwrap();
+    let mut command = python_script("oslo_notify.py");
+    command.args([url, EXCHANGE, topic.as_str(), "info", "error"]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got = drain(&mut rx, 2, Duration::from_secs(20)).await;
+    got.sort_by_key(|n| n.priority.name());
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].priority, Priority::Error);
+    assert_eq!(got[1].priority, Priority::Info);
+    for n in &got {
+        assert_eq!(n.publisher_id, "compute.host1");
+        assert_eq!(n.event_type, "compute.instance.create.end");
+        assert_eq!(n.payload["id"], json!(1));
+        assert_eq!(n.payload["priority"], json!(n.priority.name()));
+        // oslo.messaging 18's notifier sends no context, so none arrives.
+    }
+
+    // warren's notifier → oslo's listener.
+    let topic = unique("notifications");
+    let mut python = PythonServer::spawn(python_script("oslo_listen.py").args([
+        url,
+        EXCHANGE,
+        topic.as_str(),
+        "2",
+    ]))
+    .await;
+    let notifier = Notifier::new(&connection, "warren.host2")
+        .topic(&topic)
+        .exchange(EXCHANGE);
+    let ctx = Context::new().with("user_id", "u2");
+    notifier
+        .info(&ctx, "volume.attach", &json!({"size": 10}))
+        .await
+        .unwrap();
+    notifier
+        .error(&ctx, "volume.fail", &json!({"size": 11}))
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), python.lines.recv())
+            .await
+            .expect("the Python listener printed the notification")
+            .unwrap();
+        lines.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    lines.sort_by_key(|v| v["priority"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        lines,
+        vec![
+            json!({"priority": "error", "publisher_id": "warren.host2", "event_type": "volume.fail", "payload": {"size": 11}, "user_id": "u2"}),
+            json!({"priority": "info", "publisher_id": "warren.host2", "event_type": "volume.attach", "payload": {"size": 10}, "user_id": "u2"}),
+        ]
+    );
 }

@@ -8,7 +8,7 @@
 
 mod failure;
 mod msgpack;
-mod oslo;
+pub(crate) mod oslo;
 
 use std::collections::BTreeMap;
 

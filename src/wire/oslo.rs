@@ -36,7 +36,8 @@ fn invalid(what: &str, e: serde_json::Error) -> Error {
     Error::decode(format!("invalid oslo JSON {what}: {e}")).with_source(e)
 }
 
-fn wrap(inner: &impl Serialize) -> Result<Vec<u8>, Error> {
+/// Wraps any inner message in the 2.0 envelope.
+pub(crate) fn wrap(inner: &impl Serialize) -> Result<Vec<u8>, Error> {
     let message = serde_json::to_string(inner)
         .map_err(|e| Error::decode("cannot encode oslo message").with_source(e))?;
     serde_json::to_vec(&EnvelopeOut {
@@ -48,7 +49,7 @@ fn wrap(inner: &impl Serialize) -> Result<Vec<u8>, Error> {
 
 /// Returns the inner message of a body: the envelope's string, or the body
 /// itself in the legacy form.
-fn unwrap(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+pub(crate) fn unwrap(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
     let envelope: EnvelopeIn = serde_json::from_slice(body).map_err(|e| invalid("message", e))?;
     match (envelope.version, envelope.message) {
         (Some(v), Some(m)) if v == ENVELOPE_VERSION => Ok(m.into_bytes().into()),
