@@ -38,7 +38,8 @@ impl std::fmt::Debug for Connection {
 ///   exposes it to other processes over AMQP.
 ///
 /// Options after `?`: `codec=msgpack|oslo`, `amqp_durable_queues`,
-/// `rabbit_quorum_queue`, `rabbit_transient_queues_ttl` (seconds, 0 omits).
+/// `rabbit_quorum_queue`, `rabbit_transient_queues_ttl` (seconds, 0 omits),
+/// `rabbit_login_method=PLAIN|AMQPLAIN`; `listen=ADDR` for `embedded://`.
 pub async fn connect(url: &str) -> Result<Connection, Error> {
     let url: TransportUrl = url.parse()?;
     let codec = match url.option("codec") {
@@ -64,7 +65,7 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
         topology.transient_ttl_ms = (seconds > 0).then(|| seconds.saturating_mul(1000));
     }
     let transport: Arc<dyn Transport> = match url.scheme {
-        Scheme::Amqp | Scheme::Rabbit => Arc::new(AmqpTransport::connect(&url.amqp_uris()).await?),
+        Scheme::Amqp | Scheme::Rabbit => Arc::new(AmqpTransport::connect(&url.amqp_uris()?).await?),
         Scheme::Embedded => crate::embedded::transport(&url).await?,
     };
     Ok(Connection {

@@ -29,7 +29,23 @@ conformance!(
     graceful_shutdown_finishes_calls_in_flight,
     a_call_cannot_be_fanout,
     server_answers_each_caller_in_its_own_codec,
+    several_endpoints_share_a_target_by_version_and_namespace,
 );
+
+/// A second endpoint on the same topic, in its own namespace and version.
+#[warren::service(topic = "calc", version = "2.1", namespace = "admin")]
+pub trait CalcAdmin {
+    /// Which endpoint answered.
+    async fn whoami(&self) -> String;
+}
+
+struct Admin;
+
+impl CalcAdmin for Admin {
+    async fn whoami(&self) -> String {
+        "admin".into()
+    }
+}
 
 /// A connection, a unique topic, and a channel for casts.
 struct Setup {
@@ -305,4 +321,37 @@ async fn server_answers_each_caller_in_its_own_codec(backend: Backend) {
             "{codec:?}"
         );
     }
+}
+
+async fn several_endpoints_share_a_target_by_version_and_namespace(backend: Backend) {
+    let s = setup(backend).await;
+    let _server = calc("s1", &s.records)
+        .builder()
+        .endpoint(CalcAdminServer::new(Admin))
+        .topic(&s.topic)
+        .serve(&s.connection, "s1")
+        .await
+        .unwrap();
+    let admin = CalcAdminClient::new(&s.connection).topic(&s.topic);
+    assert_eq!(admin.whoami().await.unwrap(), "admin");
+    assert_eq!(admin.version("2.0").whoami().await.unwrap(), "admin");
+    assert_eq!(
+        s.client().whoami().await.unwrap(),
+        "s1",
+        "the default namespace is the first endpoint"
+    );
+    let err = admin.version("1.0").whoami().await.unwrap_err();
+    assert!(err.is_unsupported_version(), "{err:?}");
+    // The admin endpoint is a candidate but has no `add`.
+    let raw = Client::new(&s.connection);
+    let options = CallOptions::new(Target {
+        namespace: Some("admin".into()),
+        version: Some("2.0".into()),
+        ..Target::new(&s.topic)
+    });
+    let err = raw
+        .call::<_, i64>(&options, "add", &serde_json::json!({"a": 1, "b": 2}))
+        .await
+        .unwrap_err();
+    assert!(err.is_no_such_method(), "{err:?}");
 }

@@ -80,17 +80,29 @@ impl TransportUrl {
         }
     }
 
-    /// One `amqp://` URI per host, in fail-over order, as lapin reads them.
-    pub fn amqp_uris(&self) -> Vec<String> {
-        self.hosts
+    /// One `amqp://` URI per host, in fail-over order, as lapin reads them
+    /// (`rabbit_login_method` becomes lapin's `auth_mechanism`).
+    pub fn amqp_uris(&self) -> Result<Vec<String>, Error> {
+        let query = match self.option("rabbit_login_method") {
+            None => String::new(),
+            Some(m) if m.eq_ignore_ascii_case("AMQPLAIN") => "?auth_mechanism=amqplain".to_owned(),
+            Some(m) if m.eq_ignore_ascii_case("PLAIN") => "?auth_mechanism=plain".to_owned(),
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "rabbit_login_method={other} is not supported (use PLAIN or AMQPLAIN)"
+                )))
+            }
+        };
+        Ok(self
+            .hosts
             .iter()
             .map(|h| {
                 format!(
-                    "amqp://{}:{}@{}:{}/{}",
+                    "amqp://{}:{}@{}:{}/{}{query}",
                     h.user, h.password, h.host, h.port, self.vhost
                 )
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -209,7 +221,7 @@ mod tests {
             .unwrap();
         assert_eq!(url.scheme, Scheme::Rabbit);
         assert_eq!(
-            url.amqp_uris(),
+            url.amqp_uris().unwrap(),
             vec!["amqp://a:b@h1:5673/heat", "amqp://c:d@h2:5672/heat"]
         );
         assert!(url.flag("amqp_durable_queues").unwrap());
@@ -228,7 +240,7 @@ mod tests {
     #[test]
     fn ipv6_hosts_and_empty_url() {
         let url: TransportUrl = "amqp://u:p@[::1]:5999/%2f".parse().unwrap();
-        assert_eq!(url.amqp_uris(), vec!["amqp://u:p@[::1]:5999/%2f"]);
+        assert_eq!(url.amqp_uris().unwrap(), vec!["amqp://u:p@[::1]:5999/%2f"]);
         assert_eq!("".parse::<TransportUrl>().unwrap().scheme, Scheme::Embedded);
     }
 

@@ -1,0 +1,67 @@
+//! Connecting: URLs, SASL mechanisms, fail-over, refused logins.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::sync::mpsc;
+
+async fn answers(url: &str) {
+    let connection = warren::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let topic = unique("calc");
+    let (records, _) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .unwrap();
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+    assert_eq!(client.add(2, 3).await.unwrap(), 5, "{url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqplain_and_plain_logins_work_on_both_brokers() {
+    let broker = embedded_broker().await;
+    for base in [rabbitmq_url(), broker.url()] {
+        let rabbit = base.replacen("amqp://", "rabbit://", 1);
+        for method in ["AMQPLAIN", "PLAIN"] {
+            answers(&format!(
+                "{rabbit}?rabbit_login_method={method}&codec=msgpack"
+            ))
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_fail_over_in_order() {
+    let broker = embedded_broker().await;
+    let addr = broker.local_addrs()[0];
+    // Nothing listens on port 1: the second host takes over.
+    answers(&format!(
+        "rabbit://guest:guest@127.0.0.1:1,guest:guest@{addr}/"
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_or_no_broker_is_a_transport_error() {
+    let broker = embedded_broker().await;
+    let addr = broker.local_addrs()[0];
+    for url in [
+        format!("amqp://guest:wrong@{addr}/%2f"),
+        rabbitmq_url().replacen("guest:guest", "guest:wrong", 1),
+        "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+    ] {
+        let err = warren::connect(&url).await.unwrap_err();
+        assert!(err.is_transport(), "{url}: {err:?}");
+    }
+    let err = warren::connect("amqp://h:port/").await.unwrap_err();
+    assert!(err.is_config(), "{err:?}");
+}
