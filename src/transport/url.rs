@@ -232,9 +232,16 @@ mod tests {
     fn bare_rabbit_url_means_guest_on_localhost() {
         let url: TransportUrl = "rabbit://".parse().unwrap();
         assert_eq!(
-            url.amqp_uris(),
+            url.amqp_uris().unwrap(),
             vec!["amqp://guest:guest@localhost:5672/%2f"]
         );
+        let url: TransportUrl = "rabbit://h/?rabbit_login_method=AMQPLAIN".parse().unwrap();
+        assert_eq!(
+            url.amqp_uris().unwrap(),
+            vec!["amqp://guest:guest@h:5672/%2f?auth_mechanism=amqplain"]
+        );
+        let url: TransportUrl = "rabbit://h/?rabbit_login_method=KERBEROS".parse().unwrap();
+        assert!(url.amqp_uris().unwrap_err().is_config());
     }
 
     #[test]
