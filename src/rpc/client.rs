@@ -27,7 +27,10 @@ pub struct Client {
 struct Inner {
     connection: Connection,
     codec: Codec,
-    replies: tokio::sync::Mutex<Option<Arc<ReplyQueue>>>,
+    /// The reply queue, read without waiting on the hot path.
+    replies: std::sync::RwLock<Option<Arc<ReplyQueue>>>,
+    /// Serializes (re)creating the reply queue.
+    replies_init: tokio::sync::Mutex<()>,
     declared: Mutex<HashSet<String>>,
 }
 
@@ -49,7 +52,8 @@ impl Client {
             inner: Arc::new(Inner {
                 connection: connection.clone(),
                 codec: connection.codec(),
-                replies: tokio::sync::Mutex::new(None),
+                replies: std::sync::RwLock::new(None),
+                replies_init: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashSet::new()),
             }),
         }
@@ -229,13 +233,25 @@ impl Client {
         })
     }
 
+    fn live_reply_queue(&self) -> Option<Arc<ReplyQueue>> {
+        let slot = self.inner.replies.read().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|q| q.is_alive()).cloned()
+    }
+
     async fn reply_queue(&self) -> Result<Arc<ReplyQueue>, Error> {
-        let mut slot = self.inner.replies.lock().await;
-        if let Some(queue) = slot.as_ref().filter(|q| q.is_alive()) {
-            return Ok(queue.clone());
+        if let Some(queue) = self.live_reply_queue() {
+            return Ok(queue);
+        }
+        let _init = self.inner.replies_init.lock().await;
+        if let Some(queue) = self.live_reply_queue() {
+            return Ok(queue);
         }
         let queue = Arc::new(ReplyQueue::start(&self.inner.connection).await?);
-        *slot = Some(queue.clone());
+        *self
+            .inner
+            .replies
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(queue.clone());
         Ok(queue)
     }
 

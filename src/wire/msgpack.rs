@@ -78,6 +78,17 @@ fn yes() -> bool {
     true
 }
 
+/// `rmp_serde::to_vec_named` into a buffer sized up front: growing from
+/// empty costs several reallocations per message.
+pub(super) fn to_vec<T: Serialize + ?Sized>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut buf = Vec::with_capacity(capacity);
+    value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())?;
+    Ok(buf)
+}
+
 fn encoded(what: &str, e: rmp_serde::encode::Error) -> Error {
     Error::decode(format!("cannot encode {what} as MessagePack")).with_source(e)
 }
@@ -98,7 +109,7 @@ pub(super) fn encode_request(request: &Request) -> Result<Vec<u8>, Error> {
         unique_id: request.unique_id.as_deref(),
         context: &request.context,
     };
-    rmp_serde::to_vec_named(&out).map_err(|e| encoded("request", e))
+    to_vec(&out, 160 + request.args.raw().len()).map_err(|e| encoded("request", e))
 }
 
 pub(super) fn decode_request(body: &[u8]) -> Result<Request, Error> {
@@ -133,7 +144,8 @@ pub(super) fn encode_reply(reply: &Reply) -> Result<Vec<u8>, Error> {
         msg_id: reply.msg_id.as_deref(),
         unique_id: reply.unique_id.as_deref(),
     };
-    rmp_serde::to_vec_named(&out).map_err(|e| encoded("reply", e))
+    let size = 96 + reply.outcome.as_ref().map_or(128, |v| v.len());
+    to_vec(&out, size).map_err(|e| encoded("reply", e))
 }
 
 pub(super) fn decode_reply(body: &[u8]) -> Result<Reply, Error> {

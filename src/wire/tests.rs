@@ -175,3 +175,12 @@ fn content_type_picks_the_codec() {
         .unwrap_err()
         .is_decode());
 }
+
+#[test]
+fn ids_are_32_hex_digits_and_distinct() {
+    let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_id()).collect();
+    assert_eq!(ids.len(), 10_000);
+    assert!(ids
+        .iter()
+        .all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
+}
