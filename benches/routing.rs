@@ -5,46 +5,47 @@
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use warren::broker::core::{Core, Destination, ExchangeOptions, QueueOptions};
+use warren::broker::core::Core;
 
 fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("topic_routing");
     for bindings in [10_000usize, 100_000] {
-        let core = Core::new(
-            [("guest".to_owned(), "guest".to_owned())].into(),
-            Vec::new(),
-        );
-        let vhost = core.vhost("/").expect("default vhost");
-        vhost
-            .declare_exchange("x", "topic", &ExchangeOptions::default())
+        let core = Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
+        let connection = core.open_connection("/", "guest").expect("connection");
+        let (channel, _events) = connection.open_channel_mpsc();
+        channel
+            .exchange_declare(
+                "x",
+                "topic",
+                false,
+                false,
+                false,
+                false,
+                FieldTable::default(),
+            )
             .expect("exchange");
-        vhost
-            .declare_queue(0, "q", &QueueOptions::default())
+        channel
+            .queue_declare("q", false, false, false, false, FieldTable::default())
             .expect("queue");
         for i in 0..bindings {
             let key = format!("region{}.host{}.*", i % 100, i);
-            vhost
-                .bind(
-                    0,
-                    "x",
-                    Destination::Queue("q".into()),
-                    &key,
-                    FieldTable::default(),
-                )
+            channel
+                .queue_bind("q", "x", &key, FieldTable::default())
                 .expect("bind");
         }
         // One matching binding among them all; purge so the queue stays small.
         group.bench_with_input(BenchmarkId::from_parameter(bindings), &bindings, |b, _| {
             b.iter(|| {
-                vhost
-                    .publish(
-                        "x",
-                        "region7.host7.cpu",
+                channel
+                    .basic_publish(
+                        "x".into(),
+                        "region7.host7.cpu".into(),
+                        false,
                         BasicProperties::default(),
-                        vec![0; 16],
+                        vec![0u8; 16].into(),
                     )
                     .expect("publish");
-                vhost.purge_queue(0, "q").expect("purge")
+                channel.queue_purge("q").expect("purge")
             })
         });
     }

@@ -94,7 +94,8 @@ impl Connection {
     /// An in-process connection to `broker` (no socket): what `embedded://`
     /// uses for the process-wide broker, for any broker of this process.
     pub fn in_process(broker: &crate::broker::BrokerHandle) -> Result<Self, Error> {
-        let transport = crate::transport::local::LocalTransport::connect(broker.core(), "/")?;
+        let transport =
+            crate::transport::local::LocalTransport::connect(broker.core(), "/", broker.user())?;
         Ok(Connection::from_transport(
             Arc::new(transport),
             Codec::MsgPack,

@@ -50,5 +50,9 @@ pub(crate) async fn transport(url: &TransportUrl) -> Result<Arc<dyn Transport>, 
         None => None,
     };
     let broker = broker(listen).await?;
-    Ok(Arc::new(LocalTransport::connect(broker.core(), "/")?))
+    Ok(Arc::new(LocalTransport::connect(
+        broker.core(),
+        "/",
+        broker.user(),
+    )?))
 }

@@ -577,7 +577,9 @@ async fn message_ttl_and_queue_expiry(url: String) {
         passive: true,
         ..Default::default()
     };
-    let probed = probe.queue_declare(gone.clone(), passive, FieldTable::default()).await;
+    let probed = probe
+        .queue_declare(gone.clone(), passive, FieldTable::default())
+        .await;
     let deleted = matches!(&probed, Err(e) if code(e) == Some(404));
     assert!(deleted, "x-expires deleted the unused queue");
     ch.queue_delete(q, QueueDeleteOptions::default())

@@ -1,47 +1,44 @@
-//! The embedded AMQP 0-9-1 broker: a real AMQP server that lapin, pika,
-//! kombu and oslo.messaging use as they use RabbitMQ, and a socket-free core
-//! that the in-process transport drives directly.
+//! The embedded AMQP 0-9-1 broker.
 //!
-//! - [`core`]: virtual hosts, exchanges, queues, consumers, acks;
-//! - [`server`]: the TCP listener and the connection and channel state
-//!   machines, translating `amq-protocol` frames into core calls.
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), warren::broker::BrokerError> {
-//! let broker = warren::broker::Broker::builder()
-//!     .listen("127.0.0.1:0".parse().unwrap())
-//!     .start()
-//!     .await?;
-//! println!("AMQP on {}", broker.url());
-//! broker.shutdown().await;
-//! # Ok(()) }
-//! ```
+//! [`core`] holds the socket-free broker model (usable in-process); [`server`] speaks
+//! AMQP 0-9-1 over TCP on top of it. [`Broker::builder`] starts both.
 
 pub mod core;
 pub mod server;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
-/// Entry point: [`Broker::builder`].
+/// Error starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Entry point of the embedded broker.
 #[derive(Debug)]
 pub struct Broker;
 
 impl Broker {
-    /// A builder with RabbitMQ's defaults: `127.0.0.1:5672`, `guest:guest`,
-    /// vhost `/`.
+    /// A builder with the defaults: listen on 127.0.0.1:5672, user guest:guest, vhost "/".
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder::default()
     }
 }
 
 /// Configures and starts a broker.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BrokerBuilder {
     listen: Vec<SocketAddr>,
     no_listen: bool,
@@ -50,44 +47,40 @@ pub struct BrokerBuilder {
 }
 
 impl BrokerBuilder {
-    /// Listens on `addr` (repeatable; port 0 picks a free port). The first
-    /// call replaces the default `127.0.0.1:5672`.
+    /// Listen on `addr` (repeatable; port 0 picks a free port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen.push(addr);
         self.no_listen = false;
         self
     }
 
-    /// No TCP listener: only the in-process core.
+    /// Do not open any TCP listener (core only, for in-process use).
     pub fn no_listen(mut self) -> Self {
-        self.listen.clear();
         self.no_listen = true;
+        self.listen.clear();
         self
     }
 
-    /// Adds a user (repeatable). Without any, `guest:guest`.
+    /// Add a user (repeatable). Without any, `guest:guest` exists.
     pub fn user(mut self, name: &str, password: &str) -> Self {
-        self.users.push((name.to_owned(), password.to_owned()));
+        self.users.push((name.to_string(), password.to_string()));
         self
     }
 
-    /// Adds a virtual host (`/` always exists).
+    /// Add a vhost ("/" always exists).
     pub fn vhost(mut self, name: &str) -> Self {
-        self.vhosts.push(name.to_owned());
+        self.vhosts.push(name.to_string());
         self
     }
 
-    /// Starts the broker.
+    /// Bind the listeners and start serving.
     pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
-        let users: Vec<(String, String)> = if self.users.is_empty() {
-            vec![("guest".to_owned(), "guest".to_owned())]
+        let users = if self.users.is_empty() {
+            vec![("guest".to_string(), "guest".to_string())]
         } else {
             self.users
         };
-        let core = core::Core::new(
-            users.iter().cloned().collect::<HashMap<_, _>>(),
-            self.vhosts,
-        );
+        let core = core::Core::new(&users, &self.vhosts);
         let addrs = if self.no_listen {
             Vec::new()
         } else if self.listen.is_empty() {
@@ -95,77 +88,88 @@ impl BrokerBuilder {
         } else {
             self.listen
         };
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut local_addrs = Vec::new();
+        let mut listeners = Vec::new();
         for addr in addrs {
-            let listener = tokio::net::TcpListener::bind(addr)
+            let l = TcpListener::bind(addr)
                 .await
-                .map_err(|e| BrokerError(format!("cannot listen on {addr}: {e}")))?;
-            let local = listener
-                .local_addr()
-                .map_err(|e| BrokerError(format!("cannot read the address of {addr}: {e}")))?;
-            local_addrs.push(local);
-            tasks.push(tokio::spawn(server::accept(
-                listener,
-                core.clone(),
-                stopped.clone(),
-            )));
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            listeners.push(l);
         }
-        tasks.push(tokio::spawn(sweep(core.clone(), stopped)));
+        let local_addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (tracker, done) = mpsc::channel::<()>(1);
+        for l in listeners {
+            tokio::spawn(server::listener::accept_loop(
+                l,
+                core.clone(),
+                shutdown_rx.clone(),
+                tracker.clone(),
+            ));
+        }
+        let first_user = users.into_iter().next().unwrap_or_default();
         Ok(BrokerHandle {
-            inner: Arc::new(Inner {
+            inner: Arc::new(HandleInner {
                 core,
                 local_addrs,
-                user: users[0].clone(),
-                stop,
-                tasks: std::sync::Mutex::new(tasks),
+                first_user,
+                shutdown: shutdown_tx,
+                tracker: Mutex::new(Some(tracker)),
+                done: tokio::sync::Mutex::new(Some(done)),
             }),
         })
     }
 }
 
-/// Expires queues and messages periodically.
-async fn sweep(core: Arc<core::Core>, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => core.sweep(),
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// A running broker. Cheap to clone; when the last clone is dropped (or
-/// [`BrokerHandle::shutdown`] is called) the broker stops.
-#[derive(Debug, Clone)]
-pub struct BrokerHandle {
-    inner: Arc<Inner>,
-}
-
 #[derive(Debug)]
-struct Inner {
+struct HandleInner {
     core: Arc<core::Core>,
     local_addrs: Vec<SocketAddr>,
-    user: (String, String),
-    stop: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    first_user: (String, String),
+    shutdown: watch::Sender<bool>,
+    tracker: Mutex<Option<mpsc::Sender<()>>>,
+    done: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+/// Handle on a running broker (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    inner: Arc<HandleInner>,
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl BrokerHandle {
-    /// `amqp://user:password@addr/%2f` for the first listener and user
-    /// (`embedded://` without a listener).
+    /// `amqp://user:pass@host:port/%2f` for the first listener and first user.
     pub fn url(&self) -> String {
-        match self.inner.local_addrs.first() {
-            Some(addr) => format!(
-                "amqp://{}:{}@{addr}/%2f",
-                self.inner.user.0, self.inner.user.1
-            ),
-            None => "embedded://".to_owned(),
-        }
+        let (u, p) = &self.inner.first_user;
+        let addr = self
+            .inner
+            .local_addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5672)));
+        format!("amqp://{}:{}@{}/%2f", url_escape(u), url_escape(p), addr)
     }
 
-    /// The addresses it listens on.
+    /// The first configured user's name (in-process connections log in as it).
+    pub fn user(&self) -> &str {
+        &self.inner.first_user.0
+    }
+
+    /// The bound listener addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inner.local_addrs.clone()
     }
@@ -175,19 +179,14 @@ impl BrokerHandle {
         self.inner.core.clone()
     }
 
-    /// Stops accepting, closes every connection with 320
-    /// CONNECTION_FORCED, and waits for the listeners to stop.
+    /// Stop accepting, close every connection with 320 CONNECTION_FORCED and wait.
     pub async fn shutdown(self) {
-        let _ = self.inner.stop.send(true);
-        let tasks =
-            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for task in tasks {
-            let _ = task.await;
+        let _ = self.inner.shutdown.send(true);
+        let tracker = core::lock(&self.inner.tracker).take();
+        drop(tracker);
+        let done = self.inner.done.lock().await.take();
+        if let Some(mut done) = done {
+            let _ = done.recv().await;
         }
     }
 }
-
-/// Why a broker could not start.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("broker: {0}")]
-pub struct BrokerError(String);

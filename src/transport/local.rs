@@ -3,19 +3,17 @@
 //! (acks, prefetch, fanout, mandatory, TTL, reply queues), because it is the
 //! same core.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{
-    Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
+    short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
     QueueSpec, Subscription, Transport,
 };
-use crate::broker::core::{
-    AmqpError, ChannelKey, Core, Destination, Event, ExchangeOptions, QueueOptions, Routed, VHost,
-};
+use crate::broker::core::{AmqpError, ChannelEvent, Core, CoreChannel, CoreConnection};
 use crate::Error;
 
 fn refused(e: AmqpError) -> Error {
@@ -24,34 +22,48 @@ fn refused(e: AmqpError) -> Error {
 
 /// A connection to a broker core in this process.
 pub struct LocalTransport {
-    core: Arc<Core>,
-    vhost: Arc<VHost>,
-    id: u64,
+    connection: CoreConnection,
+    /// Publishes go through one channel: they are synchronous calls into
+    /// the core, so there is nothing to wait for in between.
+    publisher: Mutex<Arc<CoreChannel>>,
 }
 
 impl std::fmt::Debug for LocalTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalTransport")
-            .field("vhost", &self.vhost.name())
-            .field("id", &self.id)
+            .field("connection", &self.connection.id())
             .finish()
     }
 }
 
 impl LocalTransport {
-    /// Connects to `vhost` of `core`.
-    pub fn connect(core: Arc<Core>, vhost: &str) -> Result<Self, Error> {
-        let vhost = core
-            .vhost(vhost)
-            .ok_or_else(|| Error::config(format!("the embedded broker has no vhost {vhost:?}")))?;
-        let id = core.next_connection_id();
-        Ok(LocalTransport { core, vhost, id })
+    /// Connects to `vhost` of `core` as `user`.
+    pub fn connect(core: Arc<Core>, vhost: &str, user: &str) -> Result<Self, Error> {
+        let connection = core.open_connection(vhost, user).map_err(refused)?;
+        let (publisher, _events) = connection.open_channel_mpsc();
+        Ok(LocalTransport {
+            connection,
+            publisher: Mutex::new(Arc::new(publisher)),
+        })
+    }
+
+    /// A channel for one operation; an AMQP error closes only it.
+    fn scratch(&self) -> CoreChannel {
+        self.connection.open_channel_mpsc().0
+    }
+
+    fn publisher(&self) -> Arc<CoreChannel> {
+        let mut slot = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_closed() {
+            *slot = Arc::new(self.connection.open_channel_mpsc().0);
+        }
+        slot.clone()
     }
 }
 
 impl Drop for LocalTransport {
     fn drop(&mut self) {
-        self.vhost.close_connection(self.id);
+        self.connection.close();
     }
 }
 
@@ -63,13 +75,16 @@ impl Transport for LocalTransport {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
         };
-        let options = ExchangeOptions {
-            durable: spec.durable,
-            auto_delete: spec.auto_delete,
-            ..ExchangeOptions::default()
-        };
-        self.vhost
-            .declare_exchange(&spec.name, kind, &options)
+        self.scratch()
+            .exchange_declare(
+                &spec.name,
+                kind,
+                false,
+                spec.durable,
+                spec.auto_delete,
+                false,
+                FieldTable::default(),
+            )
             .map_err(refused)
     }
 
@@ -87,15 +102,15 @@ impl Transport for LocalTransport {
                 AMQPValue::LongString("quorum".into()),
             );
         }
-        let options = QueueOptions {
-            passive: false,
-            durable: spec.durable,
-            exclusive: spec.exclusive,
-            auto_delete: spec.auto_delete,
-            arguments,
-        };
-        self.vhost
-            .declare_queue(self.id, &spec.name, &options)
+        self.scratch()
+            .queue_declare(
+                &spec.name,
+                false,
+                spec.durable,
+                spec.exclusive,
+                spec.auto_delete,
+                arguments,
+            )
             .map(|_| ())
             .map_err(refused)
     }
@@ -106,163 +121,124 @@ impl Transport for LocalTransport {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), Error> {
-        self.vhost
-            .bind(
-                self.id,
-                exchange,
-                Destination::Queue(queue.to_owned()),
-                routing_key,
-                FieldTable::default(),
-            )
+        self.scratch()
+            .queue_bind(queue, exchange, routing_key, FieldTable::default())
             .map_err(refused)
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), Error> {
-        self.vhost
-            .delete_queue(self.id, queue, false, false)
+        self.scratch()
+            .queue_delete(queue, false, false)
             .map(|_| ())
             .map_err(refused)
     }
 
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
         let properties = message.properties.to_amqp()?;
-        match self
-            .vhost
-            .publish(
-                &message.exchange,
-                &message.routing_key,
+        let outcome = self
+            .publisher()
+            .basic_publish(
+                short(&message.exchange)?,
+                short(&message.routing_key)?,
+                message.mandatory,
                 properties,
-                message.body,
+                message.body.into(),
             )
-            .map_err(refused)?
-        {
-            Routed::Queued => Ok(()),
-            Routed::Unroutable(..) if message.mandatory && message.confirm => {
-                Err(Error::transport(format!(
+            .map_err(refused)?;
+        if outcome.returned {
+            if message.confirm {
+                return Err(Error::transport(format!(
                     "message to exchange {:?} with routing key {:?} was returned: 312 NO_ROUTE",
                     message.exchange, message.routing_key
-                )))
+                )));
             }
-            Routed::Unroutable(..) => {
-                if message.mandatory {
-                    tracing::debug!(exchange = %message.exchange, routing_key = %message.routing_key, "unroutable message returned");
-                }
-                Ok(())
-            }
+            tracing::debug!(exchange = %message.exchange, routing_key = %message.routing_key, "unroutable message returned");
         }
+        Ok(())
     }
 
     async fn consume(&self, spec: &ConsumeSpec) -> Result<Box<dyn Subscription>, Error> {
-        // Each subscription is a channel of a connection of its own, as a
-        // consumer channel is over TCP.
-        let key = ChannelKey {
-            connection: self.core.next_connection_id(),
-            channel: 1,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.vhost.open_channel(
-            key,
-            Arc::new(move |event| {
-                let _ = tx.send(event);
-            }),
-        );
+        let (channel, events) = self.connection.open_channel_mpsc();
         if spec.prefetch > 0 {
-            self.vhost.qos(key, spec.prefetch, false);
+            channel.basic_qos(spec.prefetch, false).map_err(refused)?;
         }
-        let tag = match self.vhost.consume(key, &spec.queue, "", spec.no_ack, false) {
-            Ok(tag) => tag,
-            Err(e) => {
-                self.vhost.close_channel(key);
-                return Err(refused(e));
-            }
-        };
-        self.vhost.dispatch_queue(&spec.queue);
+        let tag = channel
+            .basic_consume(&spec.queue, "", spec.no_ack, false, FieldTable::default())
+            .map_err(refused)?;
         Ok(Box::new(LocalSubscription {
-            vhost: self.vhost.clone(),
-            key,
-            tag,
+            channel: Arc::new(channel),
+            tag: tag.to_string(),
             no_ack: spec.no_ack,
-            events: rx,
+            events,
         }))
     }
 
     async fn close(&self) -> Result<(), Error> {
-        self.vhost.close_connection(self.id);
+        self.connection.close();
         Ok(())
     }
 }
 
 struct LocalSubscription {
-    vhost: Arc<VHost>,
-    key: ChannelKey,
+    channel: Arc<CoreChannel>,
     tag: String,
     no_ack: bool,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<ChannelEvent>,
 }
 
 #[async_trait]
 impl Subscription for LocalSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        match self.events.recv().await? {
-            Event::Deliver {
-                delivery_tag,
-                message,
-                ..
-            } => {
-                let acker: Box<dyn Acker> = if self.no_ack {
-                    Box::new(NoAck)
-                } else {
-                    Box::new(LocalAcker {
-                        vhost: self.vhost.clone(),
-                        key: self.key,
-                        tag: delivery_tag,
-                    })
-                };
-                Some(Ok(Delivery {
-                    properties: Properties::from_amqp(&message.content.properties),
-                    body: message.content.body.clone(),
-                    redelivered: message.redelivered,
-                    acker,
-                }))
+        loop {
+            match self.events.recv().await? {
+                ChannelEvent::Deliver(d) => {
+                    let acker: Box<dyn Acker> = if self.no_ack {
+                        Box::new(NoAck)
+                    } else {
+                        Box::new(LocalAcker {
+                            channel: self.channel.clone(),
+                            tag: d.delivery_tag,
+                        })
+                    };
+                    return Some(Ok(Delivery {
+                        properties: Properties::from_amqp(&d.message.properties),
+                        body: d.message.body.to_vec(),
+                        redelivered: d.redelivered,
+                        acker,
+                    }));
+                }
+                ChannelEvent::Cancel { .. } => return None,
+                ChannelEvent::ConsumeOk { .. }
+                | ChannelEvent::Return(_)
+                | ChannelEvent::Confirm { .. } => {}
             }
-            Event::Cancel { .. } => None,
         }
     }
 
     async fn cancel(&mut self) -> Result<(), Error> {
-        self.vhost.cancel(self.key, &self.tag);
-        Ok(())
+        self.channel.basic_cancel(&self.tag).map_err(refused)
     }
 
     async fn close(self: Box<Self>) -> Result<(), Error> {
-        self.vhost.close_channel(self.key);
+        self.channel.close();
         Ok(())
-    }
-}
-
-impl Drop for LocalSubscription {
-    fn drop(&mut self) {
-        // Unacknowledged deliveries go back to their queue, as when a
-        // channel closes.
-        self.vhost.close_channel(self.key);
     }
 }
 
 struct LocalAcker {
-    vhost: Arc<VHost>,
-    key: ChannelKey,
+    channel: Arc<CoreChannel>,
     tag: u64,
 }
 
 #[async_trait]
 impl Acker for LocalAcker {
     async fn ack(&self) -> Result<(), Error> {
-        self.vhost.ack(self.key, self.tag, false).map_err(refused)
+        self.channel.basic_ack(self.tag, false).map_err(refused)
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.vhost
-            .reject(self.key, self.tag, false, requeue)
+        self.channel
+            .basic_reject(self.tag, requeue)
             .map_err(refused)
     }
 }

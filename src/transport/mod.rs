@@ -39,9 +39,10 @@ pub struct Properties {
 /// naming the value.
 pub fn short(value: &str) -> Result<ShortString, Error> {
     ShortString::try_new(value).map_err(|_| {
+        let mut head = value.to_owned();
+        crate::broker::core::error::truncate_utf8(&mut head, 32);
         Error::config(format!(
-            "{:?}… is {} bytes long; AMQP names and properties hold at most 255",
-            crate::broker::core::error::truncate(value, 32),
+            "{head:?}… is {} bytes long; AMQP names and properties hold at most 255",
             value.len()
         ))
     })

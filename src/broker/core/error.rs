@@ -1,130 +1,158 @@
-//! AMQP errors the core raises: a reply code, RabbitMQ-like text, and
-//! whether they close the channel or the whole connection.
+//! Typed AMQP errors raised by the broker core.
+//!
+//! Every failing core operation returns an [`AmqpError`] carrying the AMQP reply
+//! code, a RabbitMQ-style reply text and whether it closes the channel or the connection.
 
 use std::fmt;
 
-/// Reply codes (AMQP 0-9-1 constants).
-pub mod code {
-    /// Channel error: the message could not be routed (basic.return).
-    pub const NO_ROUTE: u16 = 312;
-    /// Connection error: the broker is shutting down.
-    pub const CONNECTION_FORCED: u16 = 320;
-    /// Connection error: unknown virtual host.
-    pub const INVALID_PATH: u16 = 402;
-    /// Channel error: permission denied.
-    pub const ACCESS_REFUSED: u16 = 403;
-    /// Channel error: no such entity.
-    pub const NOT_FOUND: u16 = 404;
-    /// Channel error: exclusive entity of another connection.
-    pub const RESOURCE_LOCKED: u16 = 405;
-    /// Channel error: inequivalent redeclare, unknown delivery tag, ….
-    pub const PRECONDITION_FAILED: u16 = 406;
-    /// Connection error: malformed frame.
-    pub const FRAME_ERROR: u16 = 501;
-    /// Connection error: a field could not be decoded.
-    pub const SYNTAX_ERROR: u16 = 502;
-    /// Connection error: a method not allowed now.
-    pub const COMMAND_INVALID: u16 = 503;
-    /// Connection error: a closed or unknown channel.
-    pub const CHANNEL_ERROR: u16 = 504;
-    /// Connection error: a frame that was not expected.
-    pub const UNEXPECTED_FRAME: u16 = 505;
-    /// Connection error: not allowed (duplicate consumer tag, …).
-    pub const NOT_ALLOWED: u16 = 530;
-    /// Connection error: unsupported functionality.
-    pub const NOT_IMPLEMENTED: u16 = 540;
-    /// Connection error: internal failure.
-    pub const INTERNAL_ERROR: u16 = 541;
-}
-
-/// Whether an error closes a channel or the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// `channel.close`: the connection lives on.
+/// Whether an error closes only the channel (soft error) or the whole connection (hard error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorScope {
+    /// Soft error: `channel.close` is sent, the connection stays open.
     Channel,
-    /// `connection.close`.
+    /// Hard error: `connection.close` is sent.
     Connection,
 }
 
-/// An AMQP error, as sent in `channel.close` / `connection.close`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AmqpError {
-    /// The reply code.
-    pub code: u16,
-    /// The reply text, RabbitMQ-style (`NOT_FOUND - no queue 'x' in vhost '/'`).
-    pub text: String,
-    /// The class of the method that failed (0 if none).
-    pub class_id: u16,
-    /// The method that failed (0 if none).
-    pub method_id: u16,
-    /// What closes.
-    pub scope: Scope,
+/// AMQP 0-9-1 reply codes used by the broker.
+pub mod codes {
+    /// 312 NO_ROUTE (basic.return).
+    pub const NO_ROUTE: u16 = 312;
+    /// 320 CONNECTION_FORCED.
+    pub const CONNECTION_FORCED: u16 = 320;
+    /// 403 ACCESS_REFUSED.
+    pub const ACCESS_REFUSED: u16 = 403;
+    /// 404 NOT_FOUND.
+    pub const NOT_FOUND: u16 = 404;
+    /// 405 RESOURCE_LOCKED.
+    pub const RESOURCE_LOCKED: u16 = 405;
+    /// 406 PRECONDITION_FAILED.
+    pub const PRECONDITION_FAILED: u16 = 406;
+    /// 501 FRAME_ERROR.
+    pub const FRAME_ERROR: u16 = 501;
+    /// 502 SYNTAX_ERROR.
+    pub const SYNTAX_ERROR: u16 = 502;
+    /// 503 COMMAND_INVALID.
+    pub const COMMAND_INVALID: u16 = 503;
+    /// 504 CHANNEL_ERROR.
+    pub const CHANNEL_ERROR: u16 = 504;
+    /// 505 UNEXPECTED_FRAME.
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    /// 506 RESOURCE_ERROR.
+    pub const RESOURCE_ERROR: u16 = 506;
+    /// 530 NOT_ALLOWED.
+    pub const NOT_ALLOWED: u16 = 530;
+    /// 540 NOT_IMPLEMENTED.
+    pub const NOT_IMPLEMENTED: u16 = 540;
+    /// 541 INTERNAL_ERROR.
+    pub const INTERNAL_ERROR: u16 = 541;
 }
 
-fn name(code: u16) -> &'static str {
+/// Symbolic RabbitMQ name of a reply code (`NOT_FOUND`, ...).
+pub fn code_name(code: u16) -> &'static str {
     match code {
-        code::NO_ROUTE => "NO_ROUTE",
-        code::CONNECTION_FORCED => "CONNECTION_FORCED",
-        code::INVALID_PATH => "INVALID_PATH",
-        code::ACCESS_REFUSED => "ACCESS_REFUSED",
-        code::NOT_FOUND => "NOT_FOUND",
-        code::RESOURCE_LOCKED => "RESOURCE_LOCKED",
-        code::PRECONDITION_FAILED => "PRECONDITION_FAILED",
-        code::FRAME_ERROR => "FRAME_ERROR",
-        code::SYNTAX_ERROR => "SYNTAX_ERROR",
-        code::COMMAND_INVALID => "COMMAND_INVALID",
-        code::CHANNEL_ERROR => "CHANNEL_ERROR",
-        code::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        code::NOT_ALLOWED => "NOT_ALLOWED",
-        code::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
-        _ => "INTERNAL_ERROR",
+        200 => "OK",
+        311 => "CONTENT_TOO_LARGE",
+        312 => "NO_ROUTE",
+        313 => "NO_CONSUMERS",
+        320 => "CONNECTION_FORCED",
+        402 => "INVALID_PATH",
+        403 => "ACCESS_REFUSED",
+        404 => "NOT_FOUND",
+        405 => "RESOURCE_LOCKED",
+        406 => "PRECONDITION_FAILED",
+        501 => "FRAME_ERROR",
+        502 => "SYNTAX_ERROR",
+        503 => "COMMAND_INVALID",
+        504 => "CHANNEL_ERROR",
+        505 => "UNEXPECTED_FRAME",
+        506 => "RESOURCE_ERROR",
+        530 => "NOT_ALLOWED",
+        540 => "NOT_IMPLEMENTED",
+        541 => "INTERNAL_ERROR",
+        _ => "UNKNOWN",
     }
+}
+
+fn scope_of(code: u16) -> ErrorScope {
+    match code {
+        311..=313 | 403..=406 => ErrorScope::Channel,
+        _ => ErrorScope::Connection,
+    }
+}
+
+/// An AMQP error as it would be carried by `channel.close` / `connection.close`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpError {
+    /// AMQP reply code (404, 406, 504, ...).
+    pub code: u16,
+    /// Reply text, RabbitMQ style: `"NOT_FOUND - no queue 'q' in vhost '/'"`.
+    pub text: String,
+    /// Class id of the method that caused the error (0 if none).
+    pub class_id: u16,
+    /// Method id of the method that caused the error (0 if none).
+    pub method_id: u16,
+    /// Whether the channel or the whole connection must be closed.
+    pub scope: ErrorScope,
 }
 
 impl AmqpError {
-    fn new(code: u16, scope: Scope, detail: impl fmt::Display) -> Self {
-        AmqpError {
+    /// Build an error with the given code; the text gets the `NAME - ` prefix and the
+    /// scope is derived from the code (soft codes close the channel).
+    pub fn new(code: u16, detail: impl fmt::Display) -> Self {
+        let mut text = format!("{} - {}", code_name(code), detail);
+        truncate_utf8(&mut text, 255);
+        Self {
             code,
-            text: format!("{} - {detail}", name(code)),
+            text,
             class_id: 0,
             method_id: 0,
-            scope,
+            scope: scope_of(code),
         }
     }
 
-    /// A channel-level error.
-    pub fn channel(code: u16, detail: impl fmt::Display) -> Self {
-        Self::new(code, Scope::Channel, detail)
-    }
-
-    /// A connection-level error.
-    pub fn connection(code: u16, detail: impl fmt::Display) -> Self {
-        Self::new(code, Scope::Connection, detail)
-    }
-
-    /// Names the method that failed.
-    pub fn on(mut self, class_id: u16, method_id: u16) -> Self {
-        self.class_id = class_id;
-        self.method_id = method_id;
+    /// Attach the class and method id of the failing method (keeps existing non-zero ids).
+    #[must_use]
+    pub fn during(mut self, class_id: u16, method_id: u16) -> Self {
+        if self.class_id == 0 && self.method_id == 0 {
+            self.class_id = class_id;
+            self.method_id = method_id;
+        }
         self
     }
 
-    /// The reply text, cut to the 255 bytes a short string holds.
-    pub fn short_text(&self) -> &str {
-        truncate(&self.text, 255)
+    /// 404 NOT_FOUND.
+    pub fn not_found(detail: impl fmt::Display) -> Self {
+        Self::new(codes::NOT_FOUND, detail)
     }
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
+    /// 406 PRECONDITION_FAILED.
+    pub fn precondition(detail: impl fmt::Display) -> Self {
+        Self::new(codes::PRECONDITION_FAILED, detail)
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    /// 403 ACCESS_REFUSED.
+    pub fn access_refused(detail: impl fmt::Display) -> Self {
+        Self::new(codes::ACCESS_REFUSED, detail)
     }
-    &s[..end]
+    /// 405 RESOURCE_LOCKED.
+    pub fn resource_locked(detail: impl fmt::Display) -> Self {
+        Self::new(codes::RESOURCE_LOCKED, detail)
+    }
+    /// 504 CHANNEL_ERROR (connection level).
+    pub fn channel_error(detail: impl fmt::Display) -> Self {
+        Self::new(codes::CHANNEL_ERROR, detail)
+    }
+    /// 503 COMMAND_INVALID (connection level).
+    pub fn command_invalid(detail: impl fmt::Display) -> Self {
+        Self::new(codes::COMMAND_INVALID, detail)
+    }
+    /// 540 NOT_IMPLEMENTED (connection level).
+    pub fn not_implemented(detail: impl fmt::Display) -> Self {
+        Self::new(codes::NOT_IMPLEMENTED, detail)
+    }
+    /// 530 NOT_ALLOWED (connection level).
+    pub fn not_allowed(detail: impl fmt::Display) -> Self {
+        Self::new(codes::NOT_ALLOWED, detail)
+    }
 }
 
 impl fmt::Display for AmqpError {
@@ -134,3 +162,14 @@ impl fmt::Display for AmqpError {
 }
 
 impl std::error::Error for AmqpError {}
+
+/// Truncate a string in place to at most `max` bytes on a char boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while cut > 0 && !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}

@@ -1,763 +1,510 @@
-//! The channel state machine: methods to core calls, content assembly for
-//! `basic.publish`, confirms, transactions, and channel-level errors.
+//! Server-side AMQP channel: translates channel-scoped methods and content frames
+//! into [`CoreChannel`] calls and queues the replies for the writer.
+//!
+//! Also assembles published content (method + header + body frames) into one message.
 
-use std::sync::Arc;
-
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
     basic, channel, confirm, exchange, queue, tx, AMQPClass, BasicProperties,
 };
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
 
-use super::connection::{short, Session};
-use super::wire::{Outbound, Writer};
-use crate::broker::core::{
-    code, AmqpError, ChannelKey, Content, Destination, Event, EventSink, ExchangeOptions,
-    QueueOptions, Routed,
-};
+use crate::broker::core::error::codes;
+use crate::broker::core::{AmqpError, CoreChannel};
 
-/// A publish waiting for its content.
+use super::writer::Outgoing;
+
+/// Largest message body accepted (RabbitMQ's default `max_message_size`).
+pub(crate) const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
+
 struct Pending {
-    publish: basic::Publish,
-    properties: Option<BasicProperties>,
-    body_size: u64,
-    body: Vec<u8>,
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+    header: Option<(BasicProperties, u64)>,
+    body: BytesMut,
 }
 
-/// A publish or an acknowledgement held until `tx.commit`.
-enum TxOp {
-    Publish(Box<(basic::Publish, BasicProperties)>, Vec<u8>),
-    Ack(u64, bool),
-    Reject(u64, bool, bool),
+/// What the connection must do after a channel handled a frame.
+pub(crate) enum After {
+    /// Nothing special.
+    Nothing,
+    /// The channel is finished (close / close-ok): forget it.
+    Remove,
 }
 
-/// One open channel.
-pub(super) struct ChannelSession {
-    key: ChannelKey,
-    /// We sent `channel.close` and wait for `close-ok`.
+/// State of one open (or closing) channel on a connection.
+pub(crate) struct ServerChannel {
+    id: u16,
+    core: CoreChannel,
+    /// Server sent channel.close and waits for close-ok.
     closing: bool,
-    confirm: bool,
-    publish_seq: u64,
     pending: Option<Pending>,
-    tx: Option<Vec<TxOp>>,
 }
 
-fn out(channel: u16, class: AMQPClass) -> Outbound {
-    Outbound::Frame(AMQPFrame::Method(channel, class))
+fn unexpected(detail: &str) -> AmqpError {
+    AmqpError::new(codes::UNEXPECTED_FRAME, detail)
 }
 
-/// A method with its content, the body split to fit `frame_max`.
-pub(super) fn content_frames(
-    channel: u16,
-    method: AMQPClass,
-    content: &Content,
-    frame_max: u32,
-) -> Vec<AMQPFrame> {
-    let chunk = (frame_max as usize).saturating_sub(8).max(1);
-    let mut frames = Vec::with_capacity(2 + content.body.len() / chunk + 1);
-    frames.push(AMQPFrame::Method(channel, method));
-    frames.push(AMQPFrame::Header(
-        channel,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size: content.body.len() as u64,
-            properties: content.properties.clone(),
-        },
-    ));
-    for part in content.body.chunks(chunk) {
-        frames.push(AMQPFrame::Body(channel, part.to_vec()));
-    }
-    frames
-}
-
-/// Turns core events into frames on the connection's writer.
-fn sink(writer: Writer, channel: u16, frame_max: u32) -> EventSink {
-    Arc::new(move |event| {
-        let frames = match event {
-            Event::Deliver {
-                consumer_tag,
-                delivery_tag,
-                message,
-            } => content_frames(
-                channel,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: short(&consumer_tag),
-                    delivery_tag,
-                    redelivered: message.redelivered,
-                    exchange: short(&message.content.exchange),
-                    routing_key: short(&message.content.routing_key),
-                })),
-                &message.content,
-                frame_max,
-            ),
-            Event::Cancel { consumer_tag } => vec![AMQPFrame::Method(
-                channel,
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                    consumer_tag: short(&consumer_tag),
-                    nowait: true,
-                })),
-            )],
-        };
-        let _ = writer.send(Outbound::Frames(frames));
-    })
-}
-
-impl Session {
-    fn key(&self, channel: u16) -> ChannelKey {
-        ChannelKey {
-            connection: self.id,
-            channel,
+impl ServerChannel {
+    pub(crate) fn new(id: u16, core: CoreChannel) -> Self {
+        Self {
+            id,
+            core,
+            closing: false,
+            pending: None,
         }
     }
 
-    /// Sends `channel.close` and forgets the channel's core state (its
-    /// unacked messages go back to their queues).
-    pub(super) fn close_channel_with(&mut self, channel: u16, e: &AmqpError) {
-        self.send(out(
-            channel,
+    fn reply(&self, out: &mpsc::UnboundedSender<Outgoing>, m: AMQPClass) {
+        let _ = out.send(Outgoing::Frame(Box::new(
+            amq_protocol::frame::AMQPFrame::Method(self.id, m),
+        )));
+    }
+
+    /// Server-initiated close after a soft error.
+    pub(crate) fn fail(&mut self, out: &mpsc::UnboundedSender<Outgoing>, e: &AmqpError) {
+        self.core.close();
+        self.pending = None;
+        self.closing = true;
+        self.reply(
+            out,
             AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
                 reply_code: e.code,
-                reply_text: short(e.short_text()),
+                reply_text: super::writer::short(&e.text),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),
-        ));
-        self.vhost.close_channel(self.key(channel));
-        if let Some(session) = self.channels.get_mut(&channel) {
-            session.closing = true;
-            session.pending = None;
-        }
-    }
-
-    pub(super) fn on_channel_method(
-        &mut self,
-        channel: u16,
-        class: AMQPClass,
-    ) -> Result<(), AmqpError> {
-        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
-        let in_content = self
-            .channels
-            .get(&channel)
-            .is_some_and(|c| c.pending.is_some());
-        match self.channels.get(&channel) {
-            None => {
-                return match class {
-                    AMQPClass::Channel(channel::AMQPMethod::Open(_)) => self.open_channel(channel),
-                    _ => Err(AmqpError::connection(
-                        code::CHANNEL_ERROR,
-                        format!("expected 'channel.open' on channel {channel}"),
-                    )
-                    .on(class_id, method_id)),
-                };
-            }
-            Some(c) if c.closing => {
-                // After our channel.close, only close-ok (or close) matters.
-                if matches!(
-                    class,
-                    AMQPClass::Channel(
-                        channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::Close(_)
-                    )
-                ) {
-                    self.channels.remove(&channel);
-                }
-                return Ok(());
-            }
-            Some(_) if in_content => {
-                return Err(AmqpError::connection(
-                    code::UNEXPECTED_FRAME,
-                    format!("expected content header or body on channel {channel}, got a method"),
-                )
-                .on(class_id, method_id));
-            }
-            Some(_) => {}
-        }
-        match self.channel_method(channel, class) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = if e.class_id == 0 {
-                    e.on(class_id, method_id)
-                } else {
-                    e
-                };
-                self.fail(channel, e)
-            }
-        }
-    }
-
-    fn open_channel(&mut self, channel: u16) -> Result<(), AmqpError> {
-        if channel > self.channel_max {
-            return Err(AmqpError::connection(
-                code::NOT_ALLOWED,
-                format!("channel {channel} exceeds channel_max {}", self.channel_max),
-            )
-            .on(20, 10));
-        }
-        let key = self.key(channel);
-        self.vhost
-            .open_channel(key, sink(self.writer.clone(), channel, self.frame_max));
-        self.channels.insert(
-            channel,
-            ChannelSession {
-                key,
-                closing: false,
-                confirm: false,
-                publish_seq: 0,
-                pending: None,
-                tx: None,
-            },
         );
-        self.send(out(
-            channel,
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
-        ));
-        Ok(())
     }
 
-    fn channel_method(&mut self, ch: u16, class: AMQPClass) -> Result<(), AmqpError> {
-        let key = self.key(ch);
-        let vhost = self.vhost.clone();
-        match class {
-            AMQPClass::Channel(m) => match m {
-                channel::AMQPMethod::Open(_) => Err(AmqpError::connection(
-                    code::CHANNEL_ERROR,
-                    format!("channel {ch} is already open"),
-                )),
-                channel::AMQPMethod::Close(_) => {
-                    vhost.close_channel(key);
-                    self.channels.remove(&ch);
-                    self.send(out(
-                        ch,
+    /// A content header frame arrived for this channel.
+    pub(crate) fn on_header(
+        &mut self,
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<After, AmqpError> {
+        if self.closing {
+            return Ok(After::Nothing);
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return Err(unexpected(
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        if p.header.is_some() {
+            return Err(unexpected(
+                "expected content body, got non content body frame instead",
+            ));
+        }
+        if class_id != 60 {
+            return Err(unexpected(&format!(
+                "expected content header for class 60, got one for class {class_id} instead"
+            )));
+        }
+        if body_size > MAX_MESSAGE_SIZE {
+            self.pending = None;
+            return Err(AmqpError::precondition(format!(
+                "message size {body_size} is larger than configured max size {MAX_MESSAGE_SIZE}"
+            ))
+            .during(60, 40));
+        }
+        p.header = Some((properties, body_size));
+        p.body = BytesMut::with_capacity(body_size.min(1 << 20) as usize);
+        if body_size == 0 {
+            return self.complete(out);
+        }
+        Ok(After::Nothing)
+    }
+
+    /// A content body frame arrived for this channel.
+    pub(crate) fn on_body(
+        &mut self,
+        data: &[u8],
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<After, AmqpError> {
+        if self.closing {
+            return Ok(After::Nothing);
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return Err(unexpected(
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        let Some((_, size)) = p.header.as_ref() else {
+            return Err(unexpected(
+                "expected content header for class 60, got non content header frame instead",
+            ));
+        };
+        let size = *size;
+        if (p.body.len() + data.len()) as u64 > size {
+            return Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                format!(
+                    "content body exceeds declared size {size} (got {})",
+                    p.body.len() + data.len()
+                ),
+            ));
+        }
+        p.body.extend_from_slice(data);
+        if p.body.len() as u64 == size {
+            return self.complete(out);
+        }
+        Ok(After::Nothing)
+    }
+
+    fn complete(&mut self, out: &mpsc::UnboundedSender<Outgoing>) -> Result<After, AmqpError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(After::Nothing);
+        };
+        let Some((props, _)) = p.header else {
+            return Ok(After::Nothing);
+        };
+        let body: Bytes = p.body.freeze();
+        match self
+            .core
+            .basic_publish(p.exchange, p.routing_key, p.mandatory, props, body)
+        {
+            Ok(_) => Ok(After::Nothing),
+            Err(e) => self.soft_or_hard(e, out),
+        }
+    }
+
+    fn soft_or_hard(
+        &mut self,
+        e: AmqpError,
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<After, AmqpError> {
+        match e.scope {
+            crate::broker::core::ErrorScope::Channel => {
+                self.fail(out, &e);
+                Ok(After::Nothing)
+            }
+            crate::broker::core::ErrorScope::Connection => Err(e),
+        }
+    }
+
+    /// A method frame arrived for this channel.
+    pub(crate) fn on_method(
+        &mut self,
+        m: AMQPClass,
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<After, AmqpError> {
+        if self.closing {
+            return Ok(match m {
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => After::Remove,
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    self.reply(
+                        out,
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-                    ));
-                    Ok(())
+                    );
+                    After::Remove
                 }
-                channel::AMQPMethod::CloseOk(_) => Ok(()),
+                _ => After::Nothing,
+            });
+        }
+        if let Some(p) = &self.pending {
+            return Err(unexpected(if p.header.is_none() {
+                "expected content header for class 60, got non content header frame instead"
+            } else {
+                "expected content body, got non content body frame instead"
+            }));
+        }
+        match self.dispatch(m, out) {
+            Ok(a) => Ok(a),
+            Err(e) => self.soft_or_hard(e, out),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        m: AMQPClass,
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<After, AmqpError> {
+        let ch = &self.core;
+        match m {
+            AMQPClass::Channel(cm) => match cm {
+                channel::AMQPMethod::Open(_) => {
+                    return Err(
+                        AmqpError::channel_error("second 'channel.open' seen").during(20, 10)
+                    )
+                }
+                channel::AMQPMethod::Close(_) => {
+                    self.core.close();
+                    self.reply(
+                        out,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                    return Ok(After::Remove);
+                }
+                channel::AMQPMethod::CloseOk(_) => {}
                 channel::AMQPMethod::Flow(f) => {
-                    vhost.flow(key, f.active);
-                    self.send(out(
-                        ch,
+                    ch.flow(f.active)?;
+                    self.reply(
+                        out,
                         AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
                             active: f.active,
                         })),
-                    ));
-                    Ok(())
+                    );
                 }
-                channel::AMQPMethod::FlowOk(_) => Ok(()),
-                _ => Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected channel method",
-                )),
+                channel::AMQPMethod::FlowOk(_) => {}
+                other => return Err(invalid(&AMQPClass::Channel(other))),
             },
-            AMQPClass::Access(_) => {
-                self.send(out(
-                    ch,
+            AMQPClass::Exchange(em) => match em {
+                exchange::AMQPMethod::Declare(d) => {
+                    ch.exchange_declare(
+                        d.exchange.as_str(),
+                        d.kind.as_str(),
+                        d.passive,
+                        d.durable,
+                        d.auto_delete,
+                        d.internal,
+                        d.arguments,
+                    )?;
+                    if !d.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                                exchange::DeclareOk {},
+                            )),
+                        );
+                    }
+                }
+                exchange::AMQPMethod::Delete(d) => {
+                    ch.exchange_delete(d.exchange.as_str(), d.if_unused)?;
+                    if !d.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                                exchange::DeleteOk {},
+                            )),
+                        );
+                    }
+                }
+                exchange::AMQPMethod::Bind(b) => {
+                    ch.exchange_bind(
+                        b.destination.as_str(),
+                        b.source.as_str(),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                    if !b.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                        );
+                    }
+                }
+                exchange::AMQPMethod::Unbind(b) => {
+                    ch.exchange_unbind(
+                        b.destination.as_str(),
+                        b.source.as_str(),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                    if !b.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                                exchange::UnbindOk {},
+                            )),
+                        );
+                    }
+                }
+                other => return Err(invalid(&AMQPClass::Exchange(other))),
+            },
+            AMQPClass::Queue(qm) => match qm {
+                queue::AMQPMethod::Declare(d) => {
+                    let ok = ch.queue_declare(
+                        d.queue.as_str(),
+                        d.passive,
+                        d.durable,
+                        d.exclusive,
+                        d.auto_delete,
+                        d.arguments,
+                    )?;
+                    if !d.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                                queue: super::writer::short(&ok.queue),
+                                message_count: ok.message_count,
+                                consumer_count: ok.consumer_count,
+                            })),
+                        );
+                    }
+                }
+                queue::AMQPMethod::Bind(b) => {
+                    ch.queue_bind(
+                        b.queue.as_str(),
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                    if !b.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        );
+                    }
+                }
+                queue::AMQPMethod::Unbind(b) => {
+                    ch.queue_unbind(
+                        b.queue.as_str(),
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        b.arguments,
+                    )?;
+                    self.reply(
+                        out,
+                        AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    );
+                }
+                queue::AMQPMethod::Purge(p) => {
+                    let n = ch.queue_purge(p.queue.as_str())?;
+                    if !p.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                                message_count: n,
+                            })),
+                        );
+                    }
+                }
+                queue::AMQPMethod::Delete(d) => {
+                    let n = ch.queue_delete(d.queue.as_str(), d.if_unused, d.if_empty)?;
+                    if !d.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                                message_count: n,
+                            })),
+                        );
+                    }
+                }
+                other => return Err(invalid(&AMQPClass::Queue(other))),
+            },
+            AMQPClass::Basic(bm) => match bm {
+                basic::AMQPMethod::Qos(q) => {
+                    ch.basic_qos(q.prefetch_count, q.global)?;
+                    self.reply(
+                        out,
+                        AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                    );
+                }
+                basic::AMQPMethod::Consume(c) => {
+                    ch.basic_consume_with(
+                        c.queue.as_str(),
+                        c.consumer_tag.as_str(),
+                        c.no_ack,
+                        c.exclusive,
+                        c.arguments,
+                        !c.nowait,
+                    )?;
+                }
+                basic::AMQPMethod::Cancel(c) => {
+                    ch.basic_cancel(c.consumer_tag.as_str())?;
+                    if !c.nowait {
+                        self.reply(
+                            out,
+                            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                                consumer_tag: c.consumer_tag,
+                            })),
+                        );
+                    }
+                }
+                basic::AMQPMethod::Publish(p) => {
+                    if p.immediate {
+                        return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
+                    }
+                    self.pending = Some(Pending {
+                        exchange: p.exchange,
+                        routing_key: p.routing_key,
+                        mandatory: p.mandatory,
+                        header: None,
+                        body: BytesMut::new(),
+                    });
+                }
+                basic::AMQPMethod::Get(g) => match ch.basic_get(g.queue.as_str(), g.no_ack)? {
+                    Some(ok) => {
+                        let _ = out.send(Outgoing::GetOk(self.id, ok));
+                    }
+                    None => self.reply(
+                        out,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                },
+                basic::AMQPMethod::Ack(a) => ch.basic_ack(a.delivery_tag, a.multiple)?,
+                basic::AMQPMethod::Nack(n) => {
+                    ch.basic_nack(n.delivery_tag, n.multiple, n.requeue)?
+                }
+                basic::AMQPMethod::Reject(r) => ch.basic_reject(r.delivery_tag, r.requeue)?,
+                basic::AMQPMethod::Recover(r) => {
+                    ch.basic_recover(r.requeue)?;
+                    self.reply(
+                        out,
+                        AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                    );
+                }
+                basic::AMQPMethod::RecoverAsync(r) => ch.basic_recover(r.requeue)?,
+                other => return Err(invalid(&AMQPClass::Basic(other))),
+            },
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                ch.confirm_select()?;
+                if !s.nowait {
+                    self.reply(
+                        out,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+            }
+            AMQPClass::Tx(t) => match t {
+                tx::AMQPMethod::Select(_) => {
+                    ch.tx_select()?;
+                    self.reply(
+                        out,
+                        AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                    );
+                }
+                tx::AMQPMethod::Commit(_) => {
+                    ch.tx_commit()?;
+                    self.reply(
+                        out,
+                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    );
+                }
+                tx::AMQPMethod::Rollback(_) => {
+                    ch.tx_rollback()?;
+                    self.reply(
+                        out,
+                        AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                    );
+                }
+                other => return Err(invalid(&AMQPClass::Tx(other))),
+            },
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
+                self.reply(
+                    out,
                     AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
                         amq_protocol::protocol::access::RequestOk {},
                     )),
-                ));
-                Ok(())
+                );
             }
-            AMQPClass::Exchange(m) => self.exchange_method(ch, m),
-            AMQPClass::Queue(m) => self.queue_method(ch, m),
-            AMQPClass::Basic(m) => self.basic_method(ch, m),
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                let session = self.session(ch)?;
-                if session.tx.is_some() {
-                    return Err(AmqpError::channel(
-                        code::PRECONDITION_FAILED,
-                        "cannot switch from tx to confirm mode",
-                    ));
-                }
-                session.confirm = true;
-                if !s.nowait {
-                    self.send(out(
-                        ch,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    ));
-                }
-                Ok(())
-            }
-            AMQPClass::Confirm(_) => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "unexpected confirm method",
-            )),
-            AMQPClass::Tx(m) => self.tx_method(ch, m),
-            AMQPClass::Connection(_) => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "connection methods are only allowed on channel 0",
-            )),
+            other => return Err(invalid(&other)),
         }
+        Ok(After::Nothing)
     }
+}
 
-    fn session(&mut self, ch: u16) -> Result<&mut ChannelSession, AmqpError> {
-        self.channels.get_mut(&ch).ok_or_else(|| {
-            AmqpError::connection(code::CHANNEL_ERROR, format!("channel {ch} is not open"))
-        })
-    }
-
-    fn exchange_method(&mut self, ch: u16, m: exchange::AMQPMethod) -> Result<(), AmqpError> {
-        let vhost = self.vhost.clone();
-        let reply = |s: &Session, m: exchange::AMQPMethod| s.send(out(ch, AMQPClass::Exchange(m)));
-        match m {
-            exchange::AMQPMethod::Declare(d) => {
-                let options = ExchangeOptions {
-                    passive: d.passive,
-                    durable: d.durable,
-                    auto_delete: d.auto_delete,
-                    internal: d.internal,
-                };
-                vhost.declare_exchange(d.exchange.as_str(), d.kind.as_str(), &options)?;
-                if !d.nowait {
-                    reply(
-                        self,
-                        exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
-                    );
-                }
-            }
-            exchange::AMQPMethod::Delete(d) => {
-                vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
-                if !d.nowait {
-                    reply(self, exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}));
-                }
-            }
-            exchange::AMQPMethod::Bind(b) => {
-                vhost.bind(
-                    self.id,
-                    b.source.as_str(),
-                    Destination::Exchange(b.destination.to_string()),
-                    b.routing_key.as_str(),
-                    b.arguments,
-                )?;
-                if !b.nowait {
-                    reply(self, exchange::AMQPMethod::BindOk(exchange::BindOk {}));
-                }
-            }
-            exchange::AMQPMethod::Unbind(u) => {
-                vhost.unbind(
-                    self.id,
-                    u.source.as_str(),
-                    Destination::Exchange(u.destination.to_string()),
-                    u.routing_key.as_str(),
-                    &u.arguments,
-                )?;
-                if !u.nowait {
-                    reply(self, exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}));
-                }
-            }
-            _ => {
-                return Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected exchange method",
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    fn queue_method(&mut self, ch: u16, m: queue::AMQPMethod) -> Result<(), AmqpError> {
-        let vhost = self.vhost.clone();
-        let reply = |s: &Session, m: queue::AMQPMethod| s.send(out(ch, AMQPClass::Queue(m)));
-        match m {
-            queue::AMQPMethod::Declare(d) => {
-                let options = QueueOptions {
-                    passive: d.passive,
-                    durable: d.durable,
-                    exclusive: d.exclusive,
-                    auto_delete: d.auto_delete,
-                    arguments: d.arguments,
-                };
-                let declared = vhost.declare_queue(self.id, d.queue.as_str(), &options)?;
-                if !d.nowait {
-                    reply(
-                        self,
-                        queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: short(&declared.name),
-                            message_count: declared.message_count,
-                            consumer_count: declared.consumer_count,
-                        }),
-                    );
-                }
-            }
-            queue::AMQPMethod::Bind(b) => {
-                vhost.bind(
-                    self.id,
-                    b.exchange.as_str(),
-                    Destination::Queue(b.queue.to_string()),
-                    b.routing_key.as_str(),
-                    b.arguments,
-                )?;
-                if !b.nowait {
-                    reply(self, queue::AMQPMethod::BindOk(queue::BindOk {}));
-                }
-            }
-            queue::AMQPMethod::Unbind(u) => {
-                vhost.unbind(
-                    self.id,
-                    u.exchange.as_str(),
-                    Destination::Queue(u.queue.to_string()),
-                    u.routing_key.as_str(),
-                    &u.arguments,
-                )?;
-                reply(self, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
-            }
-            queue::AMQPMethod::Purge(p) => {
-                let message_count = vhost.purge_queue(self.id, p.queue.as_str())?;
-                if !p.nowait {
-                    reply(
-                        self,
-                        queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }),
-                    );
-                }
-            }
-            queue::AMQPMethod::Delete(d) => {
-                let message_count =
-                    vhost.delete_queue(self.id, d.queue.as_str(), d.if_unused, d.if_empty)?;
-                if !d.nowait {
-                    reply(
-                        self,
-                        queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
-                    );
-                }
-            }
-            _ => {
-                return Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected queue method",
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    fn basic_method(&mut self, ch: u16, m: basic::AMQPMethod) -> Result<(), AmqpError> {
-        let key = self.key(ch);
-        let vhost = self.vhost.clone();
-        let reply = |s: &Session, m: basic::AMQPMethod| s.send(out(ch, AMQPClass::Basic(m)));
-        match m {
-            basic::AMQPMethod::Qos(q) => {
-                vhost.qos(key, q.prefetch_count, q.global);
-                reply(self, basic::AMQPMethod::QosOk(basic::QosOk {}));
-            }
-            basic::AMQPMethod::Consume(c) => {
-                let tag = vhost.consume(
-                    key,
-                    c.queue.as_str(),
-                    c.consumer_tag.as_str(),
-                    c.no_ack,
-                    c.exclusive,
-                )?;
-                if !c.nowait {
-                    reply(
-                        self,
-                        basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                            consumer_tag: short(&tag),
-                        }),
-                    );
-                }
-                vhost.dispatch_queue(c.queue.as_str());
-            }
-            basic::AMQPMethod::Cancel(c) => {
-                vhost.cancel(key, c.consumer_tag.as_str());
-                if !c.nowait {
-                    reply(
-                        self,
-                        basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: c.consumer_tag,
-                        }),
-                    );
-                }
-            }
-            basic::AMQPMethod::Publish(p) => {
-                if p.immediate {
-                    return Err(AmqpError::connection(
-                        code::NOT_IMPLEMENTED,
-                        "immediate=true",
-                    ));
-                }
-                self.session(ch)?.pending = Some(Pending {
-                    publish: p,
-                    properties: None,
-                    body_size: 0,
-                    body: Vec::new(),
-                });
-            }
-            basic::AMQPMethod::Get(g) => match vhost.get(key, g.queue.as_str(), g.no_ack)? {
-                None => reply(self, basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-                Some(got) => {
-                    let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
-                        delivery_tag: got.delivery_tag,
-                        redelivered: got.message.redelivered,
-                        exchange: short(&got.message.content.exchange),
-                        routing_key: short(&got.message.content.routing_key),
-                        message_count: got.message_count,
-                    }));
-                    self.send(Outbound::Frames(content_frames(
-                        ch,
-                        method,
-                        &got.message.content,
-                        self.frame_max,
-                    )));
-                }
-            },
-            basic::AMQPMethod::Ack(a) => self.settle(ch, TxOp::Ack(a.delivery_tag, a.multiple))?,
-            basic::AMQPMethod::Nack(n) => {
-                self.settle(ch, TxOp::Reject(n.delivery_tag, n.multiple, n.requeue))?
-            }
-            basic::AMQPMethod::Reject(r) => {
-                self.settle(ch, TxOp::Reject(r.delivery_tag, false, r.requeue))?
-            }
-            basic::AMQPMethod::Recover(_) => {
-                vhost.recover(key);
-                reply(self, basic::AMQPMethod::RecoverOk(basic::RecoverOk {}));
-            }
-            basic::AMQPMethod::RecoverAsync(_) => vhost.recover(key),
-            _ => {
-                return Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected basic method",
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    /// An ack/nack/reject, now or at `tx.commit`.
-    fn settle(&mut self, ch: u16, op: TxOp) -> Result<(), AmqpError> {
-        let session = self.session(ch)?;
-        if let Some(ops) = session.tx.as_mut() {
-            ops.push(op);
-            return Ok(());
-        }
-        let key = session.key;
-        self.apply_settle(key, op)
-    }
-
-    fn apply_settle(&self, key: ChannelKey, op: TxOp) -> Result<(), AmqpError> {
-        match op {
-            TxOp::Ack(tag, multiple) => self.vhost.ack(key, tag, multiple),
-            TxOp::Reject(tag, multiple, requeue) => self.vhost.reject(key, tag, multiple, requeue),
-            TxOp::Publish(..) => Ok(()),
-        }
-    }
-
-    fn tx_method(&mut self, ch: u16, m: tx::AMQPMethod) -> Result<(), AmqpError> {
-        let reply = |s: &Session, m: tx::AMQPMethod| s.send(out(ch, AMQPClass::Tx(m)));
-        match m {
-            tx::AMQPMethod::Select(_) => {
-                let session = self.session(ch)?;
-                if session.confirm {
-                    return Err(AmqpError::channel(
-                        code::PRECONDITION_FAILED,
-                        "cannot switch from confirm to tx mode",
-                    ));
-                }
-                session.tx.get_or_insert_with(Vec::new);
-                reply(self, tx::AMQPMethod::SelectOk(tx::SelectOk {}));
-            }
-            tx::AMQPMethod::Commit(_) => {
-                let session = self.session(ch)?;
-                let Some(ops) = session.tx.as_mut().map(std::mem::take) else {
-                    return Err(AmqpError::channel(
-                        code::PRECONDITION_FAILED,
-                        "channel is not transactional",
-                    ));
-                };
-                let key = session.key;
-                for op in ops {
-                    match op {
-                        TxOp::Publish(message, body) => {
-                            let (publish, properties) = *message;
-                            self.route(ch, publish, properties, body)?
-                        }
-                        op => self.apply_settle(key, op)?,
-                    }
-                }
-                reply(self, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
-            }
-            tx::AMQPMethod::Rollback(_) => {
-                let session = self.session(ch)?;
-                match session.tx.as_mut() {
-                    Some(ops) => ops.clear(),
-                    None => {
-                        return Err(AmqpError::channel(
-                            code::PRECONDITION_FAILED,
-                            "channel is not transactional",
-                        ))
-                    }
-                }
-                reply(self, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
-            }
-            _ => {
-                return Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected tx method",
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn on_header(
-        &mut self,
-        ch: u16,
-        header: AMQPContentHeader,
-    ) -> Result<(), AmqpError> {
-        let frame_max = self.frame_max;
-        let Some(session) = self.channels.get_mut(&ch) else {
-            return Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
-                format!("content on closed channel {ch}"),
-            ));
-        };
-        if session.closing {
-            return Ok(());
-        }
-        match session.pending.as_mut() {
-            Some(p) if p.properties.is_none() => {
-                if header.class_id != 60 {
-                    return Err(AmqpError::connection(
-                        code::FRAME_ERROR,
-                        format!("content header for class {} (expected 60)", header.class_id),
-                    ));
-                }
-                p.properties = Some(header.properties);
-                p.body_size = header.body_size;
-                // Refuse absurd sizes before buffering anything.
-                if header.body_size > 512 * 1024 * 1024 {
-                    return Err(AmqpError::connection(
-                        code::FRAME_ERROR,
-                        format!("message body of {} bytes is too large", header.body_size),
-                    ));
-                }
-                p.body
-                    .reserve(header.body_size.min(frame_max as u64 * 4) as usize);
-            }
-            _ => {
-                return Err(AmqpError::connection(
-                    code::UNEXPECTED_FRAME,
-                    format!("unexpected content header on channel {ch}"),
-                ))
-            }
-        }
-        self.complete_if_ready(ch)
-    }
-
-    pub(super) fn on_body(&mut self, ch: u16, body: Vec<u8>) -> Result<(), AmqpError> {
-        let Some(session) = self.channels.get_mut(&ch) else {
-            return Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
-                format!("content on closed channel {ch}"),
-            ));
-        };
-        if session.closing {
-            return Ok(());
-        }
-        match session.pending.as_mut() {
-            Some(p) if p.properties.is_some() => {
-                if p.body.len() as u64 + body.len() as u64 > p.body_size {
-                    return Err(AmqpError::connection(
-                        code::FRAME_ERROR,
-                        format!("content body exceeds the declared size {}", p.body_size),
-                    ));
-                }
-                if p.body.is_empty() && body.len() as u64 == p.body_size {
-                    p.body = body;
-                } else {
-                    p.body.extend_from_slice(&body);
-                }
-            }
-            _ => {
-                return Err(AmqpError::connection(
-                    code::UNEXPECTED_FRAME,
-                    format!("unexpected content body on channel {ch}"),
-                ))
-            }
-        }
-        self.complete_if_ready(ch)
-    }
-
-    fn complete_if_ready(&mut self, ch: u16) -> Result<(), AmqpError> {
-        let Some(session) = self.channels.get_mut(&ch) else {
-            return Ok(());
-        };
-        let ready = session
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.properties.is_some() && p.body.len() as u64 == p.body_size);
-        if !ready {
-            return Ok(());
-        }
-        let Some(Pending {
-            publish,
-            properties: Some(properties),
-            body,
-            ..
-        }) = session.pending.take()
-        else {
-            return Ok(());
-        };
-        if let Some(ops) = session.tx.as_mut() {
-            ops.push(TxOp::Publish(Box::new((publish, properties)), body));
-            return Ok(());
-        }
-        match self.route(ch, publish, properties, body) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = if e.class_id == 0 { e.on(60, 40) } else { e };
-                self.fail(ch, e)
-            }
-        }
-    }
-
-    /// Routes a complete message; sends basic.return and the confirm.
-    fn route(
-        &mut self,
-        ch: u16,
-        publish: basic::Publish,
-        properties: BasicProperties,
-        body: Vec<u8>,
-    ) -> Result<(), AmqpError> {
-        let routed = self.vhost.publish(
-            publish.exchange.as_str(),
-            publish.routing_key.as_str(),
-            properties,
-            body,
-        )?;
-        if let Routed::Unroutable(properties, body) = routed {
-            if publish.mandatory {
-                let content = Content {
-                    exchange: publish.exchange.to_string(),
-                    routing_key: publish.routing_key.to_string(),
-                    properties: *properties,
-                    body,
-                };
-                let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: code::NO_ROUTE,
-                    reply_text: short("NO_ROUTE"),
-                    exchange: publish.exchange.clone(),
-                    routing_key: publish.routing_key.clone(),
-                }));
-                self.send(Outbound::Frames(content_frames(
-                    ch,
-                    method,
-                    &content,
-                    self.frame_max,
-                )));
-            }
-        }
-        let Some(session) = self.channels.get_mut(&ch) else {
-            return Ok(());
-        };
-        if session.confirm {
-            session.publish_seq += 1;
-            let tag = session.publish_seq;
-            self.send(out(
-                ch,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: tag,
-                    multiple: false,
-                })),
-            ));
-        }
-        Ok(())
-    }
+/// A known method the client must not send (server-to-client only, or wrong place).
+pub(crate) fn invalid(m: &AMQPClass) -> AmqpError {
+    AmqpError::command_invalid(format!(
+        "unexpected method {}.{} from client",
+        m.get_amqp_class_id(),
+        m.get_amqp_method_id()
+    ))
+    .during(m.get_amqp_class_id(), m.get_amqp_method_id())
 }

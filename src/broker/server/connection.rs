@@ -1,432 +1,629 @@
-//! The connection state machine: protocol header, SASL (PLAIN and
-//! AMQPLAIN), tuning, vhost, then frames routed to channels; `close` in both
-//! directions, heartbeats, and errors closing with RabbitMQ's codes.
+//! One AMQP connection over TCP: handshake, frame reading, channel 0, error closes.
+//!
+//! The reader side runs here (frame boundaries and limits are checked before frames
+//! are handed to amq-protocol's parser); all output goes to the writer task.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use amq_protocol::frame::{parse_frame, AMQPFrame};
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use super::channel::ChannelSession;
-use super::wire::{spawn_writer, Outbound, ReadError, Reader, Writer};
-use crate::broker::core::{code, AmqpError, Core, Scope, VHost};
+use crate::broker::core::error::codes;
+use crate::broker::core::{AmqpError, Core, CoreConnection};
 
-/// What this broker offers in `connection.tune`.
-pub(super) const FRAME_MAX: u32 = 131_072;
-const CHANNEL_MAX: u16 = 2047;
-const HEARTBEAT: u16 = 60;
-const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+use super::channel::{After, ServerChannel};
+use super::writer::{self, short, Outgoing, ServerSink};
+use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 
-/// A short string from any text, cut to 255 bytes rather than panicking.
-pub(super) fn short(s: &str) -> ShortString {
-    ShortString::try_new(crate::broker::core::error::truncate(s, 255)).unwrap_or_default()
+const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A frame cut from the input: parsed, or a raw body frame (payload kept as is).
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
+enum Incoming {
+    Frame(AMQPFrame),
+    Body(u16, BytesMut),
 }
 
-/// One client connection.
-pub(super) struct Session {
-    pub id: u64,
-    pub writer: Writer,
-    pub vhost: Arc<VHost>,
-    pub channels: HashMap<u16, ChannelSession>,
-    pub channel_max: u16,
-    pub frame_max: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    /// We sent connection.close and wait for close-ok.
+    Closing,
+    Done,
 }
 
-/// Serves one TCP connection to its end.
-pub(super) async fn serve(
+struct Conn {
     core: Arc<Core>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    stopped: watch::Receiver<bool>,
-) {
-    let (read, write) = stream.into_split();
-    let heartbeat = Arc::new(AtomicU16::new(0));
-    let (writer, writer_task) = spawn_writer(write, heartbeat.clone());
-    let mut reader = Reader::new(read);
-    match handshake(&core, &mut reader, &writer, &heartbeat).await {
-        Ok((vhost, channel_max, frame_max)) => {
-            tracing::debug!(%peer, vhost = %vhost.name(), "connection open");
-            let mut session = Session {
-                id: core.next_connection_id(),
-                writer: writer.clone(),
-                vhost,
-                channels: HashMap::new(),
-                channel_max,
-                frame_max,
-            };
-            let idle = match heartbeat.load(Ordering::Relaxed) {
-                0 => None,
-                s => Some(Duration::from_secs(2 * s as u64)),
-            };
-            session.run(&mut reader, idle, stopped).await;
-            session.vhost.close_connection(session.id);
-            tracing::debug!(%peer, "connection closed");
-        }
-        Err(Some(e)) => {
-            tracing::info!(%peer, error = %e, "connection refused");
-            let _ = close_connection(&writer, &mut reader, &e).await;
-        }
-        Err(None) => {}
-    }
-    let _ = writer.send(Outbound::Close);
-    let _ = writer_task.await;
+    out: mpsc::UnboundedSender<Outgoing>,
+    phase: Phase,
+    user: Option<String>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    conn: Option<CoreConnection>,
+    channels: HashMap<u16, ServerChannel>,
+    cancel_notify: Arc<AtomicBool>,
+    close_deadline: Option<Instant>,
 }
 
-fn method(channel: u16, class: AMQPClass) -> Outbound {
-    Outbound::Frame(AMQPFrame::Method(channel, class))
-}
-
-fn server_properties() -> FieldTable {
-    let mut capabilities = FieldTable::default();
-    for cap in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "direct_reply_to",
-    ] {
-        capabilities.insert(cap.into(), AMQPValue::Boolean(true));
-    }
-    let mut props = FieldTable::default();
-    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-    props.insert("product".into(), AMQPValue::LongString("warren".into()));
-    props.insert(
-        "version".into(),
-        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
-    );
-    props.insert("platform".into(), AMQPValue::LongString("Rust".into()));
-    props.insert(
-        "information".into(),
-        AMQPValue::LongString("warren's embedded AMQP 0-9-1 broker".into()),
-    );
-    props
-}
-
-/// Expects a connection method on channel 0.
-async fn expect(
-    reader: &mut Reader,
-    what: &str,
-) -> Result<connection::AMQPMethod, Option<AmqpError>> {
-    loop {
-        match reader.next(Some(Duration::from_secs(30))).await {
-            Ok(AMQPFrame::Method(0, AMQPClass::Connection(m))) => return Ok(m),
-            Ok(AMQPFrame::Heartbeat) => continue,
-            Ok(_) => {
-                return Err(Some(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    format!("expected '{what}'"),
-                )))
-            }
-            Err(ReadError::Closed) => return Err(None),
-            Err(ReadError::Protocol(e)) => return Err(Some(e)),
+/// Serve one accepted socket until it closes.
+pub(crate) async fn serve<S>(stream: S, core: Arc<Core>, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    // Protocol header: answer a mismatch as soon as it is visible.
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while buf.len() < 8 {
+        let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        let seen = buf.len().min(8);
+        if buf.get(..seen) != PROTOCOL_HEADER.get(..seen) {
+            let _ = wr.write_all(PROTOCOL_HEADER).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        if n == 0 {
+            return;
         }
     }
+    buf.advance(8);
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel_notify = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(writer::run(wr, rx, cancel_notify.clone()));
+    let mut c = Conn {
+        core,
+        out: tx,
+        phase: Phase::StartOk,
+        user: None,
+        frame_max: FRAME_MAX,
+        channel_max: CHANNEL_MAX,
+        heartbeat: 0,
+        conn: None,
+        channels: HashMap::new(),
+        cancel_notify,
+        close_deadline: Some(deadline),
+    };
+    c.send_start();
+    c.run(&mut rd, buf, &mut shutdown).await;
+    // Close channels (requeue unacked) and the core connection (exclusive queues).
+    c.channels.clear();
+    if let Some(conn) = c.conn.take() {
+        conn.close();
+    }
+    let _ = c.out.send(Outgoing::Close);
+    drop(c);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
-/// Header, start/start-ok, tune/tune-ok, open/open-ok.
-async fn handshake(
-    core: &Core,
-    reader: &mut Reader,
-    writer: &Writer,
-    heartbeat: &AtomicU16,
-) -> Result<(Arc<VHost>, u16, u32), Option<AmqpError>> {
-    let header = match tokio::time::timeout(Duration::from_secs(10), reader.read_exact(8)).await {
-        Ok(Ok(header)) => header,
-        _ => return Err(None),
-    };
-    if header != PROTOCOL_HEADER {
-        // The spec: answer with the protocol we speak, then close.
-        let _ = writer.send(Outbound::Raw(PROTOCOL_HEADER));
-        return Err(None);
-    }
-    let _ = writer.send(method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
-            locales: "en_US".into(),
-        })),
-    ));
-    let start_ok = match expect(reader, "connection.start-ok").await? {
-        connection::AMQPMethod::StartOk(s) => s,
-        _ => {
-            return Err(Some(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "expected 'connection.start-ok'",
-            )))
-        }
-    };
-    let mechanism = start_ok.mechanism.as_str();
-    let (user, password) =
-        credentials(mechanism, start_ok.response.as_bytes()).ok_or_else(|| {
-            Some(AmqpError::connection(
-                code::ACCESS_REFUSED,
-                format!("cannot read credentials for mechanism {mechanism}"),
-            ))
-        })?;
-    if !core.authenticate(&user, &password) {
-        return Err(Some(AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
-        )));
-    }
-    let _ = writer.send(method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-            channel_max: CHANNEL_MAX,
-            frame_max: FRAME_MAX,
-            heartbeat: HEARTBEAT,
-        })),
-    ));
-    let tune_ok = match expect(reader, "connection.tune-ok").await? {
-        connection::AMQPMethod::TuneOk(t) => t,
-        _ => {
-            return Err(Some(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "expected 'connection.tune-ok'",
-            )))
-        }
-    };
-    let frame_max = match tune_ok.frame_max {
-        0 => FRAME_MAX,
-        f => f.clamp(amq_protocol::protocol::constants::FRAME_MIN_SIZE, FRAME_MAX),
-    };
-    let channel_max = match tune_ok.channel_max {
-        0 => CHANNEL_MAX,
-        c => c.min(CHANNEL_MAX),
-    };
-    reader.frame_max = frame_max;
-    heartbeat.store(tune_ok.heartbeat, Ordering::Relaxed);
-    let open = match expect(reader, "connection.open").await? {
-        connection::AMQPMethod::Open(o) => o,
-        _ => {
-            return Err(Some(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "expected 'connection.open'",
-            )))
-        }
-    };
-    let name = open.virtual_host.as_str();
-    let Some(vhost) = core.vhost(name) else {
-        return Err(Some(AmqpError::connection(
-            code::INVALID_PATH,
-            format!("vhost '{name}' not found"),
-        )));
-    };
-    let _ = writer.send(method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
-    ));
-    Ok((vhost, channel_max, frame_max))
+fn bool_field(t: &mut FieldTable, k: &str, v: bool) {
+    t.insert(k.into(), AMQPValue::Boolean(v));
 }
 
-/// PLAIN (`\0user\0password`) or AMQPLAIN (a field table without its
-/// length prefix, with LOGIN and PASSWORD).
-fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
-    match mechanism {
-        "PLAIN" => {
-            let mut parts = response.split(|b| *b == 0);
-            let _authzid = parts.next()?;
-            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            Some((user, password))
-        }
-        "AMQPLAIN" => {
-            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(response);
-            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
-            let text = |key: &str| match table.inner().get(key)? {
-                AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
-                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-                _ => None,
-            };
-            Some((text("LOGIN")?, text("PASSWORD")?))
-        }
-        _ => None,
-    }
+fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
 }
 
-/// Sends `connection.close` and waits (briefly) for `close-ok`.
-async fn close_connection(writer: &Writer, reader: &mut Reader, e: &AmqpError) -> Result<(), ()> {
-    let _ = writer.send(method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: e.code,
-            reply_text: short(e.short_text()),
-            class_id: e.class_id,
-            method_id: e.method_id,
-        })),
-    ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match reader.next(Some(left.max(Duration::from_millis(1)))).await {
-            Ok(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))) => {
-                return Ok(())
-            }
-            Ok(_) => continue,
-            Err(_) => return Err(()),
-        }
+impl Conn {
+    fn send(&self, ch: u16, m: AMQPClass) {
+        let _ = self
+            .out
+            .send(Outgoing::Frame(Box::new(AMQPFrame::Method(ch, m))));
     }
-}
 
-impl Session {
-    async fn run(
+    fn send_start(&self) {
+        let mut caps = FieldTable::default();
+        for k in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ] {
+            bool_field(&mut caps, k, true);
+        }
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        props.insert("product".into(), lstr("warren"));
+        props.insert("version".into(), lstr(env!("CARGO_PKG_VERSION")));
+        props.insert("platform".into(), lstr("Rust"));
+        props.insert("cluster_name".into(), lstr("warren"));
+        props.insert(
+            "information".into(),
+            lstr("warren embedded AMQP 0-9-1 broker"),
+        );
+        props.insert("copyright".into(), lstr("warren authors"));
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props,
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+    }
+
+    /// Send connection.close and wait for close-ok.
+    fn close_with(&mut self, e: &AmqpError) {
+        if matches!(self.phase, Phase::Closing | Phase::Done) {
+            return;
+        }
+        tracing::debug!(code = e.code, text = %e.text, "closing connection");
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code,
+                reply_text: short(&e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.phase = Phase::Closing;
+        self.close_deadline = Some(Instant::now() + CLOSE_OK_TIMEOUT);
+        // Channels are gone from the client's point of view: release their messages now.
+        self.channels.clear();
+    }
+
+    async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut Reader,
-        idle: Option<Duration>,
-        mut stopped: watch::Receiver<bool>,
+        rd: &mut R,
+        mut buf: BytesMut,
+        shutdown: &mut watch::Receiver<bool>,
     ) {
+        let mut shutdown_seen = false;
         loop {
-            let frame = tokio::select! {
-                frame = reader.next(idle) => frame,
-                _ = stopped.changed() => {
-                    let e = AmqpError::connection(code::CONNECTION_FORCED, "broker shutdown");
-                    let _ = close_connection(&self.writer, reader, &e).await;
+            loop {
+                match self.next_frame(&mut buf) {
+                    Ok(Some(incoming)) => {
+                        let r = match incoming {
+                            Incoming::Frame(f) => self.handle(f),
+                            Incoming::Body(ch, raw) => {
+                                let end = raw.len().saturating_sub(1);
+                                self.on_body(ch, raw.get(7..end).unwrap_or_default())
+                            }
+                        };
+                        if let Err(e) = r {
+                            self.close_with(&e);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The stream is unusable past a framing error: send the close
+                        // and hang up without waiting for close-ok.
+                        self.close_with(&e);
+                        self.phase = Phase::Done;
+                        return;
+                    }
+                }
+                if self.phase == Phase::Done {
                     return;
                 }
+            }
+            if self.phase == Phase::Done {
+                return;
+            }
+            if !shutdown_seen && *shutdown.borrow() {
+                shutdown_seen = true;
+                self.close_with(&AmqpError::new(
+                    codes::CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                ));
+            }
+            let mut deadline = self.close_deadline;
+            if self.heartbeat > 0 && matches!(self.phase, Phase::Running) {
+                let hb = Instant::now() + Duration::from_secs(u64::from(self.heartbeat) * 2);
+                deadline = Some(deadline.map_or(hb, |d| d.min(hb)));
+            }
+            let read = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, rd.read_buf(&mut buf)).await,
+                    None => Ok(rd.read_buf(&mut buf).await),
+                }
             };
-            let result = match frame {
-                Ok(frame) => self.on_frame(frame),
-                Err(ReadError::Closed) => return,
-                Err(ReadError::Protocol(e)) => Err(e),
-            };
-            match result {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Closed) => return,
-                Err(e) => {
-                    tracing::info!(error = %e, "closing connection on error");
-                    let _ = close_connection(&self.writer, reader, &e).await;
-                    return;
+            tokio::select! {
+                r = read => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        if self.phase == Phase::Running {
+                            tracing::debug!("missed heartbeats from client, closing");
+                        }
+                        return;
+                    }
+                },
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    if changed.is_err() {
+                        shutdown_seen = true;
+                    }
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, frame: AMQPFrame) -> Result<Flow, AmqpError> {
+    /// Cut the next complete frame out of `buf`, checking type, size and end marker.
+    fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, AmqpError> {
+        let Some(head) = buf.get(..7) else {
+            return Ok(None);
+        };
+        let ftype = head[0];
+        let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+        if !matches!(ftype, 1 | 2 | 3 | 8) {
+            return Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                format!("unknown frame type {ftype}"),
+            ));
+        }
+        let max = self.frame_max.max(4096) as usize;
+        if size + 8 > max {
+            return Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                format!(
+                    "frame size {} larger than negotiated maximum {}",
+                    size + 8,
+                    max
+                ),
+            ));
+        }
+        if buf.len() < size + 8 {
+            buf.reserve(size + 8 - buf.len());
+            return Ok(None);
+        }
+        if buf.get(size + 7) != Some(&0xCE) {
+            return Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                "frame end marker missing (expected 0xCE)",
+            ));
+        }
+        let raw = buf.split_to(size + 8);
+        if ftype == 3 {
+            // Body payloads are opaque bytes: hand the slice over without re-collecting.
+            let ch = u16::from_be_bytes([raw[1], raw[2]]);
+            return Ok(Some(Incoming::Body(ch, raw)));
+        }
+        match parse_frame(&raw[..]) {
+            Ok((_, f)) => Ok(Some(Incoming::Frame(f))),
+            Err(_) => Err(Self::parse_error(ftype, &raw[7..7 + size])),
+        }
+    }
+
+    fn parse_error(ftype: u8, payload: &[u8]) -> AmqpError {
+        if ftype == 1 && payload.len() >= 4 {
+            let class = u16::from_be_bytes([payload[0], payload[1]]);
+            let method = u16::from_be_bytes([payload[2], payload[3]]);
+            if !known_method(class, method) {
+                return AmqpError::not_implemented(format!(
+                    "unknown method (class {class}, method {method})"
+                ))
+                .during(class, method);
+            }
+            return AmqpError::new(
+                codes::SYNTAX_ERROR,
+                format!("malformed arguments for method (class {class}, method {method})"),
+            )
+            .during(class, method);
+        }
+        AmqpError::new(
+            codes::FRAME_ERROR,
+            format!("malformed frame of type {ftype}"),
+        )
+    }
+
+    fn handle(&mut self, frame: AMQPFrame) -> Result<(), AmqpError> {
+        if self.phase == Phase::Closing {
+            if let AMQPFrame::Method(0, AMQPClass::Connection(m)) = frame {
+                match m {
+                    connection::AMQPMethod::CloseOk(_) => self.phase = Phase::Done,
+                    connection::AMQPMethod::Close(_) => {
+                        self.send(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        self.phase = Phase::Done;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
         match frame {
-            AMQPFrame::Heartbeat => Ok(Flow::Continue),
-            AMQPFrame::InvalidHeartbeat(_) => Err(AmqpError::connection(
-                code::FRAME_ERROR,
-                "heartbeat frame on a channel other than 0",
+            AMQPFrame::Heartbeat => Ok(()),
+            AMQPFrame::InvalidHeartbeat(_) => Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                "heartbeat frame on a non-zero channel",
             )),
-            AMQPFrame::ProtocolHeader(_) => Err(AmqpError::connection(
-                code::UNEXPECTED_FRAME,
-                "protocol header after the handshake",
+            AMQPFrame::ProtocolHeader(_) => Err(AmqpError::new(
+                codes::FRAME_ERROR,
+                "unexpected protocol header",
             )),
             AMQPFrame::Method(0, AMQPClass::Connection(m)) => self.on_connection_method(m),
-            AMQPFrame::Method(0, class) => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "only connection methods are allowed on channel 0",
-            )
-            .on(class.get_amqp_class_id(), class.get_amqp_method_id())),
-            AMQPFrame::Method(_, AMQPClass::Connection(m)) => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "connection methods are only allowed on channel 0",
-            )
-            .on(10, connection_method_id(&m))),
-            AMQPFrame::Header(0, _) | AMQPFrame::Body(0, _) => Err(AmqpError::connection(
-                code::UNEXPECTED_FRAME,
+            AMQPFrame::Method(0, m) => Err(AmqpError::command_invalid(format!(
+                "method {}.{} not allowed on channel 0",
+                m.get_amqp_class_id(),
+                m.get_amqp_method_id()
+            ))
+            .during(m.get_amqp_class_id(), m.get_amqp_method_id())),
+            AMQPFrame::Header(0, _) | AMQPFrame::Body(0, _) => Err(AmqpError::new(
+                codes::UNEXPECTED_FRAME,
                 "content frame on channel 0",
             )),
-            AMQPFrame::Method(channel, class) => self
-                .on_channel_method(channel, class)
-                .map(|()| Flow::Continue),
-            AMQPFrame::Header(channel, header) => {
-                self.on_header(channel, header).map(|()| Flow::Continue)
-            }
-            AMQPFrame::Body(channel, body) => self.on_body(channel, body).map(|()| Flow::Continue),
-        }
-    }
-
-    fn on_connection_method(&mut self, m: connection::AMQPMethod) -> Result<Flow, AmqpError> {
-        match m {
-            connection::AMQPMethod::Close(close) => {
-                tracing::debug!(code = close.reply_code, text = %close.reply_text, "client closed the connection");
-                let _ = self.writer.send(method(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                ));
-                Ok(Flow::Closed)
-            }
-            connection::AMQPMethod::CloseOk(_) => Ok(Flow::Closed),
-            connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => {
-                Ok(Flow::Continue)
-            }
-            connection::AMQPMethod::UpdateSecret(_) => {
-                let _ = self.writer.send(method(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
-                        connection::UpdateSecretOk {},
-                    )),
-                ));
-                Ok(Flow::Continue)
-            }
-            other => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "unexpected connection method",
-            )
-            .on(10, connection_method_id(&other))),
-        }
-    }
-
-    /// Reports a channel- or connection-level error raised on `channel`.
-    pub(super) fn fail(&mut self, channel: u16, e: AmqpError) -> Result<(), AmqpError> {
-        match e.scope {
-            Scope::Connection => Err(e),
-            Scope::Channel => {
-                tracing::debug!(channel, error = %e, "closing channel on error");
-                self.close_channel_with(channel, &e);
+            _ if self.phase != Phase::Running => Err(AmqpError::command_invalid(
+                "expected connection handshake method",
+            )),
+            AMQPFrame::Method(ch, m) => self.on_channel_method(ch, m),
+            AMQPFrame::Header(ch, h) => {
+                let Some(c) = self.channels.get_mut(&ch) else {
+                    return Err(not_open(ch));
+                };
+                let after = c.on_header(h.class_id, h.body_size, h.properties, &self.out)?;
+                self.after(ch, after);
                 Ok(())
             }
+            AMQPFrame::Body(ch, data) => self.on_body(ch, &data),
         }
     }
 
-    pub(super) fn send(&self, out: Outbound) {
-        let _ = self.writer.send(out);
+    fn on_body(&mut self, ch: u16, data: &[u8]) -> Result<(), AmqpError> {
+        if self.phase != Phase::Running {
+            return match self.phase {
+                Phase::Closing | Phase::Done => Ok(()),
+                _ => Err(AmqpError::command_invalid(
+                    "expected connection handshake method",
+                )),
+            };
+        }
+        if ch == 0 {
+            return Err(AmqpError::new(
+                codes::UNEXPECTED_FRAME,
+                "content frame on channel 0",
+            ));
+        }
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return Err(not_open(ch));
+        };
+        let after = c.on_body(data, &self.out)?;
+        self.after(ch, after);
+        Ok(())
+    }
+
+    fn after(&mut self, ch: u16, a: After) {
+        if let After::Remove = a {
+            self.channels.remove(&ch);
+        }
+    }
+
+    fn on_channel_method(&mut self, ch: u16, m: AMQPClass) -> Result<(), AmqpError> {
+        if let AMQPClass::Channel(channel::AMQPMethod::Open(_)) = &m {
+            if self.channels.contains_key(&ch) {
+                return Err(AmqpError::channel_error("second 'channel.open' seen").during(20, 10));
+            }
+            if ch > self.channel_max {
+                return Err(AmqpError::channel_error(format!(
+                    "channel number {ch} exceeds negotiated channel_max {}",
+                    self.channel_max
+                ))
+                .during(20, 10));
+            }
+            let Some(conn) = self.conn.as_ref() else {
+                return Err(AmqpError::command_invalid("connection not open"));
+            };
+            let core = conn.open_channel(Box::new(ServerSink {
+                channel: ch,
+                tx: self.out.clone(),
+            }));
+            self.channels.insert(ch, ServerChannel::new(ch, core));
+            self.send(
+                ch,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let out = self.out.clone();
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return Err(AmqpError::channel_error(format!(
+                "expected 'channel.open' for channel {ch}"
+            ))
+            .during(m.get_amqp_class_id(), m.get_amqp_method_id()));
+        };
+        let after = c.on_method(m, &out)?;
+        self.after(ch, after);
+        Ok(())
+    }
+
+    fn on_connection_method(&mut self, m: connection::AMQPMethod) -> Result<(), AmqpError> {
+        use connection::AMQPMethod as M;
+        match (self.phase, m) {
+            (Phase::StartOk, M::StartOk(s)) => self.on_start_ok(s),
+            (Phase::TuneOk, M::TuneOk(t)) => {
+                self.channel_max = if t.channel_max == 0 {
+                    CHANNEL_MAX
+                } else {
+                    t.channel_max.min(CHANNEL_MAX)
+                };
+                self.frame_max = if t.frame_max == 0 {
+                    FRAME_MAX
+                } else {
+                    t.frame_max.clamp(4096, FRAME_MAX)
+                };
+                self.heartbeat = t.heartbeat;
+                let _ = self
+                    .out
+                    .send(Outgoing::Tune(self.frame_max, self.heartbeat));
+                self.phase = Phase::Open;
+                Ok(())
+            }
+            (Phase::Open, M::Open(o)) => {
+                let user = self.user.clone().unwrap_or_default();
+                let conn = self
+                    .core
+                    .open_connection(o.virtual_host.as_str(), &user)
+                    .map_err(|e| e.during(10, 40))?;
+                self.conn = Some(conn);
+                self.phase = Phase::Running;
+                self.close_deadline = None;
+                self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
+                Ok(())
+            }
+            (_, M::Close(_)) => {
+                self.channels.clear();
+                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
+                self.phase = Phase::Done;
+                Ok(())
+            }
+            (_, M::CloseOk(_)) => {
+                self.phase = Phase::Done;
+                Ok(())
+            }
+            (Phase::Running, M::Blocked(_) | M::Unblocked(_)) => Ok(()),
+            (Phase::Running, M::UpdateSecret(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})),
+                );
+                Ok(())
+            }
+            (_, m) => {
+                let c = AMQPClass::Connection(m);
+                Err(AmqpError::command_invalid(format!(
+                    "unexpected method connection.{} in this state",
+                    c.get_amqp_method_id()
+                ))
+                .during(10, c.get_amqp_method_id()))
+            }
+        }
+    }
+
+    fn on_start_ok(&mut self, s: connection::StartOk) -> Result<(), AmqpError> {
+        if let Some(AMQPValue::FieldTable(caps)) = s.client_properties.inner().get("capabilities") {
+            let on = matches!(
+                caps.inner().get("consumer_cancel_notify"),
+                Some(AMQPValue::Boolean(true))
+            );
+            self.cancel_notify.store(on, Ordering::Relaxed);
+        }
+        let mech = s.mechanism.as_str();
+        let creds = match mech {
+            "PLAIN" => parse_plain(s.response.as_bytes()),
+            "AMQPLAIN" => parse_amqplain(s.response.as_bytes()),
+            _ => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{mech}'"
+                ))
+                .during(10, 11))
+            }
+        };
+        match creds {
+            Some((user, pass)) if self.core.authenticate(&user, &pass) => {
+                self.user = Some(user);
+                self.phase = Phase::TuneOk;
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                        channel_max: CHANNEL_MAX,
+                        frame_max: FRAME_MAX,
+                        heartbeat: HEARTBEAT,
+                    })),
+                );
+                Ok(())
+            }
+            _ => Err(AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mech}. For details see the \
+                 broker logfile."
+            ))
+            .during(10, 11)),
+        }
     }
 }
 
-fn connection_method_id(m: &connection::AMQPMethod) -> u16 {
-    AMQPClass::Connection(m.clone()).get_amqp_method_id()
+fn not_open(ch: u16) -> AmqpError {
+    AmqpError::channel_error(format!("expected 'channel.open' for channel {ch}"))
 }
 
-/// Whether the connection goes on.
-pub(super) enum Flow {
-    Continue,
-    Closed,
+fn parse_plain(resp: &[u8]) -> Option<(String, String)> {
+    let mut parts = resp.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = parts.next()?;
+    let pass = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        String::from_utf8(user.to_vec()).ok()?,
+        String::from_utf8(pass.to_vec()).ok()?,
+    ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::credentials;
+fn parse_amqplain(resp: &[u8]) -> Option<(String, String)> {
+    // The response is a field table without its length prefix.
+    let mut framed = Vec::with_capacity(resp.len() + 4);
+    framed.extend_from_slice(&u32::try_from(resp.len()).ok()?.to_be_bytes());
+    framed.extend_from_slice(resp);
+    let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+    let get = |k: &str| -> Option<String> {
+        match table.inner().get(k)? {
+            AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    };
+    Some((get("LOGIN")?, get("PASSWORD")?))
+}
 
-    #[test]
-    fn plain_and_amqplain_credentials() {
-        assert_eq!(
-            credentials("PLAIN", b"\0guest\0secret"),
-            Some(("guest".into(), "secret".into()))
-        );
-        let amqplain = amq_protocol::auth::Credentials::new("u".into(), "p".into())
-            .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
-        assert_eq!(
-            credentials("AMQPLAIN", amqplain.as_bytes()),
-            Some(("u".into(), "p".into()))
-        );
-        assert_eq!(credentials("PLAIN", b"garbage"), None);
-        assert_eq!(credentials("AMQPLAIN", b"\xff\xff"), None);
-        assert_eq!(credentials("EXTERNAL", b""), None);
+fn known_method(class: u16, method: u16) -> bool {
+    match class {
+        10 => matches!(
+            method,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
+        20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
+        30 => matches!(method, 10 | 11),
+        40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
+        50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
+        60 => matches!(
+            method,
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
+        ),
+        85 => matches!(method, 10 | 11),
+        90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
+        _ => false,
     }
 }

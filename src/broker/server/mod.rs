@@ -1,40 +1,16 @@
-//! The TCP side of the broker: accept connections, and run each through the
-//! AMQP connection and channel state machines.
+//! The AMQP 0-9-1 TCP server: a thin translator between frames and core calls.
+//!
+//! `listener` accepts sockets, `connection` runs the handshake and reads frames,
+//! `channel` maps channel methods to core calls and `writer` encodes output.
 
-mod channel;
-mod connection;
-mod wire;
+pub(crate) mod channel;
+pub(crate) mod connection;
+pub(crate) mod listener;
+pub(crate) mod writer;
 
-use std::sync::Arc;
-
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use super::core::Core;
-
-/// Accepts connections until the broker stops.
-pub(crate) async fn accept(
-    listener: TcpListener,
-    core: Arc<Core>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(core.clone(), stream, peer, stopped.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = stopped.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    // Connections see the same stop signal and close with 320.
-    while connections.join_next().await.is_some() {}
-}
+/// Largest frame the server accepts and proposes (`connection.tune`).
+pub const FRAME_MAX: u32 = 131_072;
+/// Highest channel number the server proposes.
+pub const CHANNEL_MAX: u16 = 2047;
+/// Heartbeat interval the server proposes, in seconds.
+pub const HEARTBEAT: u16 = 60;

@@ -1,0 +1,1115 @@
+//! Core channels: the per-channel AMQP model as plain method calls.
+//!
+//! A [`CoreChannel`] carries delivery tags, unacknowledged messages, consumers, QoS,
+//! confirm and transaction modes. Asynchronous output (deliveries, returns, confirms,
+//! broker-initiated cancels) is pushed to the channel's [`ChannelSink`] in wire order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{FieldTable, ShortString};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::connection::ConnShared;
+use super::consumer::Consumer;
+use super::error::AmqpError;
+use super::exchange::Destination;
+use super::lock;
+use super::message::{Message, QueuedMessage};
+use super::queue::{DeadReason, Queue};
+
+/// Queue name clients use for RabbitMQ's direct reply-to.
+pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
+const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// A message delivered to a consumer of this channel.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Tag of the consumer it is for.
+    pub consumer_tag: ShortString,
+    /// Channel-scoped delivery tag (to ack/nack/reject).
+    pub delivery_tag: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// The message (exchange and routing key inside).
+    pub message: Arc<Message>,
+}
+
+/// A mandatory message that could not be routed (`basic.return`).
+#[derive(Debug, Clone)]
+pub struct Returned {
+    /// Reply code (312 NO_ROUTE).
+    pub reply_code: u16,
+    /// Reply text ("NO_ROUTE").
+    pub reply_text: ShortString,
+    /// The returned message.
+    pub message: Arc<Message>,
+}
+
+/// Asynchronous events of a channel, in the order they must reach the client.
+#[derive(Debug, Clone)]
+pub enum ChannelEvent {
+    /// `basic.consume-ok`, emitted right before the consumer starts receiving.
+    ConsumeOk {
+        /// The (possibly server-generated) consumer tag.
+        consumer_tag: ShortString,
+    },
+    /// `basic.deliver`.
+    Deliver(Delivery),
+    /// `basic.return`.
+    Return(Returned),
+    /// Publisher confirm (`basic.ack` when `ack`, else `basic.nack`).
+    Confirm {
+        /// Publish sequence number.
+        delivery_tag: u64,
+        /// Confirms every tag up to this one.
+        multiple: bool,
+        /// Ack or nack.
+        ack: bool,
+    },
+    /// Broker-initiated `basic.cancel` (queue deleted).
+    Cancel {
+        /// The cancelled consumer.
+        consumer_tag: ShortString,
+    },
+}
+
+/// Receiver of a channel's [`ChannelEvent`]s. Must not block.
+pub trait ChannelSink: Send + Sync + 'static {
+    /// Hand over one event.
+    fn send(&self, event: ChannelEvent);
+}
+
+impl ChannelSink for mpsc::UnboundedSender<ChannelEvent> {
+    fn send(&self, event: ChannelEvent) {
+        let _ = mpsc::UnboundedSender::send(self, event);
+    }
+}
+
+/// Result of `queue.declare`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclareOk {
+    /// The queue name (server-generated when declared with an empty name).
+    pub queue: String,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Consumers.
+    pub consumer_count: u32,
+}
+
+/// Result of a successful `basic.get`.
+#[derive(Debug, Clone)]
+pub struct GetOk {
+    /// Delivery tag.
+    pub delivery_tag: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Messages left in the queue.
+    pub message_count: u32,
+    /// The message.
+    pub message: Arc<Message>,
+}
+
+/// Result of `basic.publish`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Number of queues that received the message.
+    pub routed: usize,
+    /// A `basic.return` was emitted.
+    pub returned: bool,
+    /// Publish sequence number in confirm mode (its confirm was emitted).
+    pub confirm_tag: Option<u64>,
+    /// Buffered by an open transaction (nothing routed yet).
+    pub buffered: bool,
+}
+
+struct Unacked {
+    queue: Arc<Queue>,
+    msg: QueuedMessage,
+    consumer: Option<Arc<Consumer>>,
+}
+
+struct TxPublish {
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+    properties: BasicProperties,
+    body: Bytes,
+}
+
+enum TxAck {
+    Ack(u64, bool),
+    Nack(u64, bool, bool),
+}
+
+#[derive(Default)]
+struct Tx {
+    publishes: Vec<TxPublish>,
+    acks: Vec<TxAck>,
+}
+
+#[derive(Default)]
+struct ChState {
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<ShortString, Arc<Consumer>>,
+    consumer_prefetch: u16,
+    confirm: bool,
+    next_seq: u64,
+    tx: Option<Tx>,
+    last_queue: Option<String>,
+    reply: Option<(ShortString, String)>,
+}
+
+/// Shared part of a channel (referenced by its consumers).
+pub(crate) struct ChannelShared {
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<ConnShared>,
+    sink: Box<dyn ChannelSink>,
+    state: Mutex<ChState>,
+    closed: AtomicBool,
+    flow: AtomicBool,
+    unacked_count: AtomicU32,
+    global_prefetch: AtomicU32,
+}
+
+impl fmt::Debug for ChannelShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelShared")
+            .field("id", &self.id)
+            .field("conn", &self.conn.id)
+            .finish()
+    }
+}
+
+static TAG_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// A random-looking name with the given prefix (`amq.gen-…`, `amq.ctag-…`).
+pub fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let id =
+        uuid::Uuid::new_v4().as_u128() ^ u128::from(TAG_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for i in 0..22 {
+        let idx = ((id >> (i * 6)) & 63) as usize;
+        s.push(char::from(ALPHABET.get(idx).copied().unwrap_or(b'A')));
+    }
+    s
+}
+
+impl ChannelShared {
+    fn st(&self) -> MutexGuard<'_, ChState> {
+        lock(&self.state)
+    }
+
+    /// Deliveries allowed now (open and not paused by channel.flow).
+    pub(crate) fn can_deliver(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.flow.load(Ordering::Acquire)
+    }
+
+    /// Channel-wide (global QoS) window not exhausted.
+    pub(crate) fn global_capacity(&self) -> bool {
+        let g = self.global_prefetch.load(Ordering::Acquire);
+        g == 0 || self.unacked_count.load(Ordering::Acquire) < g
+    }
+
+    /// Deliver a queue message to one of this channel's consumers.
+    pub(crate) fn deliver(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+    ) -> Result<(), QueuedMessage> {
+        let mut st = self.st();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(msg);
+        }
+        st.next_tag += 1;
+        let tag = st.next_tag;
+        let event = ChannelEvent::Deliver(Delivery {
+            consumer_tag: consumer.tag.clone(),
+            delivery_tag: tag,
+            redelivered: msg.redelivered,
+            message: msg.msg.clone(),
+        });
+        if !consumer.no_ack {
+            consumer.unacked.fetch_add(1, Ordering::AcqRel);
+            self.unacked_count.fetch_add(1, Ordering::AcqRel);
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    msg,
+                    consumer: Some(consumer.clone()),
+                },
+            );
+        }
+        self.sink.send(event);
+        Ok(())
+    }
+
+    /// Direct reply-to delivery (no queue, no ack).
+    fn deliver_reply(&self, msg: Arc<Message>) -> bool {
+        let st = &mut *self.st();
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some((tag, _)) = st.reply.as_ref() else {
+            return false;
+        };
+        st.next_tag += 1;
+        self.sink.send(ChannelEvent::Deliver(Delivery {
+            consumer_tag: tag.clone(),
+            delivery_tag: st.next_tag,
+            redelivered: false,
+            message: msg,
+        }));
+        true
+    }
+
+    /// The queue of consumer `c` was deleted: forget the consumer and notify.
+    pub(crate) fn cancelled_by_broker(&self, c: &Arc<Consumer>) {
+        let removed = {
+            let mut st = self.st();
+            match st.consumers.get(&c.tag) {
+                Some(x) if Arc::ptr_eq(x, c) => st.consumers.remove(&c.tag).is_some(),
+                _ => false,
+            }
+        };
+        if removed && !self.closed.load(Ordering::Acquire) {
+            self.sink.send(ChannelEvent::Cancel {
+                consumer_tag: c.tag.clone(),
+            });
+        }
+    }
+
+    fn release(&self, taken: &[Unacked]) {
+        let mut n = 0;
+        for u in taken {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::AcqRel);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.unacked_count.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Let queues push more to this channel's consumers after capacity was freed.
+    fn redispatch(&self, force: bool) {
+        let global = self.global_prefetch.load(Ordering::Acquire) != 0;
+        let queues: Vec<Arc<Queue>> = {
+            let st = self.st();
+            st.consumers
+                .values()
+                .filter(|c| force || global || (!c.no_ack && c.prefetch != 0))
+                .filter_map(|c| c.queue_ref.upgrade())
+                .collect()
+        };
+        for q in queues {
+            q.dispatch();
+        }
+    }
+
+    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let mut st = self.st();
+        if multiple && tag == 0 {
+            return Ok(std::mem::take(&mut st.unacked).into_values().collect());
+        }
+        if !st.unacked.contains_key(&tag) {
+            return Err(AmqpError::precondition(format!(
+                "unknown delivery tag {tag}"
+            )));
+        }
+        if multiple {
+            let rest = st.unacked.split_off(&(tag.saturating_add(1)));
+            let taken = std::mem::replace(&mut st.unacked, rest);
+            Ok(taken.into_values().collect())
+        } else {
+            Ok(st.unacked.remove(&tag).into_iter().collect())
+        }
+    }
+
+    fn requeue_all(taken: Vec<Unacked>) {
+        let mut groups: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+        for u in taken {
+            match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                Some((_, v)) => v.push(u.msg),
+                None => groups.push((u.queue, vec![u.msg])),
+            }
+        }
+        for (q, msgs) in groups {
+            q.requeue(msgs);
+        }
+    }
+
+    fn settle(&self, taken: Vec<Unacked>, ack: bool, requeue: bool) {
+        self.release(&taken);
+        if ack {
+        } else if requeue {
+            Self::requeue_all(taken);
+        } else {
+            let mut groups: Vec<(Arc<Queue>, super::queue::DeadLetters)> = Vec::new();
+            for u in taken {
+                match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                    Some((_, v)) => v.push((u.msg, DeadReason::Rejected)),
+                    None => groups.push((u.queue, vec![(u.msg, DeadReason::Rejected)])),
+                }
+            }
+            for (q, dead) in groups {
+                q.dead_letter(dead);
+            }
+        }
+        self.redispatch(false);
+    }
+
+    pub(crate) fn close(&self) {
+        let (unacked, consumers, reply) = {
+            let mut st = self.st();
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            st.tx = None;
+            (
+                std::mem::take(&mut st.unacked),
+                std::mem::take(&mut st.consumers),
+                st.reply.take(),
+            )
+        };
+        if let Some((_, token)) = reply {
+            self.conn.vhost.unregister_reply(&token);
+        }
+        for c in consumers.into_values() {
+            if let Some(q) = c.queue_ref.upgrade() {
+                q.remove_consumer(&c);
+            }
+        }
+        let taken: Vec<Unacked> = unacked.into_values().collect();
+        self.release(&taken);
+        Self::requeue_all(taken);
+        self.conn.forget_channel(self.id);
+    }
+}
+
+/// A channel of a [`super::CoreConnection`]. Dropping it closes it.
+pub struct CoreChannel {
+    pub(crate) shared: Arc<ChannelShared>,
+}
+
+impl fmt::Debug for CoreChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl Drop for CoreChannel {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl CoreChannel {
+    pub(crate) fn new(conn: Arc<ConnShared>, id: u64, sink: Box<dyn ChannelSink>) -> Self {
+        Self {
+            shared: Arc::new(ChannelShared {
+                id,
+                conn,
+                sink,
+                state: Mutex::new(ChState::default()),
+                closed: AtomicBool::new(false),
+                flow: AtomicBool::new(true),
+                unacked_count: AtomicU32::new(0),
+                global_prefetch: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    fn conn_id(&self) -> u64 {
+        self.shared.conn.id
+    }
+
+    fn vhost(&self) -> &super::vhost::VHost {
+        &self.shared.conn.vhost
+    }
+
+    fn check_open(&self) -> Result<(), AmqpError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(AmqpError::channel_error("channel is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resolve an empty queue name to the last queue declared on this channel.
+    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.shared
+            .st()
+            .last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    /// Whether the channel is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// `exchange.declare`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn exchange_declare(
+        &self,
+        exchange: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check_open()?;
+        self.vhost()
+            .exchange_declare(
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            )
+            .map_err(|e| e.during(40, 10))
+    }
+
+    /// `exchange.delete`.
+    pub fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<(), AmqpError> {
+        self.check_open()?;
+        self.vhost()
+            .exchange_delete(exchange, if_unused)
+            .map_err(|e| e.during(40, 20))
+    }
+
+    /// `exchange.bind`: route messages from `source` to exchange `destination`.
+    pub fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check_open()?;
+        self.vhost()
+            .bind(
+                source,
+                Destination::Exchange(destination.to_string()),
+                routing_key,
+                arguments,
+                self.conn_id(),
+            )
+            .map_err(|e| e.during(40, 30))
+    }
+
+    /// `exchange.unbind`.
+    pub fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check_open()?;
+        self.vhost()
+            .unbind(
+                source,
+                Destination::Exchange(destination.to_string()),
+                routing_key,
+                arguments,
+                self.conn_id(),
+            )
+            .map_err(|e| e.during(40, 40))
+    }
+
+    /// `queue.declare`; an empty name gets a server-generated `amq.gen-…` name.
+    pub fn queue_declare(
+        &self,
+        queue: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Result<QueueDeclareOk, AmqpError> {
+        self.check_open()?;
+        if !passive && queue.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{queue}' contains reserved prefix 'amq.*'"
+            ))
+            .during(50, 10));
+        }
+        let name = if queue.is_empty() && !passive {
+            generate_name("amq.gen-")
+        } else {
+            self.queue_name(queue).map_err(|e| e.during(50, 10))?
+        };
+        let (q, message_count, consumer_count) = self
+            .vhost()
+            .queue_declare(
+                &name,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                arguments,
+                self.conn_id(),
+            )
+            .map_err(|e| e.during(50, 10))?;
+        self.shared.st().last_queue = Some(q.name.clone());
+        Ok(QueueDeclareOk {
+            queue: name,
+            message_count,
+            consumer_count,
+        })
+    }
+
+    /// `queue.bind`.
+    pub fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let queue = self.queue_name(queue).map_err(|e| e.during(50, 20))?;
+        self.vhost()
+            .bind(
+                exchange,
+                Destination::Queue(queue),
+                routing_key,
+                arguments,
+                self.conn_id(),
+            )
+            .map_err(|e| e.during(50, 20))
+    }
+
+    /// `queue.unbind`.
+    pub fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let queue = self.queue_name(queue).map_err(|e| e.during(50, 50))?;
+        self.vhost()
+            .unbind(
+                exchange,
+                Destination::Queue(queue),
+                routing_key,
+                arguments,
+                self.conn_id(),
+            )
+            .map_err(|e| e.during(50, 50))
+    }
+
+    /// `queue.purge`: returns the number of purged messages.
+    pub fn queue_purge(&self, queue: &str) -> Result<u32, AmqpError> {
+        self.check_open()?;
+        let name = self.queue_name(queue).map_err(|e| e.during(50, 30))?;
+        let q = self
+            .vhost()
+            .queue_for(&name, self.conn_id())
+            .map_err(|e| e.during(50, 30))?;
+        Ok(q.purge())
+    }
+
+    /// `queue.delete`: returns the number of deleted messages.
+    pub fn queue_delete(
+        &self,
+        queue: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, AmqpError> {
+        self.check_open()?;
+        let name = self.queue_name(queue).map_err(|e| e.during(50, 40))?;
+        self.vhost()
+            .queue_delete(&name, if_unused, if_empty, self.conn_id())
+            .map_err(|e| e.during(50, 40))
+    }
+
+    /// `basic.qos`: `global=false` sets the window of consumers created afterwards,
+    /// `global=true` the window shared by the whole channel (RabbitMQ semantics).
+    pub fn basic_qos(&self, prefetch_count: u16, global: bool) -> Result<(), AmqpError> {
+        self.check_open()?;
+        if global {
+            self.shared
+                .global_prefetch
+                .store(u32::from(prefetch_count), Ordering::Release);
+        } else {
+            self.shared.st().consumer_prefetch = prefetch_count;
+        }
+        self.shared.redispatch(true);
+        Ok(())
+    }
+
+    /// `basic.consume` (see [`Self::basic_consume_with`]).
+    pub fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: FieldTable,
+    ) -> Result<ShortString, AmqpError> {
+        self.basic_consume_with(queue, consumer_tag, no_ack, exclusive, arguments, true)
+    }
+
+    /// `basic.consume`. Deliveries arrive on the channel sink as [`ChannelEvent::Deliver`];
+    /// when `emit_ok` is set a [`ChannelEvent::ConsumeOk`] precedes them. An empty tag
+    /// gets a server-generated `amq.ctag-…` tag, which is returned.
+    pub fn basic_consume_with(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        _arguments: FieldTable,
+        emit_ok: bool,
+    ) -> Result<ShortString, AmqpError> {
+        self.check_open()?;
+        let err = |e: AmqpError| e.during(60, 20);
+        let tag_str = if consumer_tag.is_empty() {
+            generate_name("amq.ctag-")
+        } else {
+            consumer_tag.to_string()
+        };
+        let tag = ShortString::try_new(tag_str)
+            .map_err(|_| err(AmqpError::precondition("consumer tag too long")))?;
+        let sh = &self.shared;
+        if queue == REPLY_TO_QUEUE {
+            if !no_ack {
+                return Err(err(AmqpError::precondition(
+                    "reply consumer cannot acknowledge",
+                )));
+            }
+            let mut st = sh.st();
+            if st.reply.is_some() {
+                return Err(err(AmqpError::precondition("reply consumer already set")));
+            }
+            let token = generate_name("");
+            sh.conn.vhost.register_reply(&token, Arc::downgrade(sh));
+            st.reply = Some((tag.clone(), token));
+            if emit_ok {
+                sh.sink.send(ChannelEvent::ConsumeOk {
+                    consumer_tag: tag.clone(),
+                });
+            }
+            return Ok(tag);
+        }
+        let name = self.queue_name(queue).map_err(err)?;
+        let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
+        if q.consumer_conflict(exclusive) {
+            return Err(err(AmqpError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                name,
+                self.vhost().name
+            ))));
+        }
+        let consumer = {
+            let mut st = sh.st();
+            if st.consumers.contains_key(&tag) || st.reply.as_ref().is_some_and(|(t, _)| t == &tag)
+            {
+                return Err(err(AmqpError::not_allowed(format!(
+                    "attempt to reuse consumer tag '{}'",
+                    tag
+                ))));
+            }
+            let c = Arc::new(Consumer {
+                tag: tag.clone(),
+                queue: name,
+                no_ack,
+                exclusive,
+                prefetch: u32::from(st.consumer_prefetch),
+                unacked: AtomicU32::new(0),
+                channel: sh.clone(),
+                queue_ref: Arc::downgrade(&q),
+            });
+            st.consumers.insert(tag.clone(), c.clone());
+            if emit_ok {
+                sh.sink.send(ChannelEvent::ConsumeOk {
+                    consumer_tag: tag.clone(),
+                });
+            }
+            c
+        };
+        if !q.add_consumer(consumer) {
+            sh.st().consumers.remove(&tag);
+            return Err(err(AmqpError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                q.name,
+                self.vhost().name
+            ))));
+        }
+        Ok(tag)
+    }
+
+    /// `basic.cancel`: unknown tags are ignored (as RabbitMQ does).
+    pub fn basic_cancel(&self, consumer_tag: &str) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let sh = &self.shared;
+        let (c, reply) = {
+            let mut st = sh.st();
+            let c = st.consumers.remove(consumer_tag);
+            let reply = if st
+                .reply
+                .as_ref()
+                .is_some_and(|(t, _)| t.as_str() == consumer_tag)
+            {
+                st.reply.take()
+            } else {
+                None
+            };
+            (c, reply)
+        };
+        if let Some((_, token)) = reply {
+            sh.conn.vhost.unregister_reply(&token);
+        }
+        if let Some(c) = c {
+            if let Some(q) = c.queue_ref.upgrade() {
+                q.remove_consumer(&c);
+            }
+        }
+        Ok(())
+    }
+
+    /// `basic.publish`. Returns and confirms are emitted on the sink.
+    pub fn basic_publish(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Result<PublishOutcome, AmqpError> {
+        self.check_open()?;
+        let err = |e: AmqpError| e.during(60, 40);
+        let sh = &self.shared;
+        if let Some(uid) = properties.user_id() {
+            if uid.as_str() != sh.conn.user {
+                return Err(err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    uid, sh.conn.user
+                ))));
+            }
+        }
+        let mut properties = properties;
+        if properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO_QUEUE)
+        {
+            let token = sh.st().reply.as_ref().map(|(_, t)| t.clone());
+            let Some(token) = token else {
+                return Err(err(AmqpError::precondition(
+                    "fast reply consumer does not exist",
+                )));
+            };
+            let rt = ShortString::try_new(format!("{REPLY_TO_PREFIX}{token}"))
+                .map_err(|_| err(AmqpError::precondition("reply-to too long")))?;
+            properties = properties.with_reply_to(rt);
+        }
+        {
+            let mut st = sh.st();
+            if let Some(tx) = st.tx.as_mut() {
+                tx.publishes.push(TxPublish {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    properties,
+                    body,
+                });
+                return Ok(PublishOutcome {
+                    buffered: true,
+                    ..PublishOutcome::default()
+                });
+            }
+        }
+        self.publish_now(exchange, routing_key, mandatory, properties, body)
+            .map_err(err)
+    }
+
+    fn publish_now(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Result<PublishOutcome, AmqpError> {
+        let sh = &self.shared;
+        let vhost = &sh.conn.vhost;
+        let msg = Arc::new(Message::new(exchange, routing_key, properties, body));
+        msg.expiration_ms().map_err(AmqpError::precondition)?;
+        let ex = msg.exchange.as_str();
+        let rk = msg.routing_key.as_str();
+        let mut out = PublishOutcome::default();
+        let mut rejected = false;
+        if ex.is_empty() && rk.starts_with(REPLY_TO_PREFIX) {
+            let token = rk.get(REPLY_TO_PREFIX.len()..).unwrap_or("");
+            if let Some(target) = vhost.reply_target(token) {
+                if target.deliver_reply(msg.clone()) {
+                    out.routed = 1;
+                }
+            }
+        } else {
+            if !ex.is_empty() {
+                match vhost.exchange(ex) {
+                    None => {
+                        return Err(AmqpError::not_found(format!(
+                            "no exchange '{}' in vhost '{}'",
+                            ex, vhost.name
+                        )))
+                    }
+                    Some(x) if x.internal => {
+                        return Err(AmqpError::access_refused(format!(
+                            "cannot publish to internal exchange '{}' in vhost '{}'",
+                            ex, vhost.name
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let r = vhost.publish(ex, msg.clone())?;
+            out.routed = r.routed;
+            rejected = r.rejected;
+        }
+        if out.routed == 0 && mandatory {
+            out.returned = true;
+            sh.sink.send(ChannelEvent::Return(Returned {
+                reply_code: super::error::codes::NO_ROUTE,
+                reply_text: ShortString::from("NO_ROUTE"),
+                message: msg,
+            }));
+        }
+        let mut st = sh.st();
+        if st.confirm {
+            st.next_seq += 1;
+            let tag = st.next_seq;
+            out.confirm_tag = Some(tag);
+            sh.sink.send(ChannelEvent::Confirm {
+                delivery_tag: tag,
+                multiple: false,
+                ack: !rejected,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `basic.get`: `Ok(None)` is get-empty.
+    pub fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetOk>, AmqpError> {
+        self.check_open()?;
+        let err = |e: AmqpError| e.during(60, 70);
+        let name = self.queue_name(queue).map_err(err)?;
+        let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
+        let (m, message_count) = q.get();
+        let Some(m) = m else {
+            return Ok(None);
+        };
+        let mut st = self.shared.st();
+        st.next_tag += 1;
+        let tag = st.next_tag;
+        let out = GetOk {
+            delivery_tag: tag,
+            redelivered: m.redelivered,
+            message_count,
+            message: m.msg.clone(),
+        };
+        if !no_ack {
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    queue: q,
+                    msg: m,
+                    consumer: None,
+                },
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// `basic.ack`.
+    pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AmqpError> {
+        self.settle(TxAck::Ack(delivery_tag, multiple))
+            .map_err(|e| e.during(60, 80))
+    }
+
+    /// `basic.nack`.
+    pub fn basic_nack(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        self.settle(TxAck::Nack(delivery_tag, multiple, requeue))
+            .map_err(|e| e.during(60, 120))
+    }
+
+    /// `basic.reject`.
+    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.settle(TxAck::Nack(delivery_tag, false, requeue))
+            .map_err(|e| e.during(60, 90))
+    }
+
+    fn settle(&self, op: TxAck) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let sh = &self.shared;
+        {
+            let mut st = sh.st();
+            if st.tx.is_some() {
+                let (tag, multiple) = match op {
+                    TxAck::Ack(t, m) | TxAck::Nack(t, m, _) => (t, m),
+                };
+                if !(st.unacked.contains_key(&tag) || multiple && tag == 0) {
+                    return Err(AmqpError::precondition(format!(
+                        "unknown delivery tag {tag}"
+                    )));
+                }
+                if let Some(tx) = st.tx.as_mut() {
+                    tx.acks.push(op);
+                }
+                return Ok(());
+            }
+        }
+        self.apply_settle(op)
+    }
+
+    fn apply_settle(&self, op: TxAck) -> Result<(), AmqpError> {
+        let sh = &self.shared;
+        match op {
+            TxAck::Ack(tag, multiple) => {
+                let taken = sh.take_unacked(tag, multiple)?;
+                sh.settle(taken, true, false);
+            }
+            TxAck::Nack(tag, multiple, requeue) => {
+                let taken = sh.take_unacked(tag, multiple)?;
+                sh.settle(taken, false, requeue);
+            }
+        }
+        Ok(())
+    }
+
+    /// `basic.recover`: every unacknowledged message goes back to its queue.
+    pub fn basic_recover(&self, _requeue: bool) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let taken = self.shared.take_unacked(0, true)?;
+        self.shared.settle(taken, false, true);
+        Ok(())
+    }
+
+    /// `confirm.select`.
+    pub fn confirm_select(&self) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let mut st = self.shared.st();
+        if st.tx.is_some() {
+            return Err(
+                AmqpError::precondition("cannot switch from tx to confirm mode").during(85, 10),
+            );
+        }
+        st.confirm = true;
+        Ok(())
+    }
+
+    /// `tx.select`.
+    pub fn tx_select(&self) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let mut st = self.shared.st();
+        if st.confirm {
+            return Err(
+                AmqpError::precondition("cannot switch from confirm to tx mode").during(90, 10),
+            );
+        }
+        if st.tx.is_none() {
+            st.tx = Some(Tx::default());
+        }
+        Ok(())
+    }
+
+    /// `tx.commit`: publish buffered messages and apply buffered acks.
+    pub fn tx_commit(&self) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let tx = {
+            let mut st = self.shared.st();
+            match st.tx.as_mut() {
+                None => {
+                    return Err(
+                        AmqpError::precondition("channel is not transactional").during(90, 20)
+                    )
+                }
+                Some(tx) => std::mem::take(tx),
+            }
+        };
+        for p in tx.publishes {
+            self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)
+                .map_err(|e| e.during(90, 20))?;
+        }
+        for a in tx.acks {
+            self.apply_settle(a).map_err(|e| e.during(90, 20))?;
+        }
+        Ok(())
+    }
+
+    /// `tx.rollback`: drop buffered messages and acks.
+    pub fn tx_rollback(&self) -> Result<(), AmqpError> {
+        self.check_open()?;
+        let mut st = self.shared.st();
+        match st.tx.as_mut() {
+            None => Err(AmqpError::precondition("channel is not transactional").during(90, 30)),
+            Some(tx) => {
+                *tx = Tx::default();
+                Ok(())
+            }
+        }
+    }
+
+    /// `channel.flow`: pause (`false`) or resume deliveries.
+    pub fn flow(&self, active: bool) -> Result<(), AmqpError> {
+        self.check_open()?;
+        self.shared.flow.store(active, Ordering::Release);
+        if active {
+            self.shared.redispatch(true);
+        }
+        Ok(())
+    }
+
+    /// Close the channel: cancel its consumers and requeue its unacked messages.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+}
+
+impl super::vhost::VHost {
+    /// Register a direct reply-to channel.
+    pub(crate) fn register_reply(&self, token: &str, ch: Weak<ChannelShared>) {
+        super::write(&self.reply_to).insert(token.to_string(), ch);
+    }
+
+    /// Forget a direct reply-to channel.
+    pub(crate) fn unregister_reply(&self, token: &str) {
+        super::write(&self.reply_to).remove(token);
+    }
+
+    pub(crate) fn reply_target(&self, token: &str) -> Option<Arc<ChannelShared>> {
+        super::read(&self.reply_to)
+            .get(token)
+            .and_then(Weak::upgrade)
+    }
+}

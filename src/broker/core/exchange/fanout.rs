@@ -1,0 +1,55 @@
+//! Fanout exchange routing: every bound destination receives every message.
+//!
+//! Routing keys are kept only to tell bindings apart (bind/unbind identity).
+
+use super::{Binding, Destination};
+
+/// Binding table of a fanout exchange.
+#[derive(Debug, Default)]
+pub struct FanoutRouter {
+    bindings: Vec<(Destination, String)>,
+}
+
+impl FanoutRouter {
+    /// Add a binding; false if already present.
+    pub fn bind(&mut self, b: Binding) -> bool {
+        let entry = (b.destination, b.routing_key);
+        if self.bindings.contains(&entry) {
+            return false;
+        }
+        self.bindings.push(entry);
+        true
+    }
+
+    /// Remove a binding; false if absent.
+    pub fn unbind(&mut self, b: &Binding) -> bool {
+        let before = self.bindings.len();
+        self.bindings
+            .retain(|(d, k)| !(d == &b.destination && k == &b.routing_key));
+        before != self.bindings.len()
+    }
+
+    /// Remove all bindings to `dest`.
+    pub fn remove_destination(&mut self, dest: &Destination) -> usize {
+        let before = self.bindings.len();
+        self.bindings.retain(|(d, _)| d != dest);
+        before - self.bindings.len()
+    }
+
+    /// True if there is no binding.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of bindings.
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Report every destination.
+    pub fn route(&self, out: &mut dyn FnMut(&Destination)) {
+        for (d, _) in &self.bindings {
+            out(d);
+        }
+    }
+}

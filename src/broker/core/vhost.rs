@@ -1,0 +1,778 @@
+//! Virtual hosts: the namespace of exchanges, queues and bindings, and message routing.
+//!
+//! Routing takes only read locks (exchange map, binding table, queue map); topology
+//! changes are serialized by a per-vhost mutex and never nest write locks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+
+use super::error::AmqpError;
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::message::Message;
+use super::queue::{long_str, DeadLetters, EnqueueResult, Queue, QueueConfig};
+use super::{lock, read, write};
+
+/// Outcome of routing one published message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteResult {
+    /// Number of queues the message was delivered to.
+    pub routed: usize,
+    /// True if at least one queue refused it (`x-overflow=reject-publish`).
+    pub rejected: bool,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    /// The vhost name.
+    pub name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    topology: Mutex<()>,
+    me: Weak<VHost>,
+    pub(crate) reply_to: RwLock<HashMap<String, Weak<super::channel::ChannelShared>>>,
+}
+
+const MAX_E2E_DEPTH: usize = 16;
+
+impl VHost {
+    /// Create a vhost with the standard pre-declared exchanges.
+    pub fn new(name: &str) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut exchanges = HashMap::new();
+            for (n, k, internal) in [
+                ("", ExchangeKind::Direct, false),
+                ("amq.direct", ExchangeKind::Direct, false),
+                ("amq.fanout", ExchangeKind::Fanout, false),
+                ("amq.topic", ExchangeKind::Topic, false),
+                ("amq.headers", ExchangeKind::Headers, false),
+                ("amq.match", ExchangeKind::Headers, false),
+                ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+            ] {
+                exchanges.insert(
+                    n.to_string(),
+                    Arc::new(Exchange::new(
+                        n,
+                        k,
+                        true,
+                        false,
+                        internal,
+                        FieldTable::default(),
+                    )),
+                );
+            }
+            Self {
+                name: name.to_string(),
+                exchanges: RwLock::new(exchanges),
+                queues: RwLock::new(HashMap::new()),
+                topology: Mutex::new(()),
+                me: me.clone(),
+                reply_to: RwLock::new(HashMap::new()),
+            }
+        })
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{}' in vhost '{}'", name, self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{}' in vhost '{}'", name, self.name))
+    }
+
+    fn default_exchange_refused() -> AmqpError {
+        AmqpError::access_refused("operation not permitted on the default exchange")
+    }
+
+    /// Look up an exchange.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        read(&self.exchanges).get(name).cloned()
+    }
+
+    /// Look up a queue (no exclusivity check).
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        read(&self.queues).get(name).cloned()
+    }
+
+    /// Names of all queues.
+    pub fn queue_names(&self) -> Vec<String> {
+        read(&self.queues).keys().cloned().collect()
+    }
+
+    /// Look up a queue usable by connection `conn_id` (404 if missing, 405 if exclusive
+    /// to another connection).
+    pub fn queue_for(&self, name: &str, conn_id: u64) -> Result<Arc<Queue>, AmqpError> {
+        let q = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    fn check_exclusive(&self, q: &Queue, conn_id: u64) -> Result<(), AmqpError> {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn_id => Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+                 originally declared on another connection or the exclusive property value does \
+                 not match that of the original declaration.",
+                q.name, self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `exchange.declare`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn exchange_declare(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        let _t = lock(&self.topology);
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let existing = self.exchange(name);
+        if passive {
+            return existing.map(|_| ()).ok_or_else(|| self.no_exchange(name));
+        }
+        let Some(k) = ExchangeKind::parse(kind) else {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
+        };
+        if let Some(x) = existing {
+            let ineq = |arg: &str, got: &str, cur: &str| {
+                Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received '{got}' but current is '{cur}'",
+                    self.name
+                )))
+            };
+            if x.kind != k {
+                return ineq("type", k.as_str(), x.kind.as_str());
+            }
+            if x.durable != durable {
+                return ineq("durable", &durable.to_string(), &x.durable.to_string());
+            }
+            if x.auto_delete != auto_delete {
+                return ineq(
+                    "auto_delete",
+                    &auto_delete.to_string(),
+                    &x.auto_delete.to_string(),
+                );
+            }
+            if x.internal != internal {
+                return ineq("internal", &internal.to_string(), &x.internal.to_string());
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        write(&self.exchanges).insert(
+            name.to_string(),
+            Arc::new(Exchange::new(
+                name,
+                k,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            )),
+        );
+        Ok(())
+    }
+
+    /// `exchange.delete`.
+    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        let _t = lock(&self.topology);
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let Some(x) = self.exchange(name) else {
+            return Ok(());
+        };
+        if if_unused && !read(&x.router).is_empty() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{}' in vhost '{}' in use",
+                name, self.name
+            )));
+        }
+        self.remove_exchange_locked(name);
+        Ok(())
+    }
+
+    fn remove_exchange_locked(&self, name: &str) {
+        write(&self.exchanges).remove(name);
+        self.remove_destination_locked(&Destination::Exchange(name.to_string()));
+    }
+
+    /// Remove every binding to `dest`, deleting auto-delete exchanges left unbound.
+    fn remove_destination_locked(&self, dest: &Destination) {
+        let all: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
+        let mut emptied = Vec::new();
+        for x in all {
+            let mut r = write(&x.router);
+            if r.remove_destination(dest) > 0 && r.is_empty() && x.auto_delete {
+                emptied.push(x.name.clone());
+            }
+        }
+        for n in emptied {
+            self.remove_exchange_locked(&n);
+        }
+    }
+
+    /// Bind `destination` to exchange `source` (queue.bind and exchange.bind).
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
+        let _t = lock(&self.topology);
+        self.check_binding_ends(source, &destination, conn_id)?;
+        let x = self
+            .exchange(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        write(&x.router).bind(Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    fn check_binding_ends(
+        &self,
+        source: &str,
+        destination: &Destination,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
+        match destination {
+            Destination::Queue(q) => {
+                let q = self.queue_for(q, conn_id)?;
+                if source.is_empty() {
+                    return Err(AmqpError::access_refused(format!(
+                        "operation not permitted on the default exchange (queue '{}')",
+                        q.name
+                    )));
+                }
+            }
+            Destination::Exchange(d) => {
+                if d.is_empty() || source.is_empty() {
+                    return Err(Self::default_exchange_refused());
+                }
+                if self.exchange(d).is_none() {
+                    return Err(self.no_exchange(d));
+                }
+            }
+        }
+        if self.exchange(source).is_none() {
+            return Err(self.no_exchange(source));
+        }
+        Ok(())
+    }
+
+    /// Remove a binding (queue.unbind and exchange.unbind); missing bindings are fine.
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
+        let _t = lock(&self.topology);
+        self.check_binding_ends(source, &destination, conn_id)?;
+        let Some(x) = self.exchange(source) else {
+            return Ok(());
+        };
+        let now_empty = {
+            let mut r = write(&x.router);
+            r.unbind(&Binding {
+                destination,
+                routing_key: routing_key.to_string(),
+                arguments,
+            }) && r.is_empty()
+        };
+        if now_empty && x.auto_delete {
+            self.remove_exchange_locked(source);
+        }
+        Ok(())
+    }
+
+    /// `queue.declare` with a final (non-empty) name. Returns the queue and its counts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue_declare(
+        &self,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> Result<(Arc<Queue>, u32, u32), AmqpError> {
+        let _t = lock(&self.topology);
+        if let Some(q) = self.queue(name) {
+            self.check_exclusive(&q, conn_id)?;
+            if !passive {
+                let ineq = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
+                    Err(AmqpError::precondition(format!(
+                        "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{got}' but current is '{cur}'",
+                        self.name
+                    )))
+                };
+                if q.exclusive_owner.is_some() != exclusive {
+                    return Err(AmqpError::resource_locked(format!(
+                        "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It \
+                         could be originally declared on another connection or the exclusive \
+                         property value does not match that of the original declaration.",
+                        name, self.name
+                    )));
+                }
+                if q.durable != durable {
+                    return ineq("durable", &durable, &q.durable);
+                }
+                if q.auto_delete != auto_delete {
+                    return ineq("auto_delete", &auto_delete, &q.auto_delete);
+                }
+                for key in [
+                    "x-message-ttl",
+                    "x-expires",
+                    "x-max-length",
+                    "x-max-length-bytes",
+                    "x-overflow",
+                    "x-dead-letter-exchange",
+                    "x-dead-letter-routing-key",
+                    "x-max-priority",
+                    "x-queue-type",
+                ] {
+                    let got = arguments.inner().get(key);
+                    let cur = q.arguments.inner().get(key);
+                    let same = match (got, cur) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => super::exchange::values_equal(a, b),
+                        _ => false,
+                    };
+                    if !same {
+                        let show = |v: Option<&AMQPValue>| {
+                            v.map_or("none".to_string(), super::value_display)
+                        };
+                        return ineq(key, &show(got), &show(cur));
+                    }
+                }
+            }
+            if !passive {
+                q.touch();
+            }
+            return Ok((q.clone(), q.message_count(), q.consumer_count()));
+        }
+        if passive {
+            return Err(self.no_queue(name));
+        }
+        let config = QueueConfig::parse(name, &self.name, &arguments)?;
+        let q = Arc::new(Queue::new(
+            name.to_string(),
+            durable,
+            exclusive.then_some(conn_id),
+            auto_delete,
+            arguments,
+            config,
+            self.me.clone(),
+        ));
+        write(&self.queues).insert(name.to_string(), q.clone());
+        Ok((q, 0, 0))
+    }
+
+    /// `queue.delete`: returns the number of messages dropped.
+    pub fn queue_delete(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> Result<u32, AmqpError> {
+        let q = {
+            let _t = lock(&self.topology);
+            let Some(q) = self.queue(name) else {
+                return Ok(0);
+            };
+            self.check_exclusive(&q, conn_id)?;
+            if if_unused && q.has_consumers() {
+                return Err(AmqpError::precondition(format!(
+                    "queue '{}' in vhost '{}' in use",
+                    name, self.name
+                )));
+            }
+            if if_empty && q.message_count() > 0 {
+                return Err(AmqpError::precondition(format!(
+                    "queue '{}' in vhost '{}' is not empty",
+                    name, self.name
+                )));
+            }
+            q
+        };
+        Ok(self.delete_queue_internal(name, Some(&q)))
+    }
+
+    /// Delete a queue (if it is still the given instance): drop bindings, cancel consumers.
+    pub(crate) fn delete_queue_internal(&self, name: &str, expected: Option<&Queue>) -> u32 {
+        let (count, consumers) = {
+            let _t = lock(&self.topology);
+            let q = {
+                let mut qs = write(&self.queues);
+                match qs.get(name) {
+                    Some(q) if expected.is_none_or(|e| std::ptr::eq(Arc::as_ptr(q), e)) => {}
+                    _ => return 0,
+                }
+                match qs.remove(name) {
+                    Some(q) => q,
+                    None => return 0,
+                }
+            };
+            self.remove_destination_locked(&Destination::Queue(name.to_string()));
+            q.mark_deleted()
+        };
+        for c in consumers {
+            c.channel.cancelled_by_broker(&c);
+        }
+        count
+    }
+
+    /// Route a message and enqueue it on every matching queue.
+    pub fn publish(&self, exchange: &str, msg: Arc<Message>) -> Result<RouteResult, AmqpError> {
+        let queues = self.route(
+            exchange,
+            msg.routing_key.as_str(),
+            msg.properties.headers().as_ref(),
+        )?;
+        let mut res = RouteResult::default();
+        for q in &queues {
+            if q.enqueue(msg.clone()) == EnqueueResult::Rejected {
+                res.rejected = true;
+            }
+        }
+        res.routed = queues.len();
+        Ok(res)
+    }
+
+    /// Resolve the set of queues a message goes to (deduplicated).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, AmqpError> {
+        let mut out: Vec<Arc<Queue>> = Vec::new();
+        if exchange.is_empty() {
+            if let Some(q) = read(&self.queues).get(routing_key) {
+                out.push(q.clone());
+            }
+            return Ok(out);
+        }
+        let exs = read(&self.exchanges);
+        let x = exs
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        let qs = read(&self.queues);
+        let mut visited: Vec<&str> = Vec::new();
+        Self::route_into(
+            &exs,
+            &qs,
+            x,
+            routing_key,
+            headers,
+            &mut out,
+            &mut visited,
+            0,
+        );
+        if out.is_empty() {
+            if let Some(ae) = x.alternate_exchange() {
+                if let Some(ax) = exs.get(&ae) {
+                    Self::route_into(
+                        &exs,
+                        &qs,
+                        ax,
+                        routing_key,
+                        headers,
+                        &mut out,
+                        &mut visited,
+                        0,
+                    );
+                }
+            }
+        }
+        if out.len() > 1 {
+            out.sort_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route_into<'a>(
+        exs: &'a HashMap<String, Arc<Exchange>>,
+        qs: &HashMap<String, Arc<Queue>>,
+        x: &'a Exchange,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<&'a str>,
+        depth: usize,
+    ) {
+        if depth > MAX_E2E_DEPTH || visited.contains(&x.name.as_str()) {
+            return;
+        }
+        visited.push(x.name.as_str());
+        let mut next: Vec<&'a Exchange> = Vec::new();
+        {
+            let r = read(&x.router);
+            r.route(routing_key, headers, &mut |d| match d {
+                Destination::Queue(n) => {
+                    if let Some(q) = qs.get(n) {
+                        out.push(q.clone());
+                    }
+                }
+                Destination::Exchange(n) => {
+                    if let Some(dx) = exs.get(n) {
+                        next.push(dx);
+                    }
+                }
+            });
+        }
+        for dx in next {
+            Self::route_into(exs, qs, dx, routing_key, headers, out, visited, depth + 1);
+        }
+    }
+
+    /// Dead-letter messages from `queue` to exchange `dlx` with RabbitMQ's `x-death`.
+    pub(crate) fn publish_dead_letters(
+        &self,
+        queue: &Queue,
+        dlx: &str,
+        dlrk: Option<&str>,
+        dead: DeadLetters,
+    ) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (qm, reason) in dead {
+            let old = &qm.msg;
+            let rk = dlrk.unwrap_or(old.routing_key.as_str());
+            let props = with_x_death(&old.properties, queue, reason.as_str(), old, now);
+            let Ok(rk_s) = ShortString::try_new(rk) else {
+                continue;
+            };
+            let msg = Arc::new(Message::new(
+                ShortString::from(truncated(dlx)),
+                rk_s,
+                props,
+                old.body.clone(),
+            ));
+            let Ok(targets) = self.route(dlx, rk, msg.properties.headers().as_ref()) else {
+                continue;
+            };
+            for t in targets {
+                // Cycle detection as RabbitMQ: drop if it already died in the target
+                // queue and was never rejected along the way.
+                if would_cycle(&msg.properties, &t.name) {
+                    continue;
+                }
+                t.enqueue(msg.clone());
+            }
+        }
+    }
+
+    /// Periodic housekeeping: TTL expiry and `x-expires`.
+    pub fn sweep(&self, now: Instant) {
+        let qs: Vec<Arc<Queue>> = read(&self.queues).values().cloned().collect();
+        for q in qs {
+            if q.sweep(now) {
+                self.delete_queue_internal(&q.name, Some(&q));
+            }
+        }
+    }
+
+    /// Delete the exclusive queues owned by a closing connection.
+    pub fn connection_closed(&self, conn_id: u64) {
+        let owned: Vec<Arc<Queue>> = read(&self.queues)
+            .values()
+            .filter(|q| q.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
+        for q in owned {
+            self.delete_queue_internal(&q.name, Some(&q));
+        }
+    }
+}
+
+fn truncated(s: &str) -> &str {
+    let mut cut = s.len().min(255);
+    while cut > 0 && !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.get(..cut).unwrap_or("")
+}
+
+fn x_death_entries(props: &BasicProperties) -> Vec<FieldTable> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+        .and_then(|v| match v {
+            AMQPValue::FieldArray(a) => Some(
+                a.as_slice()
+                    .iter()
+                    .filter_map(|e| match e {
+                        AMQPValue::FieldTable(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn entry_str(t: &FieldTable, key: &str) -> Option<String> {
+    t.inner().get(key).and_then(super::value_as_string)
+}
+
+fn would_cycle(props: &BasicProperties, target: &str) -> bool {
+    let entries = x_death_entries(props);
+    let rejected = entries
+        .iter()
+        .any(|e| entry_str(e, "reason").as_deref() == Some("rejected"));
+    !rejected
+        && entries
+            .iter()
+            .any(|e| entry_str(e, "queue").as_deref() == Some(target))
+}
+
+fn with_x_death(
+    props: &BasicProperties,
+    queue: &Queue,
+    reason: &str,
+    msg: &Message,
+    now: u64,
+) -> BasicProperties {
+    let mut entries = x_death_entries(props);
+    let pos = entries.iter().position(|e| {
+        entry_str(e, "queue").as_deref() == Some(queue.name.as_str())
+            && entry_str(e, "reason").as_deref() == Some(reason)
+    });
+    let entry = match pos {
+        Some(i) => {
+            let mut e = entries.remove(i);
+            let count = e
+                .inner()
+                .get("count")
+                .and_then(super::value_as_i64)
+                .unwrap_or(0);
+            e.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+            e.insert("time".into(), AMQPValue::Timestamp(now));
+            e
+        }
+        None => {
+            let mut e = FieldTable::default();
+            e.insert("count".into(), AMQPValue::LongLongInt(1));
+            e.insert("reason".into(), long_str(reason));
+            e.insert("queue".into(), long_str(&queue.name));
+            e.insert("time".into(), AMQPValue::Timestamp(now));
+            e.insert("exchange".into(), long_str(msg.exchange.as_str()));
+            let mut rks = FieldArray::default();
+            rks.push(long_str(msg.routing_key.as_str()));
+            e.insert("routing-keys".into(), AMQPValue::FieldArray(rks));
+            if let Some(exp) = props.expiration() {
+                e.insert("original-expiration".into(), long_str(exp.as_str()));
+            }
+            e
+        }
+    };
+    entries.insert(0, entry);
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let arr: Vec<AMQPValue> = entries.into_iter().map(AMQPValue::FieldTable).collect();
+    headers.insert("x-death".into(), AMQPValue::FieldArray(arr.into()));
+    for (k, v) in [
+        ("x-first-death-reason", reason),
+        ("x-first-death-queue", queue.name.as_str()),
+        ("x-first-death-exchange", msg.exchange.as_str()),
+    ] {
+        if !headers.contains_key(k) {
+            headers.insert(k.into(), long_str(v));
+        }
+    }
+    headers.insert("x-last-death-reason".into(), long_str(reason));
+    headers.insert("x-last-death-queue".into(), long_str(&queue.name));
+    headers.insert(
+        "x-last-death-exchange".into(),
+        long_str(msg.exchange.as_str()),
+    );
+    let mut p = props.clone().with_headers(headers);
+    if p.expiration().is_some() {
+        // Per-message TTL is removed when dead-lettered (kept as original-expiration).
+        p = clear_expiration(p);
+    }
+    p
+}
+
+fn clear_expiration(p: BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        out = out.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        out = out.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
+}

@@ -1,0 +1,86 @@
+//! The socket-free core used directly (what an in-process transport does).
+
+use std::time::Duration;
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::FieldTable;
+use warren::broker::core::{ChannelEvent, Core, ErrorScope};
+use warren::broker::Broker;
+
+#[tokio::test]
+async fn core_publish_consume_ack_confirm() {
+    let b = Broker::builder().no_listen().start().await.unwrap();
+    assert!(b.local_addrs().is_empty());
+    let core = b.core();
+    assert!(core.authenticate("guest", "guest"));
+    let conn = core.open_connection("/", "guest").unwrap();
+    let (ch, mut events) = conn.open_channel_mpsc();
+    let ok = ch
+        .queue_declare("", false, false, true, false, FieldTable::default())
+        .unwrap();
+    ch.confirm_select().unwrap();
+    let tag = ch
+        .basic_consume(&ok.queue, "", false, false, FieldTable::default())
+        .unwrap();
+    assert!(tag.as_str().starts_with("amq.ctag-"));
+    let out = ch
+        .basic_publish(
+            "".into(),
+            ok.queue.as_str().into(),
+            true,
+            BasicProperties::default(),
+            bytes::Bytes::from_static(b"hi"),
+        )
+        .unwrap();
+    assert_eq!(out.routed, 1);
+    assert_eq!(out.confirm_tag, Some(1));
+    let mut delivery_tag = None;
+    let mut confirmed = false;
+    while delivery_tag.is_none() || !confirmed {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ChannelEvent::ConsumeOk { consumer_tag } => assert_eq!(consumer_tag, tag),
+            ChannelEvent::Deliver(d) => {
+                assert_eq!(&d.message.body[..], b"hi");
+                delivery_tag = Some(d.delivery_tag);
+            }
+            ChannelEvent::Confirm {
+                delivery_tag, ack, ..
+            } => {
+                assert_eq!(delivery_tag, 1);
+                assert!(ack);
+                confirmed = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ch.basic_ack(delivery_tag.unwrap(), false).unwrap();
+    let err = ch.basic_ack(99, false).unwrap_err();
+    assert_eq!(err.code, 406);
+    assert_eq!(err.scope, ErrorScope::Channel);
+    assert_eq!((err.class_id, err.method_id), (60, 80));
+    assert!(core.open_connection("nope", "guest").is_err());
+}
+
+#[tokio::test]
+async fn core_without_broker() {
+    let core = Core::new(&[("u".into(), "p".into())], &["v".into()]);
+    let conn = core.open_connection("v", "u").unwrap();
+    let (ch, _rx) = conn.open_channel_mpsc();
+    ch.queue_declare("q", false, false, false, false, FieldTable::default())
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "q".into(),
+        false,
+        BasicProperties::default(),
+        bytes::Bytes::from_static(b"x"),
+    )
+    .unwrap();
+    let got = ch.basic_get("q", true).unwrap().unwrap();
+    assert_eq!(&got.message.body[..], b"x");
+    assert!(ch.basic_get("q", true).unwrap().is_none());
+}
