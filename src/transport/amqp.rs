@@ -20,7 +20,7 @@ use lapin::options::{
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, ConnectionProperties};
 
 use super::{
@@ -193,19 +193,7 @@ impl Transport for AmqpTransport {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
-        let mut arguments = FieldTable::default();
-        if let Some(ms) = spec.expires_ms {
-            // py-amqp writes Python ints as signed 32-bit ('I'); RabbitMQ
-            // compares argument types on redeclare, so write the same.
-            let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-            arguments.insert("x-expires".into(), AMQPValue::LongInt(ms));
-        }
-        if spec.quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
+        let arguments = spec.arguments();
         let options = QueueDeclareOptions {
             durable: spec.durable,
             auto_delete: spec.auto_delete,

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -89,19 +89,7 @@ impl Transport for LocalTransport {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), Error> {
-        let mut arguments = FieldTable::default();
-        if let Some(ms) = spec.expires_ms {
-            arguments.insert(
-                "x-expires".into(),
-                AMQPValue::LongInt(i32::try_from(ms).unwrap_or(i32::MAX)),
-            );
-        }
-        if spec.quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
+        let arguments = spec.arguments();
         self.scratch()
             .queue_declare(
                 &spec.name,

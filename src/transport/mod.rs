@@ -11,7 +11,7 @@ pub mod local;
 pub mod url;
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use async_trait::async_trait;
 
 use crate::Error;
@@ -208,6 +208,26 @@ pub struct QueueSpec {
     pub expires_ms: Option<u32>,
     /// `x-queue-type: quorum` (RabbitMQ's replicated queues).
     pub quorum: bool,
+}
+
+impl QueueSpec {
+    /// The `x-` arguments of the declaration.
+    pub fn arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if let Some(ms) = self.expires_ms {
+            // py-amqp writes Python ints as signed 32-bit ('I'); RabbitMQ
+            // compares argument types on redeclare, so write the same.
+            let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+            arguments.insert("x-expires".into(), AMQPValue::LongInt(ms));
+        }
+        if self.quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
 }
 
 /// How to consume a queue.
