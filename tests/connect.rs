@@ -65,3 +65,27 @@ async fn wrong_password_or_no_broker_is_a_transport_error() {
     let err = warren::connect("amqp://h:port/").await.unwrap_err();
     assert!(err.is_config(), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_with_a_transport_error_once_the_broker_is_gone() {
+    let broker = embedded_broker().await;
+    let connection = warren::connect(&broker.url()).await.unwrap();
+    let topic = unique("calc");
+    let (records, _) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .unwrap();
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+    assert_eq!(client.add(1, 1).await.unwrap(), 2);
+    broker.shutdown().await;
+    // Not a hang until the timeout: the broken connection is reported as such.
+    let err = client.add(1, 1).await.unwrap_err();
+    assert!(err.is_transport(), "{err:?}");
+    let err = client.record(1).await.unwrap_err();
+    assert!(err.is_transport(), "{err:?}");
+}

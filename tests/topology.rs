@@ -114,3 +114,61 @@ async fn heat_pair_declares_exactly_what_oslo_messaging_declares() {
     assert_eq!(queues, expected("queues"));
     assert_eq!(exchanges, expected("exchanges"));
 }
+
+/// `rabbitmqctl list_queues name durable arguments` in `vhost`, by name.
+fn queues(vhost: &str) -> Vec<String> {
+    let mut lines: Vec<String> = rabbitmqctl(&[
+        "list_queues",
+        "-s",
+        "-p",
+        vhost,
+        "name",
+        "durable",
+        "arguments",
+    ])
+    .lines()
+    .map(without_uuids)
+    .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_url_options_change_the_topology_as_oslo_does() {
+    for (options, expected) in [
+        (
+            "amqp_durable_queues=true&rabbit_transient_queues_ttl=60",
+            vec![
+                "engine\ttrue\t[]",
+                "engine.heat-engine\ttrue\t[]",
+                "engine_fanout_<uuid>\tfalse\t[{\"x-expires\",60000}]",
+                "reply_<uuid>\tfalse\t[{\"x-expires\",60000}]",
+            ],
+        ),
+        (
+            "rabbit_quorum_queue=true&rabbit_transient_queues_ttl=0",
+            vec![
+                "engine\ttrue\t[{\"x-queue-type\",\"quorum\"}]",
+                "engine.heat-engine\ttrue\t[{\"x-queue-type\",\"quorum\"}]",
+                "engine_fanout_<uuid>\tfalse\t[]",
+                "reply_<uuid>\tfalse\t[]",
+            ],
+        ),
+    ] {
+        let (vhost, url) = rabbitmq_vhost();
+        let url = format!("{}?{options}", url.replacen("amqp://", "rabbit://", 1));
+        let connection = warren::connect(&url).await.unwrap();
+        let engine = EngineServer::new(HeatEngine)
+            .serve(&connection, "heat-engine")
+            .await
+            .unwrap();
+        let api = EngineClient::new(&connection).timeout(Duration::from_secs(20));
+        api.health_check(0, "heat-api".into(), "How are you?".into())
+            .await
+            .unwrap();
+        let listed = queues(&vhost);
+        drop(engine);
+        rabbitmqctl(&["delete_vhost", &vhost]);
+        assert_eq!(listed, expected, "{options}");
+    }
+}
