@@ -23,6 +23,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, ConnectionProperties};
 
+use super::url::redact;
 use super::{
     short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
     QueueSpec, Subscription, Transport,
@@ -83,18 +84,6 @@ impl std::fmt::Debug for AmqpTransport {
         f.debug_struct("AmqpTransport")
             .field("uri", &redact(&self.uri))
             .finish()
-    }
-}
-
-/// The URI without its password, for logs and errors.
-fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &uri[scheme_end + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &uri[..scheme_end + 3], &uri[at..])
-        }
-        _ => uri.to_owned(),
     }
 }
 

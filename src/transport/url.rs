@@ -168,6 +168,29 @@ impl FromStr for TransportUrl {
     }
 }
 
+/// The URL without passwords (every host's), for logs and reports:
+/// `rabbit://a:secret@h1,b:secret@h2/v` → `rabbit://a@h1,b@h2/v`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let hosts: Vec<String> = authority
+        .split(',')
+        .map(|host| match host.rsplit_once('@') {
+            Some((credentials, address)) => {
+                let user = credentials.split(':').next().unwrap_or("");
+                format!("{user}@{address}")
+            }
+            None => host.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}{tail}", hosts.join(","))
+}
+
 fn parse_host(spec: &str) -> Result<Host, Error> {
     let (credentials, address) = match spec.rsplit_once('@') {
         Some((c, a)) => (Some(c), a),
@@ -249,6 +272,16 @@ mod tests {
         let url: TransportUrl = "amqp://u:p@[::1]:5999/%2f".parse().unwrap();
         assert_eq!(url.amqp_uris().unwrap(), vec!["amqp://u:p@[::1]:5999/%2f"]);
         assert_eq!("".parse::<TransportUrl>().unwrap().scheme, Scheme::Embedded);
+    }
+
+    #[test]
+    fn redact_hides_every_password() {
+        assert_eq!(
+            redact("rabbit://a:s1@h1:5672,b:s2@h2/heat?x=1"),
+            "rabbit://a@h1:5672,b@h2/heat?x=1"
+        );
+        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
+        assert_eq!(redact(""), "");
     }
 
     #[test]

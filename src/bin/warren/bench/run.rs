@@ -332,17 +332,12 @@ pub async fn measure(
     Ok(result)
 }
 
-/// The URL without its password.
+/// The URL without passwords; `embedded` for the default.
 fn display_url(url: &str) -> String {
     if url.is_empty() {
-        return "embedded".to_owned();
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = url[s + 3..at].split(':').next().unwrap_or("");
-            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
+        "embedded".to_owned()
+    } else {
+        warren::transport::url::redact(url)
     }
 }
 
