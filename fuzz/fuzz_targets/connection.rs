@@ -1,0 +1,75 @@
+//! Feeds arbitrary bytes to the broker's connection state machine, raw or
+//! after a valid handshake (so the fuzzer reaches channel and content
+//! handling). The broker must never panic, whatever it is sent.
+#![no_main]
+
+use amq_protocol::frame::{gen_frame, AMQPFrame, ProtocolVersion, WriteContext};
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::types::FieldTable;
+use libfuzzer_sys::fuzz_target;
+
+fn frames(frames: &[AMQPFrame]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for frame in frames {
+        buf = gen_frame(frame)(WriteContext::from(buf))
+            .expect("valid frame")
+            .into_inner()
+            .0;
+    }
+    buf
+}
+
+fn handshake() -> Vec<u8> {
+    frames(&[
+        AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+        ),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 16,
+                frame_max: 131_072,
+                heartbeat: 0,
+            })),
+        ),
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ),
+    ])
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    let input = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        let mut input = handshake();
+        input.extend_from_slice(rest);
+        input
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let core =
+            warren::broker::core::Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
+        warren::broker::server::serve_bytes(core, &input).await;
+    });
+});
