@@ -33,7 +33,11 @@ pub async fn serve_bytes(core: std::sync::Arc<super::core::Core>, input: &[u8]) 
         let _ = wr.shutdown().await;
     });
     let mut output = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rd.read_to_end(&mut output)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        rd.read_to_end(&mut output),
+    )
+    .await;
     let _ = writer.await;
     if let Err(e) = task.await {
         if e.is_panic() {
