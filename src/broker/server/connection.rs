@@ -4,6 +4,7 @@
 //! are handed to amq-protocol's parser); all output goes to the writer task.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ enum Phase {
 
 struct Conn {
     core: Arc<Core>,
+    peer: Option<IpAddr>,
     out: mpsc::UnboundedSender<Outgoing>,
     phase: Phase,
     user: Option<String>,
@@ -59,9 +61,20 @@ struct Conn {
     close_deadline: Option<Instant>,
 }
 
-/// Serve one accepted socket until it closes.
-pub(crate) async fn serve<S>(stream: S, core: Arc<Core>, mut shutdown: watch::Receiver<bool>)
-where
+/// Whether `user` may log in from `peer`: like RabbitMQ, `guest` only from
+/// loopback (`None` is an in-process peer).
+fn may_log_in_from(user: &str, peer: Option<IpAddr>) -> bool {
+    user != "guest" || peer.is_none_or(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Serve one accepted socket until it closes. `peer` is the client's address
+/// (`None` for an in-process stream).
+pub(crate) async fn serve<S>(
+    stream: S,
+    peer: Option<IpAddr>,
+    core: Arc<Core>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -90,6 +103,7 @@ where
     let writer = tokio::spawn(writer::run(wr, rx, cancel_notify.clone()));
     let mut c = Conn {
         core,
+        peer,
         out: tx,
         phase: Phase::StartOk,
         user: None,
@@ -536,6 +550,10 @@ impl Conn {
             }
         };
         match creds {
+            Some((user, _)) if !may_log_in_from(&user, self.peer) => Err(
+                AmqpError::access_refused(format!("User '{user}' can only connect via localhost"))
+                    .during(10, 11),
+            ),
             Some((user, pass)) if self.core.authenticate(&user, &pass) => {
                 self.user = Some(user);
                 self.phase = Phase::TuneOk;
@@ -625,5 +643,22 @@ fn known_method(class: u16, method: u16) -> bool {
         85 => matches!(method, 10 | 11),
         90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::may_log_in_from;
+
+    #[test]
+    fn guest_logs_in_only_from_loopback() {
+        let ip = |s: &str| Some(s.parse().expect("an address"));
+        assert!(may_log_in_from("guest", ip("127.0.0.1")));
+        assert!(may_log_in_from("guest", ip("::1")));
+        assert!(may_log_in_from("guest", ip("::ffff:127.0.0.1")));
+        assert!(may_log_in_from("guest", None));
+        assert!(!may_log_in_from("guest", ip("10.0.0.7")));
+        assert!(!may_log_in_from("guest", ip("2001:db8::1")));
+        assert!(may_log_in_from("alice", ip("10.0.0.7")));
     }
 }

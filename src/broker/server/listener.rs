@@ -30,7 +30,7 @@ pub(crate) async fn accept_loop(
                     let rx = shutdown.clone();
                     let t = tracker.clone();
                     tokio::spawn(async move {
-                        super::connection::serve(stream, core, rx).await;
+                        super::connection::serve(stream, Some(peer.ip()), core, rx).await;
                         drop(t);
                     });
                 }

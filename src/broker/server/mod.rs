@@ -24,7 +24,7 @@ pub async fn serve_bytes(core: std::sync::Arc<super::core::Core>, input: &[u8]) 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (client, server) = tokio::io::duplex(1 << 16);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(connection::serve(server, core, stopped));
+    let task = tokio::spawn(connection::serve(server, None, core, stopped));
     let (mut rd, mut wr) = tokio::io::split(client);
     let input = input.to_vec();
     let writer = tokio::spawn(async move {
