@@ -24,6 +24,17 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// A permission pattern is not a valid regular expression.
+    #[error("invalid permission pattern for user {user} on vhost {vhost}: {source}")]
+    Permission {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The regex error.
+        #[source]
+        source: regex::Error,
+    },
 }
 
 /// Entry point of the embedded broker.
@@ -44,6 +55,7 @@ pub struct BrokerBuilder {
     no_listen: bool,
     users: Vec<(String, String)>,
     vhosts: Vec<String>,
+    permissions: Vec<[String; 5]>,
 }
 
 impl BrokerBuilder {
@@ -73,6 +85,23 @@ impl BrokerBuilder {
         self
     }
 
+    /// Limits `user` on `vhost` to names matching these patterns (RabbitMQ's
+    /// configure / write / read regular expressions). A user given any
+    /// permission may use only the vhosts it has permissions on; a user given
+    /// none may do anything anywhere.
+    pub fn permission(
+        mut self,
+        user: &str,
+        vhost: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Self {
+        self.permissions
+            .push([user, vhost, configure, write, read].map(str::to_owned));
+        self
+    }
+
     /// Bind the listeners and start serving.
     pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
         let users = if self.users.is_empty() {
@@ -81,6 +110,18 @@ impl BrokerBuilder {
             self.users
         };
         let core = core::Core::new(&users, &self.vhosts);
+        for [user, vhost, configure, write, read] in self.permissions {
+            match core::permission::Permissions::new(&configure, &write, &read) {
+                Ok(p) => core.set_permissions(&user, &vhost, p),
+                Err(source) => {
+                    return Err(BrokerError::Permission {
+                        user,
+                        vhost,
+                        source,
+                    })
+                }
+            }
+        }
         let addrs = if self.no_listen {
             Vec::new()
         } else if self.listen.is_empty() {

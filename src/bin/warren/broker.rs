@@ -16,6 +16,10 @@ pub struct BrokerArgs {
     /// An extra virtual host (repeatable; `/` always exists).
     #[arg(long = "vhost")]
     vhosts: Vec<String>,
+    /// Limits a user on a vhost to names matching the configure, write and
+    /// read regular expressions (repeatable), as RabbitMQ's set_permissions.
+    #[arg(long = "permission", num_args = 5, value_names = ["USER", "VHOST", "CONFIGURE", "WRITE", "READ"])]
+    permissions: Vec<String>,
 }
 
 pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +35,11 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for vhost in &args.vhosts {
         builder = builder.vhost(vhost);
+    }
+    for p in args.permissions.chunks(5) {
+        if let [user, vhost, configure, write, read] = p {
+            builder = builder.permission(user, vhost, configure, write, read);
+        }
     }
     let broker = builder.start().await?;
     for addr in broker.local_addrs() {

@@ -20,6 +20,7 @@ use super::error::AmqpError;
 use super::exchange::Destination;
 use super::lock;
 use super::message::{Message, QueuedMessage};
+use super::permission::Access;
 use super::queue::{DeadReason, Queue};
 
 /// Queue name clients use for RabbitMQ's direct reply-to.
@@ -438,6 +439,30 @@ impl CoreChannel {
         &self.shared.conn.vhost
     }
 
+    /// Refuses an operation the user's permissions do not allow (403).
+    fn allow(&self, access: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
+        let conn = &self.shared.conn;
+        // The default exchange is `amq.default` to permissions, as in RabbitMQ.
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        match &conn.permissions {
+            Some(p) if !p.allows(access, name) => Err(AmqpError::access_refused(format!(
+                "{} access to {kind} '{name}' in vhost '{}' refused for user '{}'",
+                match access {
+                    Access::Configure => "configure",
+                    Access::Write => "write",
+                    Access::Read => "read",
+                },
+                conn.vhost.name,
+                conn.user
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn check_open(&self) -> Result<(), AmqpError> {
         if self.shared.closed.load(Ordering::Acquire) {
             Err(AmqpError::channel_error("channel is closed"))
@@ -476,6 +501,10 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
+        if !passive {
+            self.allow(Access::Configure, "exchange", exchange)
+                .map_err(|e| e.during(40, 10))?;
+        }
         self.vhost()
             .exchange_declare(
                 exchange,
@@ -492,6 +521,8 @@ impl CoreChannel {
     /// `exchange.delete`.
     pub fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<(), AmqpError> {
         self.check_open()?;
+        self.allow(Access::Configure, "exchange", exchange)
+            .map_err(|e| e.during(40, 20))?;
         self.vhost()
             .exchange_delete(exchange, if_unused)
             .map_err(|e| e.during(40, 20))
@@ -506,6 +537,9 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
+        self.allow(Access::Write, "exchange", destination)
+            .and_then(|()| self.allow(Access::Read, "exchange", source))
+            .map_err(|e| e.during(40, 30))?;
         self.vhost()
             .bind(
                 source,
@@ -526,6 +560,9 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
+        self.allow(Access::Write, "exchange", destination)
+            .and_then(|()| self.allow(Access::Read, "exchange", source))
+            .map_err(|e| e.during(40, 40))?;
         self.vhost()
             .unbind(
                 source,
@@ -559,6 +596,10 @@ impl CoreChannel {
         } else {
             self.queue_name(queue).map_err(|e| e.during(50, 10))?
         };
+        if !passive {
+            self.allow(Access::Configure, "queue", &name)
+                .map_err(|e| e.during(50, 10))?;
+        }
         let (q, message_count, consumer_count) = self
             .vhost()
             .queue_declare(
@@ -589,6 +630,9 @@ impl CoreChannel {
     ) -> Result<(), AmqpError> {
         self.check_open()?;
         let queue = self.queue_name(queue).map_err(|e| e.during(50, 20))?;
+        self.allow(Access::Write, "queue", &queue)
+            .and_then(|()| self.allow(Access::Read, "exchange", exchange))
+            .map_err(|e| e.during(50, 20))?;
         self.vhost()
             .bind(
                 exchange,
@@ -610,6 +654,9 @@ impl CoreChannel {
     ) -> Result<(), AmqpError> {
         self.check_open()?;
         let queue = self.queue_name(queue).map_err(|e| e.during(50, 50))?;
+        self.allow(Access::Write, "queue", &queue)
+            .and_then(|()| self.allow(Access::Read, "exchange", exchange))
+            .map_err(|e| e.during(50, 50))?;
         self.vhost()
             .unbind(
                 exchange,
@@ -625,6 +672,8 @@ impl CoreChannel {
     pub fn queue_purge(&self, queue: &str) -> Result<u32, AmqpError> {
         self.check_open()?;
         let name = self.queue_name(queue).map_err(|e| e.during(50, 30))?;
+        self.allow(Access::Read, "queue", &name)
+            .map_err(|e| e.during(50, 30))?;
         let q = self
             .vhost()
             .queue_for(&name, self.conn_id())
@@ -641,6 +690,8 @@ impl CoreChannel {
     ) -> Result<u32, AmqpError> {
         self.check_open()?;
         let name = self.queue_name(queue).map_err(|e| e.during(50, 40))?;
+        self.allow(Access::Configure, "queue", &name)
+            .map_err(|e| e.during(50, 40))?;
         self.vhost()
             .queue_delete(&name, if_unused, if_empty, self.conn_id())
             .map_err(|e| e.during(50, 40))
@@ -716,6 +767,7 @@ impl CoreChannel {
             return Ok(tag);
         }
         let name = self.queue_name(queue).map_err(err)?;
+        self.allow(Access::Read, "queue", &name).map_err(err)?;
         let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
         if q.consumer_conflict(exclusive) {
             return Err(err(AmqpError::access_refused(format!(
@@ -802,6 +854,8 @@ impl CoreChannel {
     ) -> Result<PublishOutcome, AmqpError> {
         self.check_open()?;
         let err = |e: AmqpError| e.during(60, 40);
+        self.allow(Access::Write, "exchange", exchange.as_str())
+            .map_err(err)?;
         let sh = &self.shared;
         if let Some(uid) = properties.user_id() {
             if uid.as_str() != sh.conn.user {
@@ -919,6 +973,7 @@ impl CoreChannel {
         self.check_open()?;
         let err = |e: AmqpError| e.during(60, 70);
         let name = self.queue_name(queue).map_err(err)?;
+        self.allow(Access::Read, "queue", &name).map_err(err)?;
         let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
         let (m, message_count) = q.get();
         let Some(m) = m else {

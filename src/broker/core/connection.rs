@@ -18,6 +18,8 @@ pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) user: String,
     pub(crate) vhost: Arc<VHost>,
+    /// `None`: unrestricted.
+    pub(crate) permissions: Option<Arc<super::permission::Permissions>>,
     channels: Mutex<HashMap<u64, Weak<ChannelShared>>>,
     next_channel: AtomicU64,
     closed: AtomicBool,
@@ -45,12 +47,18 @@ impl fmt::Debug for CoreConnection {
 }
 
 impl CoreConnection {
-    pub(crate) fn new(id: u64, user: &str, vhost: Arc<VHost>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        user: &str,
+        vhost: Arc<VHost>,
+        permissions: Option<Arc<super::permission::Permissions>>,
+    ) -> Self {
         Self {
             shared: Arc::new(ConnShared {
                 id,
                 user: user.to_string(),
                 vhost,
+                permissions,
                 channels: Mutex::new(HashMap::new()),
                 next_channel: AtomicU64::new(1),
                 closed: AtomicBool::new(false),

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod permission;
 pub mod queue;
 pub mod vhost;
 
@@ -81,6 +82,9 @@ pub(crate) fn value_display(v: &AMQPValue) -> String {
 #[derive(Debug)]
 pub struct Core {
     users: HashMap<String, String>,
+    /// (user, vhost) → permissions. A user with none at all may do
+    /// anything on every vhost; a user with some is limited to them.
+    permissions: RwLock<HashMap<(String, String), Arc<permission::Permissions>>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
 }
@@ -96,6 +100,7 @@ impl Core {
         }
         let core = Arc::new(Self {
             users: users.iter().cloned().collect(),
+            permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
         });
@@ -127,9 +132,32 @@ impl Core {
         self.users.get(user).is_some_and(|p| p == password)
     }
 
-    /// Whether `user` may use `vhost` (every known user may use every vhost).
+    /// Sets `user`'s permissions on `vhost`. From then on the user may use
+    /// only the vhosts it has permissions on, within their patterns.
+    pub fn set_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
+        write(&self.permissions).insert((user.to_owned(), vhost.to_owned()), Arc::new(permissions));
+    }
+
+    /// `user`'s permissions on `vhost`: `Ok(None)` means unrestricted,
+    /// `Err(())` no access at all.
+    fn permissions_of(
+        &self,
+        user: &str,
+        vhost: &str,
+    ) -> Result<Option<Arc<permission::Permissions>>, ()> {
+        let all = read(&self.permissions);
+        match all.get(&(user.to_owned(), vhost.to_owned())) {
+            Some(p) => Ok(Some(p.clone())),
+            None if all.keys().any(|(u, _)| u == user) => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `user` may use `vhost`.
     pub fn can_access(&self, user: &str, vhost: &str) -> bool {
-        self.users.contains_key(user) && read(&self.vhosts).contains_key(vhost)
+        self.users.contains_key(user)
+            && read(&self.vhosts).contains_key(vhost)
+            && self.permissions_of(user, vhost).is_ok()
     }
 
     /// Look up a vhost.
@@ -156,7 +184,8 @@ impl Core {
             ))
             .during(10, 40));
         }
+        let permissions = self.permissions_of(user, vhost).unwrap_or(None);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        Ok(CoreConnection::new(id, user, vh))
+        Ok(CoreConnection::new(id, user, vh, permissions))
     }
 }
