@@ -463,6 +463,13 @@ impl CoreChannel {
         }
     }
 
+    /// A binding needs write on its destination and read on its source
+    /// exchange.
+    fn allow_binding(&self, kind: &str, destination: &str, source: &str) -> Result<(), AmqpError> {
+        self.allow(Access::Write, kind, destination)?;
+        self.allow(Access::Read, "exchange", source)
+    }
+
     fn check_open(&self) -> Result<(), AmqpError> {
         if self.shared.closed.load(Ordering::Acquire) {
             Err(AmqpError::channel_error("channel is closed"))
@@ -537,8 +544,7 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.allow(Access::Write, "exchange", destination)
-            .and_then(|()| self.allow(Access::Read, "exchange", source))
+        self.allow_binding("exchange", destination, source)
             .map_err(|e| e.during(40, 30))?;
         self.vhost()
             .bind(
@@ -560,8 +566,7 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.allow(Access::Write, "exchange", destination)
-            .and_then(|()| self.allow(Access::Read, "exchange", source))
+        self.allow_binding("exchange", destination, source)
             .map_err(|e| e.during(40, 40))?;
         self.vhost()
             .unbind(
@@ -630,8 +635,7 @@ impl CoreChannel {
     ) -> Result<(), AmqpError> {
         self.check_open()?;
         let queue = self.queue_name(queue).map_err(|e| e.during(50, 20))?;
-        self.allow(Access::Write, "queue", &queue)
-            .and_then(|()| self.allow(Access::Read, "exchange", exchange))
+        self.allow_binding("queue", &queue, exchange)
             .map_err(|e| e.during(50, 20))?;
         self.vhost()
             .bind(
@@ -654,8 +658,7 @@ impl CoreChannel {
     ) -> Result<(), AmqpError> {
         self.check_open()?;
         let queue = self.queue_name(queue).map_err(|e| e.during(50, 50))?;
-        self.allow(Access::Write, "queue", &queue)
-            .and_then(|()| self.allow(Access::Read, "exchange", exchange))
+        self.allow_binding("queue", &queue, exchange)
             .map_err(|e| e.during(50, 50))?;
         self.vhost()
             .unbind(
