@@ -193,16 +193,15 @@ fn url_escape(s: &str) -> String {
 }
 
 impl BrokerHandle {
-    /// `amqp://user:pass@host:port/%2f` for the first listener and first user.
+    /// `amqp://user:pass@host:port/%2f` for the first listener and first
+    /// user; `embedded://` for a broker without a listener (reach it with
+    /// [`crate::Connection::in_process`]).
     pub fn url(&self) -> String {
         let (u, p) = &self.inner.first_user;
-        let addr = self
-            .inner
-            .local_addrs
-            .first()
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5672)));
-        format!("amqp://{}:{}@{}/%2f", url_escape(u), url_escape(p), addr)
+        match self.inner.local_addrs.first() {
+            Some(addr) => format!("amqp://{}:{}@{}/%2f", url_escape(u), url_escape(p), addr),
+            None => "embedded://".to_owned(),
+        }
     }
 
     /// The first configured user's name (in-process connections log in as it).
