@@ -3,29 +3,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 async fn kombu_smoke(url: String) {
-    let script = repo().join("tests/python/kombu_smoke.py");
     let suffix = unique("k");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(url)
-            .arg(suffix)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("kombu OK"),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_python("kombu_smoke.py", &[&url, &suffix]).await;
+    assert!(stdout.contains("kombu OK"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

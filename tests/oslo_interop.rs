@@ -63,28 +63,12 @@ impl Engine for RustEngine {
 }
 
 fn rabbit_url() -> String {
-    rabbitmq_url()
-        .replacen("amqp://", "rabbit://", 1)
-        .replace("/%2f", "/")
+    as_rabbit(&rabbitmq_url())
 }
 
-fn python_script(name: &str) -> Command {
-    let mut command = Command::new(python());
-    command.arg(repo().join("tests/python").join(name));
-    command
-}
-
-async fn run_python(mut command: Command) -> Value {
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// Runs a Python peer that prints one JSON object last, and returns it.
+async fn run_python_json(script: &str, args: &[&str]) -> Value {
+    let stdout = run_python(script, args).await;
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("python printed no JSON ({e}): {stdout}"))
 }
@@ -135,9 +119,11 @@ async fn python_client_calls_warren_servers(url: &str) {
             .unwrap(),
         );
     }
-    let mut command = python_script("oslo_client.py");
-    command.args([url.as_str(), EXCHANGE, topic.as_str(), "rust-engine"]);
-    let out = run_python(command).await;
+    let out = run_python_json(
+        "oslo_client.py",
+        &[url.as_str(), EXCHANGE, topic.as_str(), "rust-engine"],
+    )
+    .await;
 
     assert_eq!(
         out["health_check"],
@@ -331,17 +317,11 @@ async fn notifications_both_ways(url: &str) {
         })
         .await
         .unwrap();
-    let mut command = python_script("oslo_notify.py");
-    command.args([url, EXCHANGE, topic.as_str(), "info", "error"]);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(
+        "oslo_notify.py",
+        &[url, EXCHANGE, topic.as_str(), "info", "error"],
+    )
+    .await;
     let mut got = drain(&mut rx, 2, Duration::from_secs(20)).await;
     got.sort_by_key(|n| n.priority.name());
     assert_eq!(got.len(), 2, "{got:?}");

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -33,25 +32,10 @@ async fn pika_tutorial_client_calls_a_warren_server() {
     let url = rabbitmq_url();
     let (_connection, topic, _server) = serve_calc(&url).await;
     for extra in [None, Some("--no-content-type")] {
-        let mut command = Command::new(python());
-        command
-            .arg(repo().join("tests/python/pika_rpc_client.py"))
-            .args([url.as_str(), topic.as_str(), "20", "22"]);
-        command.args(extra);
-        let out = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pika client failed ({extra:?}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "42",
-            "{extra:?}"
-        );
+        let mut args = vec![url.as_str(), topic.as_str(), "20", "22"];
+        args.extend(extra);
+        let stdout = run_python("pika_rpc_client.py", &args).await;
+        assert_eq!(stdout.trim(), "42", "{extra:?}");
     }
 }
 

@@ -235,6 +235,31 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// A command running `tests/python/<script>` with the harness's Python.
+pub fn python_script(script: &str) -> Command {
+    let mut command = Command::new(python());
+    command.arg(repo().join("tests/python").join(script));
+    command
+}
+
+/// Runs `tests/python/<script>` with `args` to completion (off the async
+/// runtime); panics with its output unless it succeeds; returns its stdout.
+pub async fn run_python(script: &str, args: &[&str]) -> String {
+    let mut command = python_script(script);
+    command.args(args);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Collects what arrives on `rx` within `wait` (a safety net, not a timing
 /// assertion: tests compare contents).
 pub async fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>, count: usize, wait: Duration) -> Vec<T> {
