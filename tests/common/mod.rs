@@ -33,13 +33,23 @@ pub fn ensure_rabbitmq() {
             matches!(status, Ok(s) if s.success()),
             "RabbitMQ is not running and `rabbitmq-server -detached` failed ({status:?}); install Debian's rabbitmq-server"
         );
-        let status = Command::new("rabbitmqctl")
-            .args(["await_startup", "--timeout", "120"])
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "rabbitmqctl await_startup failed: {status:?}"
-        );
+        // `-detached` returns before the node registers with epmd, and
+        // `await_startup` fails at once on a node it cannot reach yet: retry.
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let output = Command::new("rabbitmqctl")
+                .args(["await_startup", "--timeout", "120"])
+                .output();
+            match output {
+                Ok(out) if out.status.success() => break,
+                Ok(out) if std::time::Instant::now() >= deadline => panic!(
+                    "RabbitMQ did not start within 180 s: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => panic!("cannot run rabbitmqctl: {e}"),
+                Ok(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
     });
 }
 
