@@ -5,9 +5,8 @@
 //! [`NotificationListener`] consumes those queues. Both interoperate with
 //! oslo's notifier and listener (the messagingv2 driver: JSON, 2.0 envelope).
 
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::rpc::{Context, DEFAULT_EXCHANGE};
+use crate::transport::recovery::{resubscribe, DeclaredOnce};
 use crate::transport::{ConsumeSpec, Outgoing, Properties, Subscription};
 use crate::wire::{new_id, oslo, JSON_CONTENT_TYPE};
 use crate::{Connection, Error};
@@ -115,7 +115,7 @@ pub struct Notifier {
     publisher_id: String,
     topic: String,
     exchange: String,
-    declared: Arc<Mutex<HashSet<String>>>,
+    declared: Arc<DeclaredOnce>,
 }
 
 impl fmt::Debug for Notifier {
@@ -245,17 +245,12 @@ impl Notifier {
     /// Declares the exchange and the `<topic>.<priority>` queue once, as
     /// oslo does, so notifications wait for a listener.
     async fn declare(&self, queue: &str) -> Result<(), Error> {
-        if lock(&self.declared).contains(queue) {
-            return Ok(());
-        }
-        declare_queue(&self.connection, &self.exchange, queue).await?;
-        lock(&self.declared).insert(queue.to_owned());
-        Ok(())
+        self.declared
+            .ensure(self.connection.transport().as_ref(), queue, || {
+                declare_queue(&self.connection, &self.exchange, queue)
+            })
+            .await
     }
-}
-
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn declare_queue(connection: &Connection, exchange: &str, queue: &str) -> Result<(), Error> {
@@ -390,17 +385,11 @@ impl NotificationListener {
         let mut tasks = Vec::new();
         for priority in &self.priorities {
             let queue = format!("{}.{}", self.topic, priority.name());
-            declare_queue(&self.connection, &self.exchange, &queue).await?;
-            let subscription = self
-                .connection
-                .transport()
-                .consume(&ConsumeSpec {
-                    queue,
-                    prefetch: 64,
-                    no_ack: false,
-                })
-                .await?;
+            let subscription = subscribe(&self.connection, &self.exchange, &queue).await?;
             tasks.push(tokio::spawn(listen(
+                self.connection.clone(),
+                self.exchange.clone(),
+                queue,
                 subscription,
                 handler.clone(),
                 stopped.clone(),
@@ -410,7 +399,29 @@ impl NotificationListener {
     }
 }
 
+/// Declares a notification queue and consumes it.
+async fn subscribe(
+    connection: &Connection,
+    exchange: &str,
+    queue: &str,
+) -> Result<Box<dyn Subscription>, Error> {
+    declare_queue(connection, exchange, queue).await?;
+    connection
+        .transport()
+        .consume(&ConsumeSpec {
+            queue: queue.to_owned(),
+            prefetch: 64,
+            no_ack: false,
+        })
+        .await
+}
+
+/// Hands each notification of one queue to the handler, consuming again
+/// after a lost connection, until told to stop.
 async fn listen(
+    connection: Connection,
+    exchange: String,
+    queue: String,
     mut subscription: Box<dyn Subscription>,
     handler: Arc<dyn NotificationHandler>,
     mut stopped: watch::Receiver<bool>,
@@ -423,8 +434,16 @@ async fn listen(
         let delivery = match delivery {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "notification consumer failed");
-                break;
+                tracing::warn!(%queue, error = %e, "notification consumer cut off; consuming again");
+                let again = resubscribe(&queue, &mut stopped, || {
+                    subscribe(&connection, &exchange, &queue)
+                })
+                .await;
+                match again {
+                    Some(fresh) => subscription = fresh,
+                    None => return,
+                }
+                continue;
             }
             None => break,
         };

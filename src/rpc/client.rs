@@ -4,8 +4,7 @@
 //! Generated `<Trait>Client` stubs wrap a [`Client`]; it can also be used
 //! directly with hand-built arguments.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -14,6 +13,7 @@ use serde::Serialize;
 use super::reply_queue::ReplyQueue;
 use super::target::fanout_exchange;
 use super::CallOptions;
+use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
 use crate::wire::{new_id, Args, Codec, Failure, Reply, Request};
 use crate::{Connection, Error};
@@ -31,7 +31,8 @@ struct Inner {
     replies: std::sync::RwLock<Option<Arc<ReplyQueue>>>,
     /// Serializes (re)creating the reply queue.
     replies_init: tokio::sync::Mutex<()>,
-    declared: Mutex<HashSet<String>>,
+    /// Exchanges declared on the current connection.
+    declared: DeclaredOnce,
 }
 
 impl std::fmt::Debug for Client {
@@ -54,7 +55,7 @@ impl Client {
                 codec: connection.codec(),
                 replies: std::sync::RwLock::new(None),
                 replies_init: tokio::sync::Mutex::new(()),
-                declared: Mutex::new(HashSet::new()),
+                declared: DeclaredOnce::default(),
             }),
         }
     }
@@ -263,19 +264,15 @@ impl Client {
     /// Declares an exchange the first time this client publishes to it (a
     /// publish to a missing exchange would close the channel).
     async fn declare_once(&self, spec: &crate::transport::ExchangeSpec) -> Result<(), Error> {
-        if spec.name.is_empty() || lock(&self.inner.declared).contains(&spec.name) {
+        if spec.name.is_empty() {
             return Ok(());
         }
+        let transport = self.inner.connection.transport();
         self.inner
-            .connection
-            .transport()
-            .declare_exchange(spec)
-            .await?;
-        lock(&self.inner.declared).insert(spec.name.clone());
-        Ok(())
+            .declared
+            .ensure(transport.as_ref(), &spec.name, || {
+                transport.declare_exchange(spec)
+            })
+            .await
     }
-}
-
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|p| p.into_inner())
 }

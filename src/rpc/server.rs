@@ -19,6 +19,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::dispatch::{Dispatch, Endpoints, Request, Response};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
 use super::Context;
+use crate::transport::recovery::resubscribe;
 use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, Subscription};
 use crate::wire::{new_id, Codec, Failure, Reply, WARREN_MODULE};
 use crate::{BoxError, Connection, Error};
@@ -105,27 +106,15 @@ impl ServerBuilder {
             service = layer(service);
         }
 
-        let transport = connection.transport();
-        let topology = connection.topology();
-        let own_queue = server_queue(&topic, server);
-        let fanout = fanout_exchange(&topic);
-        let fanout_q = fanout_queue(&topic);
-        transport
-            .declare_exchange(&topology.control_exchange(&exchange))
-            .await?;
-        for (queue, key) in [(&topic, &topic), (&own_queue, &own_queue)] {
-            transport
-                .declare_queue(&topology.topic_queue(queue))
-                .await?;
-            transport.bind_queue(queue, &exchange, key).await?;
-        }
-        transport
-            .declare_exchange(&topology.fanout_exchange(&fanout))
-            .await?;
-        transport
-            .declare_queue(&topology.transient_queue(&fanout_q))
-            .await?;
-        transport.bind_queue(&fanout_q, &fanout, &topic).await?;
+        let plan = Plan {
+            own_queue: server_queue(&topic, server),
+            fanout: fanout_exchange(&topic),
+            fanout_queue: fanout_queue(&topic),
+            exchange: exchange.clone(),
+            topic: topic.clone(),
+            prefetch: self.prefetch,
+        };
+        plan.declare(connection).await?;
 
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -134,17 +123,13 @@ impl ServerBuilder {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             recent: Mutex::new(VecDeque::with_capacity(DUPLICATE_WINDOW)),
+            plan,
         });
         let mut loops = Vec::new();
-        for queue in [&topic, &own_queue, &fanout_q] {
-            let subscription = transport
-                .consume(&ConsumeSpec {
-                    queue: queue.clone(),
-                    prefetch: self.prefetch,
-                    no_ack: false,
-                })
-                .await?;
+        for queue in shared.plan.queues() {
+            let subscription = shared.plan.consume(connection, queue).await?;
             loops.push(tokio::spawn(consume(
+                queue.to_owned(),
                 subscription,
                 shared.clone(),
                 stopped.clone(),
@@ -155,7 +140,6 @@ impl ServerBuilder {
             shared,
             stop,
             loops,
-            fanout_queue: fanout_q,
         })
     }
 }
@@ -166,6 +150,65 @@ struct Shared {
     in_flight: AtomicUsize,
     idle: Notify,
     recent: Mutex<VecDeque<String>>,
+    plan: Plan,
+}
+
+/// What a server declares and consumes; declared again when a lost
+/// connection comes back (a restarted broker forgets transient queues).
+struct Plan {
+    exchange: String,
+    topic: String,
+    own_queue: String,
+    fanout: String,
+    fanout_queue: String,
+    prefetch: u16,
+}
+
+impl Plan {
+    /// The control exchange, `<topic>` and `<topic>.<server>` bound to it,
+    /// the fanout exchange and this server's queue bound to that.
+    async fn declare(&self, connection: &Connection) -> Result<(), Error> {
+        let transport = connection.transport();
+        let topology = connection.topology();
+        transport
+            .declare_exchange(&topology.control_exchange(&self.exchange))
+            .await?;
+        for queue in [&self.topic, &self.own_queue] {
+            transport
+                .declare_queue(&topology.topic_queue(queue))
+                .await?;
+            transport.bind_queue(queue, &self.exchange, queue).await?;
+        }
+        transport
+            .declare_exchange(&topology.fanout_exchange(&self.fanout))
+            .await?;
+        transport
+            .declare_queue(&topology.transient_queue(&self.fanout_queue))
+            .await?;
+        transport
+            .bind_queue(&self.fanout_queue, &self.fanout, &self.topic)
+            .await
+    }
+
+    /// The queues the server consumes.
+    fn queues(&self) -> [&str; 3] {
+        [&self.topic, &self.own_queue, &self.fanout_queue]
+    }
+
+    async fn consume(
+        &self,
+        connection: &Connection,
+        queue: &str,
+    ) -> Result<Box<dyn Subscription>, Error> {
+        connection
+            .transport()
+            .consume(&ConsumeSpec {
+                queue: queue.to_owned(),
+                prefetch: self.prefetch,
+                no_ack: false,
+            })
+            .await
+    }
 }
 
 /// oslo.messaging drops a request whose `_unique_id` is among the last 16.
@@ -193,14 +236,13 @@ impl Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    loops: Vec<JoinHandle<Box<dyn Subscription>>>,
-    fanout_queue: String,
+    loops: Vec<JoinHandle<Option<Box<dyn Subscription>>>>,
 }
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle")
-            .field("fanout_queue", &self.fanout_queue)
+            .field("fanout_queue", &self.shared.plan.fanout_queue)
             .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
             .finish()
     }
@@ -219,7 +261,7 @@ impl ServerHandle {
         let mut subscriptions = Vec::new();
         for handle in std::mem::take(&mut self.loops) {
             match handle.await {
-                Ok(subscription) => subscriptions.push(subscription),
+                Ok(subscription) => subscriptions.extend(subscription),
                 Err(e) => tracing::warn!(error = %e, "consumer task failed"),
             }
         }
@@ -236,7 +278,7 @@ impl ServerHandle {
         self.shared
             .connection
             .transport()
-            .delete_queue(&self.fanout_queue)
+            .delete_queue(&self.shared.plan.fanout_queue)
             .await
     }
 }
@@ -247,11 +289,21 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Consumes one queue until told to stop; returns the subscription (if any)
+/// for [`ServerHandle::shutdown`] to close.
+///
+/// A subscription cut off (lost connection, consumer cancelled by the broker)
+/// is re-established: the server declares its topology again and consumes
+/// again, retrying with backoff until it succeeds or the server stops, as
+/// oslo.messaging's servers do. Requests that were in flight then could not
+/// be acknowledged, so the broker delivers them again (at least once).
 async fn consume(
-    mut subscription: Box<dyn Subscription>,
+    queue: String,
+    subscription: Box<dyn Subscription>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> Box<dyn Subscription> {
+) -> Option<Box<dyn Subscription>> {
+    let mut subscription = subscription;
     loop {
         tokio::select! {
             biased;
@@ -259,7 +311,7 @@ async fn consume(
                 if let Err(e) = subscription.cancel().await {
                     tracing::warn!(error = %e, "cannot cancel consumer");
                 }
-                break;
+                return Some(subscription);
             }
             delivery = subscription.next() => match delivery {
                 Some(Ok(delivery)) => {
@@ -273,14 +325,17 @@ async fn consume(
                     });
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer failed");
-                    break;
+                    tracing::warn!(%queue, error = %e, "consumer cut off; consuming again");
+                    subscription = resubscribe(&queue, &mut stop, || async {
+                        shared.plan.declare(&shared.connection).await?;
+                        shared.plan.consume(&shared.connection, &queue).await
+                    })
+                    .await?;
                 }
-                None => break,
+                None => return Some(subscription),
             }
         }
     }
-    subscription
 }
 
 /// Where a reply goes: queue and correlation id.

@@ -9,9 +9,15 @@
 //! replaced on next use. Each subscription and
 //! each declaration gets a channel of its own, so a refused declaration
 //! (which closes its channel in AMQP) cannot break anything else.
+//!
+//! A lost connection (broker restart, network cut) is re-established on the
+//! next operation, trying the hosts in order again, and the transport's
+//! [`epoch`](Transport::epoch) moves on so the RPC layer knows to declare its
+//! topology again. An operation made while no host answers fails at once with
+//! a transport error; nothing waits for the broker to come back.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -71,8 +77,19 @@ fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
     Error::transport(format!("{what}: {e}")).with_source(e)
 }
 
-/// A connection to an AMQP 0-9-1 server.
+/// A connection to an AMQP 0-9-1 server, re-established when lost.
 pub struct AmqpTransport {
+    uris: Vec<String>,
+    live: RwLock<Arc<Live>>,
+    /// Serializes reconnecting, so a burst of failing operations opens one
+    /// new connection, not one each.
+    reconnecting: tokio::sync::Mutex<()>,
+    epoch: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// One established connection and its publishing channels.
+struct Live {
     connection: lapin::Connection,
     confirmed: Pool,
     unconfirmed: Pool,
@@ -82,14 +99,15 @@ pub struct AmqpTransport {
 impl std::fmt::Debug for AmqpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpTransport")
-            .field("uri", &redact(&self.uri))
+            .field("uri", &redact(&self.current().uri))
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-impl AmqpTransport {
+impl Live {
     /// Connects to the first reachable URI, trying them in order (fail-over).
-    pub async fn connect(uris: &[String]) -> Result<Self, Error> {
+    async fn connect(uris: &[String]) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
             let properties =
@@ -97,7 +115,7 @@ impl AmqpTransport {
             match lapin::Connection::connect(uri, properties).await {
                 Ok(connection) => {
                     tracing::debug!(uri = %redact(uri), "connected");
-                    return Ok(AmqpTransport {
+                    return Ok(Live {
                         confirmed: Pool::open(&connection, true).await?,
                         unconfirmed: Pool::open(&connection, false).await?,
                         connection,
@@ -115,9 +133,53 @@ impl AmqpTransport {
         }
         Err(last.unwrap_or_else(|| Error::config("transport URL names no host")))
     }
+}
+
+impl AmqpTransport {
+    /// Connects to the first reachable URI, trying them in order (fail-over).
+    pub async fn connect(uris: &[String]) -> Result<Self, Error> {
+        let live = Live::connect(uris).await?;
+        Ok(AmqpTransport {
+            uris: uris.to_vec(),
+            live: RwLock::new(Arc::new(live)),
+            reconnecting: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn current(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The established connection, reconnecting (once over every host) if
+    /// it was lost.
+    async fn live(&self) -> Result<Arc<Live>, Error> {
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::transport("the connection was closed"));
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current);
+        }
+        let fresh = Arc::new(Live::connect(&self.uris).await.map_err(|e| {
+            Error::transport(format!("connection lost and not re-established: {e}")).with_source(e)
+        })?);
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(uri = %redact(&fresh.uri), epoch, "reconnected");
+        Ok(fresh)
+    }
 
     async fn scratch_channel(&self) -> Result<Channel, Error> {
-        self.connection
+        self.live()
+            .await?
+            .connection
             .create_channel()
             .await
             .map_err(|e| transport_error("cannot open a channel", e))
@@ -230,14 +292,15 @@ impl Transport for AmqpTransport {
     }
 
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
-        let pool = if message.confirm {
-            &self.confirmed
-        } else {
-            &self.unconfirmed
-        };
         let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
         let properties = message.properties.to_amqp()?;
-        let channel = pool.channel(&self.connection).await?;
+        let live = self.live().await?;
+        let pool = if message.confirm {
+            &live.confirmed
+        } else {
+            &live.unconfirmed
+        };
+        let channel = pool.channel(&live.connection).await?;
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             immediate: false,
@@ -292,12 +355,20 @@ impl Transport for AmqpTransport {
             channel,
             consumer,
             no_ack: spec.no_ack,
+            ended: false,
+            cancelled: false,
         }))
     }
 
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     async fn close(&self) -> Result<(), Error> {
-        if self.connection.status().connected() {
-            self.connection
+        self.closed.store(true, Ordering::Release);
+        let live = self.current();
+        if live.connection.status().connected() {
+            live.connection
                 .close(200, ShortString::from("OK"))
                 .await
                 .map_err(|e| transport_error("cannot close the connection", e))?;
@@ -310,14 +381,39 @@ struct AmqpSubscription {
     channel: Channel,
     consumer: lapin::Consumer,
     no_ack: bool,
+    /// Set once the stream ended or failed: no more deliveries.
+    ended: bool,
+    /// Set by [`Subscription::cancel`]: an end of stream is expected.
+    cancelled: bool,
 }
 
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(d) => d,
-            Err(e) => return Some(Err(transport_error("consumer failed", e))),
+        if self.ended {
+            return None;
+        }
+        let delivery = match self.consumer.next().await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.ended = true;
+                return Some(Err(transport_error("consumer failed", e)));
+            }
+            // The stream ends when we cancel, when the broker cancels (the
+            // queue was deleted) or when the connection is lost; only the
+            // first is expected.
+            None => {
+                self.ended = true;
+                if self.cancelled {
+                    return None;
+                }
+                let why = if self.channel.status().connected() {
+                    "the broker cancelled the consumer"
+                } else {
+                    "the channel or connection was lost"
+                };
+                return Some(Err(Error::transport(format!("consumer ended: {why}"))));
+            }
         };
         let acker: Box<dyn Acker> = if self.no_ack {
             Box::new(NoAck)
@@ -333,6 +429,7 @@ impl Subscription for AmqpSubscription {
     }
 
     async fn cancel(&mut self) -> Result<(), Error> {
+        self.cancelled = true;
         if !self.channel.status().connected() {
             return Ok(());
         }

@@ -195,7 +195,11 @@ impl Subscription for LocalSubscription {
                         acker,
                     }));
                 }
-                ChannelEvent::Cancel { .. } => return None,
+                ChannelEvent::Cancel { .. } => {
+                    return Some(Err(Error::transport(
+                        "the broker cancelled the consumer (its queue was deleted)",
+                    )))
+                }
                 ChannelEvent::ConsumeOk { .. }
                 | ChannelEvent::Return(_)
                 | ChannelEvent::Confirm { .. } => {}

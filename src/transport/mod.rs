@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod local;
+pub(crate) mod recovery;
 pub mod url;
 
 use amq_protocol::protocol::BasicProperties;
@@ -158,8 +159,10 @@ impl std::fmt::Debug for Delivery {
 /// A consumer on one queue.
 #[async_trait]
 pub trait Subscription: Send {
-    /// The next delivery; `None` once the subscription is cancelled or its
-    /// connection is gone.
+    /// The next delivery. `None` once the subscription ended for good (it
+    /// was cancelled or closed, or its broker shut down); an error when it
+    /// was cut off (a lost connection, a consumer the broker cancelled) and
+    /// consuming again may succeed.
     async fn next(&mut self) -> Option<Result<Delivery, Error>>;
     /// Stops deliveries. Messages delivered but not yet acknowledged stay
     /// acknowledgeable.
@@ -260,6 +263,12 @@ pub trait Transport: Send + Sync + 'static {
     async fn publish(&self, message: Outgoing) -> Result<(), Error>;
     /// Starts consuming a queue.
     async fn consume(&self, spec: &ConsumeSpec) -> Result<Box<dyn Subscription>, Error>;
+    /// How many times the connection was re-established. When it moves on,
+    /// what was declared before may be gone (a restarted broker forgets
+    /// transient exchanges and queues) and must be declared again.
+    fn epoch(&self) -> u64 {
+        0
+    }
     /// Closes the connection.
     async fn close(&self) -> Result<(), Error>;
 }

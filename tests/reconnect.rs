@@ -1,0 +1,110 @@
+//! A broker restart: while the broker is down, calls and casts fail at once
+//! with a transport error; once it is back, the client reconnects on its
+//! next call and the server declares its topology again and resumes
+//! consuming, with nothing restarted on the application's side.
+//!
+//! Runs against warren's broker (stopped, then started again on the same
+//! port) and against RabbitMQ (`rabbitmqctl stop_app` / `start_app`, which
+//! forgets every transient exchange and queue, as a node restart does).
+
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::sync::mpsc;
+use warren::broker::Broker;
+
+/// Serves `Calc` and checks call, cast and fanout cast before the broker
+/// goes `down`, while it is down, and after it comes back `up` (futures do
+/// nothing until awaited).
+async fn survives_a_restart<T>(
+    url: &str,
+    down: impl Future<Output = ()>,
+    up: impl Future<Output = T>,
+) {
+    let connection = warren::connect(url).await.expect("connect");
+    let topic = unique("calc");
+    let (records, mut recorded) = mpsc::unbounded_channel();
+    let server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .expect("serve");
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(2));
+    assert_eq!(client.add(1, 2).await.expect("call before the restart"), 3);
+
+    down.await;
+    let err = client.add(1, 2).await.expect_err("the broker is down");
+    assert!(err.is_transport(), "{err:?}");
+    let err = client.record(1).await.expect_err("the broker is down");
+    assert!(err.is_transport(), "{err:?}");
+    let _restarted = up.await;
+
+    // The server resumes by itself (backoff up to 5 s); meanwhile a call may
+    // time out or find the connection not yet back. A generous bound keeps
+    // a broken recovery from hanging the suite; it is not a timing claim.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.add(2, 3).await {
+            Ok(sum) => {
+                assert_eq!(sum, 5);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transport() || e.is_timeout(), "{e:?}");
+                assert!(Instant::now() < deadline, "no recovery: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    client.record(7).await.expect("cast after the restart");
+    client
+        .fanout()
+        .record(8)
+        .await
+        .expect("fanout after the restart");
+    let got = drain(&mut recorded, 2, Duration::from_secs(10)).await;
+    let mut values: Vec<i64> = got.into_iter().map(|(_, v)| v).collect();
+    values.sort();
+    assert_eq!(values, vec![7, 8]);
+    server.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_resumes_after_the_embedded_broker_restarts() {
+    let broker = embedded_broker().await;
+    let addr = broker.local_addrs()[0];
+    let url = broker.url();
+    let up = async move {
+        Broker::builder()
+            .listen(addr)
+            .start()
+            .await
+            .expect("restart on the same port")
+    };
+    survives_a_restart(&url, broker.shutdown(), up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_resumes_after_rabbitmq_restarts() {
+    let url = rabbitmq_url();
+    let down = async {
+        tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+            .await
+            .expect("stop_app");
+    };
+    let up = async {
+        tokio::task::spawn_blocking(|| {
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup", "--timeout", "120"]);
+        })
+        .await
+        .expect("start_app");
+    };
+    survives_a_restart(&url, down, up).await;
+}
