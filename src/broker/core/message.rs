@@ -41,16 +41,79 @@ impl Message {
 
     /// The `expiration` property parsed as milliseconds, if present.
     ///
-    /// Returns `Err` with the RabbitMQ-style reason when it is not a non-negative integer.
+    /// Returns `Err` with RabbitMQ's reason when it is not an integer from 0
+    /// to [`MAX_EXPIRY_MS`] (read as Erlang's `string:to_integer` reads it).
     pub fn expiration_ms(&self) -> Result<Option<u64>, String> {
         match self.properties.expiration() {
             None => Ok(None),
-            Some(s) => s
-                .as_str()
-                .parse::<u64>()
+            Some(s) => parse_expiration(s.as_str())
                 .map(Some)
-                .map_err(|_| format!("invalid expiration '{}': {{error,no_integer}}", s)),
+                .map_err(|why| format!("invalid expiration '{s}': {why}")),
         }
+    }
+}
+
+/// The longest TTL or expiry RabbitMQ accepts, in ms (ten years).
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// RabbitMQ's reading of an `expiration` property: an optional sign and
+/// digits, nothing after them, not negative, at most [`MAX_EXPIRY_MS`].
+fn parse_expiration(s: &str) -> Result<u64, String> {
+    let (negative, unsigned) = match s.as_bytes().first() {
+        Some(b'-') => (true, s.get(1..).unwrap_or("")),
+        Some(b'+') => (false, s.get(1..).unwrap_or("")),
+        _ => (false, s),
+    };
+    let end = unsigned
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(unsigned.len());
+    if end == 0 {
+        return Err("no_integer".into());
+    }
+    let (digits, rest) = unsigned.split_at(end);
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,\"{rest}\"}}"));
+    }
+    let shown = digits.trim_start_matches('0');
+    match digits.parse::<u64>().ok().filter(|n| *n <= MAX_EXPIRY_MS) {
+        Some(0) => Ok(0),
+        _ if negative => Err(format!("{{value_negative,-{shown}}}")),
+        Some(n) => Ok(n),
+        None => Err(format!("{{value_too_large,{shown}}}")),
+    }
+}
+
+#[cfg(test)]
+mod expiration_tests {
+    use super::parse_expiration;
+
+    #[test]
+    fn expiration_reads_as_rabbitmq_reads_it() {
+        assert_eq!(parse_expiration("0"), Ok(0));
+        assert_eq!(parse_expiration("-0"), Ok(0));
+        assert_eq!(parse_expiration("+10"), Ok(10));
+        assert_eq!(parse_expiration("315360000000"), Ok(315_360_000_000));
+        assert_eq!(parse_expiration("abc"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(""), Err("no_integer".into()));
+        assert_eq!(parse_expiration(" 10"), Err("no_integer".into()));
+        assert_eq!(parse_expiration("-"), Err("no_integer".into()));
+        assert_eq!(
+            parse_expiration("1.5"),
+            Err("{leftover_string,\".5\"}".into())
+        );
+        assert_eq!(parse_expiration("-1"), Err("{value_negative,-1}".into()));
+        assert_eq!(
+            parse_expiration("-99999999999999999999999"),
+            Err("{value_negative,-99999999999999999999999}".into())
+        );
+        assert_eq!(
+            parse_expiration("315360000001"),
+            Err("{value_too_large,315360000001}".into())
+        );
+        assert_eq!(
+            parse_expiration("99999999999999999999"),
+            Err("{value_too_large,99999999999999999999}".into())
+        );
     }
 }
 

@@ -12,9 +12,9 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::consumer::Consumer;
 use super::error::AmqpError;
-use super::message::{Message, QueuedMessage};
+use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
 use super::vhost::VHost;
-use super::{lock, value_as_i64, value_as_string};
+use super::{lock, value_as_i64, value_as_string, value_type_name};
 
 /// Why a message is dead-lettered (the `reason` of `x-death`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,36 +85,63 @@ impl QueueConfig {
                 Some(v) => match value_as_i64(v) {
                     Some(n) if n >= min => Ok(Some(n as u64)),
                     Some(n) => Err(bad(arg, &format!("{{value_negative,{n}}}"))),
-                    None => Err(bad(arg, "{unacceptable_type,...}")),
+                    None => Err(bad(
+                        arg,
+                        &format!("\"expected integer, got {}\"", value_type_name(v)),
+                    )),
                 },
             }
         };
-        cfg.message_ttl = int("x-message-ttl", 0)?;
-        cfg.expires = int("x-expires", 1)?;
+        let expiry = |arg: &str, min: i64| -> Result<Option<u64>, AmqpError> {
+            match int(arg, min)? {
+                Some(n) if n > MAX_EXPIRY_MS => Err(bad(arg, &format!("{{value_too_large,{n}}}"))),
+                n => Ok(n),
+            }
+        };
+        cfg.message_ttl = expiry("x-message-ttl", 0)?;
+        cfg.expires = expiry("x-expires", 1)?;
         cfg.max_length = int("x-max-length", 0)?;
         cfg.max_length_bytes = int("x-max-length-bytes", 0)?;
         if let Some(p) = int("x-max-priority", 0)? {
-            cfg.max_priority = Some(p.min(255) as u8);
+            // RabbitMQ supports at most 255 priority levels.
+            let p = u8::try_from(p)
+                .map_err(|_| bad("x-max-priority", &format!("{{max_value_exceeded,{p}}}")))?;
+            cfg.max_priority = Some(p);
         }
+        let unacceptable = |arg: &str, v: &AMQPValue| {
+            bad(
+                arg,
+                &format!("{{unacceptable_type,{}}}", value_type_name(v)),
+            )
+        };
         if let Some(v) = args.inner().get("x-overflow") {
             cfg.overflow = Some(match value_as_string(v).as_deref() {
                 Some("drop-head") => Overflow::DropHead,
                 Some("reject-publish") => Overflow::RejectPublish,
                 Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                _ => return Err(bad("x-overflow", "{unacceptable_value}")),
+                Some(_) => return Err(bad("x-overflow", "invalid_overflow")),
+                None => return Err(unacceptable("x-overflow", v)),
             });
         }
         if let Some(v) = args.inner().get("x-dead-letter-exchange") {
-            cfg.dead_letter_exchange = Some(
-                value_as_string(v)
-                    .ok_or_else(|| bad("x-dead-letter-exchange", "{unacceptable_type}"))?,
-            );
+            cfg.dead_letter_exchange = Some(value_as_string(v).ok_or_else(|| {
+                AmqpError::precondition(format!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue}' in vhost '{vhost}'",
+                    value_type_name(v)
+                ))
+            })?);
         }
         if let Some(v) = args.inner().get("x-dead-letter-routing-key") {
             cfg.dead_letter_routing_key = Some(
-                value_as_string(v)
-                    .ok_or_else(|| bad("x-dead-letter-routing-key", "{unacceptable_type}"))?,
+                value_as_string(v).ok_or_else(|| unacceptable("x-dead-letter-routing-key", v))?,
             );
+            // As RabbitMQ: a dead-letter routing key needs a dead-letter exchange.
+            if cfg.dead_letter_exchange.is_none() {
+                return Err(bad(
+                    "x-dead-letter-routing-key",
+                    "routing_key_but_no_dlx_defined",
+                ));
+            }
         }
         Ok(cfg)
     }
