@@ -250,6 +250,9 @@ impl VHost {
         let x = self
             .exchange(source)
             .ok_or_else(|| self.no_exchange(source))?;
+        if x.kind == ExchangeKind::Headers {
+            super::exchange::validate_binding(&arguments)?;
+        }
         write(&x.router).bind(Binding {
             destination,
             routing_key: routing_key.to_string(),

@@ -6,6 +6,7 @@
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::{Binding, Destination};
+use crate::broker::core::AmqpError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MatchMode {
@@ -62,6 +63,25 @@ fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
         AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
         AMQPValue::LongString(s) => Some(s.as_bytes()),
         _ => None,
+    }
+}
+
+/// Checks a headers binding's `x-match` as RabbitMQ does: absent, or one of
+/// `all`, `any`, `all-with-x`, `any-with-x` (406 otherwise).
+pub fn validate_binding(args: &FieldTable) -> Result<(), AmqpError> {
+    let Some(v) = args.inner().get("x-match") else {
+        return Ok(());
+    };
+    match as_bytes(v) {
+        Some(b"all" | b"any" | b"all-with-x" | b"any-with-x") => Ok(()),
+        Some(other) => Err(AmqpError::precondition(format!(
+            "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+            String::from_utf8_lossy(other)
+        ))),
+        None => Err(AmqpError::precondition(format!(
+            "Invalid x-match field type (value {}); expected longstr",
+            crate::broker::core::value_display(v)
+        ))),
     }
 }
 

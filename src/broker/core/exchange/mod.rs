@@ -14,7 +14,7 @@ use amq_protocol::types::FieldTable;
 
 pub use direct::DirectRouter;
 pub use fanout::FanoutRouter;
-pub use headers::{values_equal, HeadersRouter};
+pub use headers::{validate_binding, values_equal, HeadersRouter};
 pub use topic::TopicRouter;
 
 /// The type of an exchange.
