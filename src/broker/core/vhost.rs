@@ -145,7 +145,7 @@ impl VHost {
         }
         let Some(k) = ExchangeKind::parse(kind) else {
             return Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{kind}'"
+                "invalid exchange type '{kind}'"
             )));
         };
         if let Some(x) = existing {
@@ -170,6 +170,31 @@ impl VHost {
             }
             if x.internal != internal {
                 return ineq("internal", &internal.to_string(), &x.internal.to_string());
+            }
+            // Of the arguments RabbitMQ compares only `alternate-exchange`.
+            let key = "alternate-exchange";
+            let (got, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
+            let same = match (got, cur) {
+                (None, None) => true,
+                (Some(a), Some(b)) => super::exchange::values_equal(a, b),
+                _ => false,
+            };
+            if !same {
+                let show = |v: Option<&AMQPValue>| {
+                    v.map_or("none".to_string(), |v| {
+                        format!(
+                            "the value '{}' of type '{}'",
+                            super::value_display(v),
+                            super::value_type_name(v)
+                        )
+                    })
+                };
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{key}' for exchange '{name}' in vhost '{}': received {} but current is {}",
+                    self.name,
+                    show(got),
+                    show(cur)
+                )));
             }
             return Ok(());
         }
