@@ -317,7 +317,8 @@ impl VHost {
         Ok(())
     }
 
-    /// Remove a binding (queue.unbind and exchange.unbind); missing bindings are fine.
+    /// Remove a binding (queue.unbind and exchange.unbind). As in RabbitMQ, a
+    /// missing binding, source or destination is fine: there is nothing to remove.
     pub fn unbind(
         &self,
         source: &str,
@@ -327,7 +328,11 @@ impl VHost {
         conn_id: u64,
     ) -> Result<(), AmqpError> {
         let _t = lock(&self.topology);
-        self.check_binding_ends(source, &destination, conn_id)?;
+        if let Err(e) = self.check_binding_ends(source, &destination, conn_id) {
+            if e.code != super::error::codes::NOT_FOUND {
+                return Err(e);
+            }
+        }
         let Some(x) = self.exchange(source) else {
             return Ok(());
         };
