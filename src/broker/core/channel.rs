@@ -590,6 +590,20 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<QueueDeclareOk, AmqpError> {
         self.check_open()?;
+        // Direct reply-to's pseudo-queues, as RabbitMQ answers them (passive or
+        // not): the bare name always exists, a channel's address while the
+        // channel lives; neither holds messages, both have one consumer.
+        if queue == REPLY_TO_QUEUE || queue.starts_with(REPLY_TO_PREFIX) {
+            let token = queue.get(REPLY_TO_PREFIX.len()..).unwrap_or("");
+            if queue != REPLY_TO_QUEUE && self.vhost().reply_target(token).is_none() {
+                return Err(self.vhost().no_queue(queue).during(50, 10));
+            }
+            return Ok(QueueDeclareOk {
+                queue: queue.to_string(),
+                message_count: 0,
+                consumer_count: 1,
+            });
+        }
         if !passive && queue.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{queue}' contains reserved prefix 'amq.*'"

@@ -80,7 +80,7 @@ impl VHost {
         AmqpError::not_found(format!("no exchange '{}' in vhost '{}'", name, self.name))
     }
 
-    fn no_queue(&self, name: &str) -> AmqpError {
+    pub(crate) fn no_queue(&self, name: &str) -> AmqpError {
         AmqpError::not_found(format!("no queue '{}' in vhost '{}'", name, self.name))
     }
 
