@@ -1080,8 +1080,13 @@ impl CoreChannel {
     }
 
     /// `basic.recover`: every unacknowledged message goes back to its queue.
-    pub fn basic_recover(&self, _requeue: bool) -> Result<(), AmqpError> {
+    /// Like RabbitMQ, `requeue=false` (redeliver to the same consumer) is 540
+    /// NOT_IMPLEMENTED.
+    pub fn basic_recover(&self, requeue: bool) -> Result<(), AmqpError> {
         self.check_open()?;
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false").during(60, 110));
+        }
         let taken = self.shared.take_unacked(0, true)?;
         self.shared.settle(taken, false, true);
         Ok(())

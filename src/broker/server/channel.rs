@@ -449,7 +449,12 @@ impl ServerChannel {
                         AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                     );
                 }
-                basic::AMQPMethod::RecoverAsync(r) => ch.basic_recover(r.requeue)?,
+                basic::AMQPMethod::RecoverAsync(r) => {
+                    ch.basic_recover(r.requeue).map_err(|e| AmqpError {
+                        method_id: 100,
+                        ..e
+                    })?
+                }
                 other => return Err(invalid(&AMQPClass::Basic(other))),
             },
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
