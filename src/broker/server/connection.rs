@@ -27,6 +27,8 @@ use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a closed connection keeps reading (and dropping) the peer's input.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A frame cut from the input: parsed, or a raw body frame (payload kept as is).
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
@@ -125,6 +127,16 @@ pub(crate) async fn serve<S>(
     let _ = c.out.send(Outgoing::Close);
     drop(c);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The writer has half-closed the socket. Read and drop what the peer
+    // still sends until it hangs up (for a moment at most): closing with
+    // unread input resets the connection, and a peer still writing (say, a
+    // frame over frame_max) then loses the connection.close and its reply
+    // code along with it. RabbitMQ lets such a peer read the close too.
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn bool_field(t: &mut FieldTable, k: &str, v: bool) {
