@@ -270,6 +270,61 @@ pub async fn run_python(script: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Like [`run_python`], with a hang guard: a script still running after
+/// `limit` is killed and the test fails with what it printed so far.
+pub async fn run_python_within(limit: Duration, script: &str, args: &[&str]) -> String {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let mut command = python_script(script);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let script = script.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("python runs");
+        let collect = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut out);
+                }
+                out
+            })
+        };
+        let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for python") {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        match status {
+            None => panic!(
+                "{script} {args:?} still ran after {limit:?} (killed)\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            ),
+            Some(status) => assert!(
+                status.success(),
+                "{script} {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            ),
+        }
+        stdout
+    })
+    .await
+    .expect("join")
+}
+
 /// Collects what arrives on `rx` within `wait` (a safety net, not a timing
 /// assertion: tests compare contents).
 pub async fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>, count: usize, wait: Duration) -> Vec<T> {
