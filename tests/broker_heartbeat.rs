@@ -1,0 +1,267 @@
+//! Heartbeats over a raw socket: the handshake is done by hand with
+//! amq-protocol's frame types, generator and parser (no client library to
+//! send heartbeats behind the test's back), negotiating a 1 s interval. Every
+//! scenario runs on warren's embedded broker and on RabbitMQ, the reference.
+//!
+//! - a peer that goes silent is hung up on (two missed intervals; 15 s is only
+//!   a hang guard, not a timing assertion);
+//! - a peer that keeps sending heartbeats stays connected past several
+//!   intervals, and is still served;
+//! - the broker itself sends heartbeats at the negotiated interval (a silent
+//!   broker would be dropped by its clients).
+
+mod common;
+
+use std::time::Duration;
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, ProtocolVersion, WriteContext};
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::types::FieldTable;
+use amq_protocol::uri::AMQPUri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+/// The heartbeat interval the tests negotiate, in seconds.
+const HEARTBEAT: u16 = 1;
+/// Hang guard for anything the broker must do.
+const GUARD: Duration = Duration::from_secs(15);
+
+/// One test per broker for each scenario `async fn name(url: String)`.
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let broker = $crate::common::embedded_broker().await;
+                    super::$name(broker.url()).await
+                }
+            )*
+        }
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::rabbitmq_url()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    a_silent_peer_is_hung_up_on,
+    a_peer_sending_heartbeats_stays_connected,
+    the_broker_sends_heartbeats_at_the_negotiated_interval,
+);
+
+/// A raw AMQP peer: a socket and what it has read but not yet parsed.
+struct Peer {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    async fn send(&mut self, frame: AMQPFrame) {
+        let (bytes, _) = gen_frame(&frame)(WriteContext::from(Vec::new()))
+            .expect("frame encodes")
+            .into_inner();
+        self.sock.write_all(&bytes).await.expect("write to broker");
+    }
+
+    /// The next frame, or `None` once the broker has closed the socket.
+    async fn recv(&mut self) -> Option<AMQPFrame> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_frame(&self.buf[..]) {
+                    Ok((rest, frame)) => {
+                        let used = self.buf.len() - rest.len();
+                        self.buf.drain(..used);
+                        return Some(frame);
+                    }
+                    Err(e) if e.is_incomplete() => {}
+                    Err(e) => panic!("unparsable input from the broker: {e:?}"),
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next method on channel 0 or `ch`, skipping heartbeats.
+    async fn method(&mut self) -> (u16, AMQPClass) {
+        loop {
+            match timeout(GUARD, self.recv()).await.expect("broker answers") {
+                Some(AMQPFrame::Method(ch, m)) => return (ch, m),
+                Some(AMQPFrame::Heartbeat) => continue,
+                Some(other) => panic!("unexpected frame {other:?}"),
+                None => panic!("broker closed the connection"),
+            }
+        }
+    }
+
+    /// Connects to the broker at `url` and opens the connection with a
+    /// `heartbeat`-second interval in tune-ok.
+    async fn open(url: &str, heartbeat: u16) -> Peer {
+        let uri: AMQPUri = url.parse().expect("an AMQP URL");
+        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let sock = TcpStream::connect(addr).await.expect("connect");
+        let mut peer = Peer {
+            sock,
+            buf: Vec::new(),
+        };
+        peer.send(AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))
+            .await;
+        let (_, start) = peer.method().await;
+        assert!(
+            matches!(
+                start,
+                AMQPClass::Connection(connection::AMQPMethod::Start(_))
+            ),
+            "{start:?}"
+        );
+        let user = &uri.authority.userinfo;
+        peer.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: format!("\0{}\0{}", user.username, user.password).into(),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        let (_, tune) = peer.method().await;
+        let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = tune else {
+            panic!("expected connection.tune, got {tune:?}");
+        };
+        peer.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat,
+            })),
+        ))
+        .await;
+        peer.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: uri.vhost.as_str().into(),
+            })),
+        ))
+        .await;
+        let (_, open_ok) = peer.method().await;
+        assert!(
+            matches!(
+                open_ok,
+                AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+            ),
+            "{open_ok:?}"
+        );
+        peer
+    }
+}
+
+/// What the broker sent while the peer kept its side alive for `period`.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Arrival times of heartbeat frames, from the start of the period.
+    heartbeats: Vec<Duration>,
+    /// Whether the broker closed the socket or sent connection.close.
+    closed: bool,
+}
+
+/// Sends a heartbeat every half interval for `period`, noting what arrives.
+async fn keep_alive(peer: &mut Peer, period: Duration) -> Heard {
+    let start = Instant::now();
+    let mut heard = Heard::default();
+    let mut next_beat = start;
+    while start.elapsed() < period && !heard.closed {
+        if Instant::now() >= next_beat {
+            peer.send(AMQPFrame::Heartbeat).await;
+            next_beat += Duration::from_millis(u64::from(HEARTBEAT) * 500);
+        }
+        let wait = next_beat.min(start + period);
+        match tokio::time::timeout_at(wait, peer.recv()).await {
+            Err(_) => {}
+            Ok(None) => heard.closed = true,
+            Ok(Some(AMQPFrame::Heartbeat)) => heard.heartbeats.push(start.elapsed()),
+            Ok(Some(AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(c)),
+            ))) => panic!("broker closed a live connection: {c:?}"),
+            Ok(Some(other)) => panic!("unexpected frame {other:?}"),
+        }
+    }
+    heard
+}
+
+async fn a_silent_peer_is_hung_up_on(url: String) {
+    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let silent_since = Instant::now();
+    // Read (the broker's own heartbeats may arrive) but never write.
+    let hung_up = timeout(GUARD, async { while peer.recv().await.is_some() {} }).await;
+    let after = silent_since.elapsed();
+    assert!(
+        hung_up.is_ok(),
+        "the broker still held a silent peer after {GUARD:?} (heartbeat {HEARTBEAT} s)"
+    );
+    // Not at once: it waited for the missed heartbeats.
+    assert!(
+        after >= Duration::from_secs(u64::from(HEARTBEAT)),
+        "hung up after {after:?}, before one interval had passed"
+    );
+    eprintln!("silent peer hung up on after {after:?}");
+}
+
+async fn a_peer_sending_heartbeats_stays_connected(url: String) {
+    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let period = Duration::from_secs(u64::from(HEARTBEAT) * 5);
+    let heard = keep_alive(&mut peer, period).await;
+    assert!(
+        !heard.closed,
+        "the broker hung up on a peer sending heartbeats: {heard:?}"
+    );
+    // And it is still served: a channel opens.
+    peer.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    ))
+    .await;
+    let (ch, open_ok) = peer.method().await;
+    assert!(
+        ch == 1 && matches!(open_ok, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
+        "{ch} {open_ok:?}"
+    );
+}
+
+async fn the_broker_sends_heartbeats_at_the_negotiated_interval(url: String) {
+    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let interval = Duration::from_secs(u64::from(HEARTBEAT));
+    let heard = keep_alive(&mut peer, interval * 4).await;
+    assert!(!heard.closed, "{heard:?}");
+    let beats = &heard.heartbeats;
+    // The first within a couple of intervals, then at least one per
+    // interval and a half (timing slack, not a precise rate).
+    assert!(
+        beats.first().is_some_and(|t| *t <= interval * 2),
+        "no heartbeat from the broker within two intervals: {beats:?}"
+    );
+    assert!(
+        beats.len() >= 2,
+        "fewer than two heartbeats in four intervals: {beats:?}"
+    );
+    for pair in beats.windows(2) {
+        assert!(
+            pair[1] - pair[0] <= interval * 3 / 2,
+            "a gap of {:?} between broker heartbeats: {beats:?}",
+            pair[1] - pair[0]
+        );
+    }
+    eprintln!("broker heartbeats at {beats:?}");
+}
