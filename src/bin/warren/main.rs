@@ -7,6 +7,13 @@ mod broker;
 
 use clap::{Parser, Subcommand};
 
+/// The broker and the load generator allocate per message on every thread
+/// and free on another; glibc's malloc serializes that on its arena locks
+/// (a third of the in-process benchmark's time, see BENCHMARKS.md), mimalloc
+/// does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "warren",
