@@ -390,8 +390,17 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             };
             let dispatch = shared.service.clone().oneshot(request);
             let response = match (keepalive, &address) {
+                // Boxed: only oslo callers ask for keepalives, and the timer
+                // would otherwise enlarge every request's task.
                 (Some(period), Some(address)) => {
-                    with_keepalives(&shared.connection, codec, address, period, dispatch).await
+                    Box::pin(with_keepalives(
+                        &shared.connection,
+                        codec,
+                        address,
+                        period,
+                        dispatch,
+                    ))
+                    .await
                 }
                 _ => dispatch.await,
             };
