@@ -15,29 +15,6 @@ use lapin::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One test per broker for each scenario `async fn name(url: String)`.
-macro_rules! on_both_brokers {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let broker = $crate::common::embedded_broker().await;
-                    super::$name(broker.url()).await
-                }
-            )*
-        }
-        mod rabbitmq {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::rabbitmq_url()).await
-                }
-            )*
-        }
-    };
-}
-
 on_both_brokers!(
     every_exchange_type_routes_as_specified,
     nack_with_requeue_redelivers_and_reject_without_drops,

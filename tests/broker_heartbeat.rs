@@ -27,29 +27,6 @@ const HEARTBEAT: u16 = 1;
 /// Hang guard for anything the broker must do.
 const GUARD: Duration = Duration::from_secs(15);
 
-/// One test per broker for each scenario `async fn name(url: String)`.
-macro_rules! on_both_brokers {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let broker = $crate::common::embedded_broker().await;
-                    super::$name(broker.url()).await
-                }
-            )*
-        }
-        mod rabbitmq {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::rabbitmq_url()).await
-                }
-            )*
-        }
-    };
-}
-
 on_both_brokers!(
     a_silent_peer_is_hung_up_on,
     a_peer_sending_heartbeats_stays_connected,

@@ -425,3 +425,28 @@ macro_rules! conformance {
         }
     };
 }
+
+/// Declares one test per broker (warren's embedded broker over TCP and
+/// RabbitMQ) for each scenario `async fn name(url: String)`.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let broker = $crate::common::embedded_broker().await;
+                    super::$name(broker.url()).await
+                }
+            )*
+        }
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::rabbitmq_url()).await
+                }
+            )*
+        }
+    };
+}

@@ -173,13 +173,7 @@ impl VHost {
             }
             // Of the arguments RabbitMQ compares only `alternate-exchange`.
             let key = "alternate-exchange";
-            let (got, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
-            let same = match (got, cur) {
-                (None, None) => true,
-                (Some(a), Some(b)) => super::exchange::values_equal(a, b),
-                _ => false,
-            };
-            if !same {
+            if let Some((got, cur)) = differing_argument(&arguments, &x.arguments, key) {
                 let show = |v: Option<&AMQPValue>| {
                     v.map_or("none".to_string(), |v| {
                         format!(
@@ -397,14 +391,7 @@ impl VHost {
                     "x-max-priority",
                     "x-queue-type",
                 ] {
-                    let got = arguments.inner().get(key);
-                    let cur = q.arguments.inner().get(key);
-                    let same = match (got, cur) {
-                        (None, None) => true,
-                        (Some(a), Some(b)) => super::exchange::values_equal(a, b),
-                        _ => false,
-                    };
-                    if !same {
+                    if let Some((got, cur)) = differing_argument(&arguments, &q.arguments, key) {
                         let show = |v: Option<&AMQPValue>| {
                             v.map_or("none".to_string(), super::value_display)
                         };
@@ -808,4 +795,20 @@ fn clear_expiration(p: BasicProperties) -> BasicProperties {
         out = out.with_cluster_id(v.clone());
     }
     out
+}
+
+/// The received and current values of argument `key` when a redeclaration
+/// would change it (RabbitMQ's "inequivalent arg"); `None` when they agree.
+fn differing_argument<'a>(
+    received: &'a FieldTable,
+    current: &'a FieldTable,
+    key: &str,
+) -> Option<(Option<&'a AMQPValue>, Option<&'a AMQPValue>)> {
+    let (got, cur) = (received.inner().get(key), current.inner().get(key));
+    let same = match (got, cur) {
+        (None, None) => true,
+        (Some(a), Some(b)) => super::exchange::values_equal(a, b),
+        _ => false,
+    };
+    (!same).then_some((got, cur))
 }
