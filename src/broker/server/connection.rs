@@ -24,6 +24,10 @@ use super::channel::{After, ServerChannel};
 use super::writer::{self, short, Outgoing, ServerSink};
 use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 
+/// Room made in the read buffer before a read once it runs low, so a busy
+/// connection reads many frames per system call.
+const READ_SPARE: usize = 16 * 1024;
+
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -81,7 +85,9 @@ pub(crate) async fn serve<S>(
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     // Protocol header: answer a mismatch as soon as it is visible.
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Small to start with: most connections are idle most of the time. The
+    // buffer grows before each read while traffic flows (see `READ_SPARE`).
+    let mut buf = BytesMut::with_capacity(4 * 1024);
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     while buf.len() < 8 {
         let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
@@ -261,6 +267,9 @@ impl Conn {
             if self.heartbeat > 0 && matches!(self.phase, Phase::Running) {
                 let hb = Instant::now() + Duration::from_secs(u64::from(self.heartbeat) * 2);
                 deadline = Some(deadline.map_or(hb, |d| d.min(hb)));
+            }
+            if buf.capacity() - buf.len() < READ_SPARE / 4 {
+                buf.reserve(READ_SPARE);
             }
             let read = async {
                 match deadline {

@@ -70,7 +70,8 @@ pub(crate) struct Encoder {
 impl Encoder {
     pub(crate) fn new(cancel_notify: bool) -> Self {
         Self {
-            buf: Vec::with_capacity(64 * 1024),
+            // Grows with the traffic (and shrinks back after a burst).
+            buf: Vec::with_capacity(4 * 1024),
             frame_max: super::FRAME_MAX,
             confirms: Vec::new(),
             cancel_notify,
