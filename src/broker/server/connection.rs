@@ -138,7 +138,8 @@ pub(crate) async fn serve<S>(
     // unread input resets the connection, and a peer still writing (say, a
     // frame over frame_max) then loses the connection.close and its reply
     // code along with it. RabbitMQ lets such a peer read the close too.
-    let mut sink = [0u8; 8192];
+    // On the heap: an array here would sit in every connection's task.
+    let mut sink = vec![0u8; 8192];
     let _ = tokio::time::timeout(LINGER, async {
         while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
     })
