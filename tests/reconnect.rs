@@ -90,9 +90,26 @@ async fn everything_resumes_after_the_embedded_broker_restarts() {
     survives_a_restart(&url, broker.shutdown(), up).await;
 }
 
+/// Starts RabbitMQ's application again however the test ends, so a failing
+/// assertion while it is stopped cannot take the rest of the suite down
+/// with it (`start_app` on a running node is a no-op).
+struct StartAppOnDrop;
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .status();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "120"])
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_resumes_after_rabbitmq_restarts() {
     let url = rabbitmq_url();
+    let _restart_anyway = StartAppOnDrop;
     let down = async {
         tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
             .await
