@@ -252,26 +252,19 @@ pub fn python_script(script: &str) -> Command {
     command
 }
 
+/// How long a Python peer may run before [`run_python`] kills it: a hang
+/// guard far above any script's real run time, not a timing claim.
+const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs `tests/python/<script>` with `args` to completion (off the async
 /// runtime); panics with its output unless it succeeds; returns its stdout.
 pub async fn run_python(script: &str, args: &[&str]) -> String {
-    let mut command = python_script(script);
-    command.args(args);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    run_python_within(PYTHON_LIMIT, script, args).await
 }
 
-/// Like [`run_python`], with a hang guard: a script still running after
-/// `limit` is killed and the test fails with what it printed so far.
+/// Runs `tests/python/<script>` with `args` like [`run_python`], killing a
+/// script still running after `limit` and failing with what it printed so
+/// far.
 pub async fn run_python_within(limit: Duration, script: &str, args: &[&str]) -> String {
     use std::io::Read;
     use std::process::Stdio;
