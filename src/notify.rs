@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::rpc::declare_topic_queues;
 use crate::rpc::{Context, DEFAULT_EXCHANGE};
 use crate::transport::recovery::{resubscribe, DeclaredOnce};
 use crate::transport::{ConsumeSpec, Outgoing, Properties, Subscription};
@@ -246,23 +247,11 @@ impl Notifier {
     /// oslo does, so notifications wait for a listener.
     async fn declare(&self, queue: &str) -> Result<(), Error> {
         self.declared
-            .ensure(self.connection.transport().as_ref(), queue, || {
-                declare_queue(&self.connection, &self.exchange, queue)
+            .ensure(self.connection.transport().as_ref(), queue, || async {
+                declare_topic_queues(&self.connection, &self.exchange, &[queue]).await
             })
             .await
     }
-}
-
-async fn declare_queue(connection: &Connection, exchange: &str, queue: &str) -> Result<(), Error> {
-    let transport = connection.transport();
-    let topology = connection.topology();
-    transport
-        .declare_exchange(&topology.control_exchange(exchange))
-        .await?;
-    transport
-        .declare_queue(&topology.topic_queue(queue))
-        .await?;
-    transport.bind_queue(queue, exchange, queue).await
 }
 
 /// A received notification.
@@ -405,7 +394,7 @@ async fn subscribe(
     exchange: &str,
     queue: &str,
 ) -> Result<Box<dyn Subscription>, Error> {
-    declare_queue(connection, exchange, queue).await?;
+    declare_topic_queues(connection, exchange, &[queue]).await?;
     connection
         .transport()
         .consume(&ConsumeSpec {

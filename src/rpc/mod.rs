@@ -25,5 +25,6 @@ pub use exception::{ClassOf, ViaRemoteException, ViaTypeName};
 pub use options::{CallOptions, DEFAULT_TIMEOUT};
 pub use server::{DispatchService, ServerBuilder, ServerHandle, DEFAULT_PREFETCH};
 pub use target::{fanout_exchange, server_queue, Target, DEFAULT_EXCHANGE};
+pub(crate) use topology::declare_topic_queues;
 pub use topology::{Topology, DEFAULT_TRANSIENT_TTL_MS};
 pub use version::Version;

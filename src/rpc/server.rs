@@ -18,6 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::dispatch::{Dispatch, Endpoints, Request, Response};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
+use super::topology::declare_topic_queues;
 use super::Context;
 use crate::transport::recovery::resubscribe;
 use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, Subscription};
@@ -168,17 +169,9 @@ impl Plan {
     /// The control exchange, `<topic>` and `<topic>.<server>` bound to it,
     /// the fanout exchange and this server's queue bound to that.
     async fn declare(&self, connection: &Connection) -> Result<(), Error> {
+        declare_topic_queues(connection, &self.exchange, &[&self.topic, &self.own_queue]).await?;
         let transport = connection.transport();
         let topology = connection.topology();
-        transport
-            .declare_exchange(&topology.control_exchange(&self.exchange))
-            .await?;
-        for queue in [&self.topic, &self.own_queue] {
-            transport
-                .declare_queue(&topology.topic_queue(queue))
-                .await?;
-            transport.bind_queue(queue, &self.exchange, queue).await?;
-        }
         transport
             .declare_exchange(&topology.fanout_exchange(&self.fanout))
             .await?;

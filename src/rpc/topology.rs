@@ -2,6 +2,29 @@
 //! arguments (a peer declaring different ones gets 406 PRECONDITION_FAILED).
 
 use crate::transport::{ExchangeKind, ExchangeSpec, QueueSpec};
+use crate::{Connection, Error};
+
+/// Declares the control exchange and, for each queue, the topic queue
+/// bound to it with its own name as the key: what an RPC server (for
+/// `<topic>` and `<topic>.<server>`) and a notification queue need.
+pub(crate) async fn declare_topic_queues(
+    connection: &Connection,
+    exchange: &str,
+    queues: &[&str],
+) -> Result<(), Error> {
+    let transport = connection.transport();
+    let topology = connection.topology();
+    transport
+        .declare_exchange(&topology.control_exchange(exchange))
+        .await?;
+    for queue in queues {
+        transport
+            .declare_queue(&topology.topic_queue(queue))
+            .await?;
+        transport.bind_queue(queue, exchange, queue).await?;
+    }
+    Ok(())
+}
 
 /// oslo's `rabbit_transient_queues_ttl` default: 30 minutes.
 pub const DEFAULT_TRANSIENT_TTL_MS: u32 = 1_800_000;
