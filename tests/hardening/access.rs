@@ -1,0 +1,1 @@
+//! Permissions, password handling, the three connection races, channel.flow and signals.

@@ -1,0 +1,1 @@
+//! Dead-letter cycles, topic-pattern blow-ups and peer-controlled numbers in the core.

@@ -1,0 +1,1 @@
+//! Memory watermark, connection.blocked, bounded writer queues and the flood test.
