@@ -173,7 +173,6 @@ pub(crate) struct ChannelShared {
     sink: Box<dyn ChannelSink>,
     state: Mutex<ChState>,
     closed: AtomicBool,
-    flow: AtomicBool,
     unacked_count: AtomicU32,
     global_prefetch: AtomicU32,
 }
@@ -208,9 +207,9 @@ impl ChannelShared {
         lock(&self.state)
     }
 
-    /// Deliveries allowed now (open and not paused by channel.flow).
+    /// Deliveries allowed now (the channel is open).
     pub(crate) fn can_deliver(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.flow.load(Ordering::Acquire)
+        !self.closed.load(Ordering::Acquire)
     }
 
     /// Channel-wide (global QoS) window not exhausted.
@@ -424,7 +423,6 @@ impl CoreChannel {
                 sink,
                 state: Mutex::new(ChState::default()),
                 closed: AtomicBool::new(false),
-                flow: AtomicBool::new(true),
                 unacked_count: AtomicU32::new(0),
                 global_prefetch: AtomicU32::new(0),
             }),
@@ -1157,14 +1155,16 @@ impl CoreChannel {
         }
     }
 
-    /// `channel.flow`: pause (`false`) or resume deliveries.
+    /// `channel.flow`: `active=true` is a no-op; `active=false` is refused
+    /// with 540 NOT_IMPLEMENTED (closing the connection), as RabbitMQ 3.x
+    /// does, so clients see the same broker on both.
     pub fn flow(&self, active: bool) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.shared.flow.store(active, Ordering::Release);
         if active {
-            self.shared.redispatch(true);
+            Ok(())
+        } else {
+            Err(AmqpError::not_implemented("active=false").during(20, 20))
         }
-        Ok(())
     }
 
     /// Close the channel: cancel its consumers and requeue its unacked messages.

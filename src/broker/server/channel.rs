@@ -194,6 +194,9 @@ impl ServerChannel {
         out: &mpsc::UnboundedSender<Outgoing>,
     ) -> Result<After, AmqpError> {
         if self.closing {
+            // As RabbitMQ: until the client's close-ok, a close it sent
+            // meanwhile (its close crossed ours) gets a close-ok and the
+            // channel stays, so that close-ok still finds it.
             return Ok(match m {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => After::Remove,
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
@@ -201,7 +204,7 @@ impl ServerChannel {
                         out,
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                     );
-                    After::Remove
+                    After::Nothing
                 }
                 _ => After::Nothing,
             });

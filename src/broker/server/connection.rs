@@ -33,6 +33,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection keeps reading (and dropping) the peer's input.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long, at most, a connection the client closed stays open for the
+/// client to hang up (RabbitMQ's `CLOSING_TIMEOUT`; shorter when the
+/// heartbeat timeout is). Meanwhile every further connection.close gets a
+/// close-ok: a client whose threads close it at once sends several, and
+/// hanging up after the first leaves the others an EOF instead.
+const CLOSED_LINGER: Duration = Duration::from_secs(30);
 
 /// A frame cut from the input: parsed, or a raw body frame (payload kept as is).
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
@@ -49,6 +55,9 @@ enum Phase {
     Running,
     /// We sent connection.close and wait for close-ok.
     Closing,
+    /// The client closed the connection and got close-ok; we wait for it to
+    /// hang up (see [`CLOSED_LINGER`]).
+    Closed,
     Done,
 }
 
@@ -200,7 +209,7 @@ impl Conn {
 
     /// Send connection.close and wait for close-ok.
     fn close_with(&mut self, e: &AmqpError) {
-        if matches!(self.phase, Phase::Closing | Phase::Done) {
+        if matches!(self.phase, Phase::Closing | Phase::Closed | Phase::Done) {
             return;
         }
         tracing::debug!(code = e.code, text = %e.text, "closing connection");
@@ -259,6 +268,9 @@ impl Conn {
             }
             if !shutdown_seen && *shutdown.borrow() {
                 shutdown_seen = true;
+                if self.phase == Phase::Closed {
+                    return;
+                }
                 self.close_with(&AmqpError::new(
                     codes::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
@@ -367,6 +379,17 @@ impl Conn {
     }
 
     fn handle(&mut self, frame: AMQPFrame) -> Result<(), AmqpError> {
+        if self.phase == Phase::Closed {
+            // Already answered; as RabbitMQ, answer each further close too.
+            if let AMQPFrame::Method(0, AMQPClass::Connection(m)) = frame {
+                match m {
+                    connection::AMQPMethod::Close(_) => self.send_close_ok(),
+                    connection::AMQPMethod::CloseOk(_) => self.phase = Phase::Done,
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
         if self.phase == Phase::Closing {
             if let AMQPFrame::Method(0, AMQPClass::Connection(m)) = frame {
                 match m {
@@ -425,7 +448,7 @@ impl Conn {
     fn on_body(&mut self, ch: u16, data: &[u8]) -> Result<(), AmqpError> {
         if self.phase != Phase::Running {
             return match self.phase {
-                Phase::Closing | Phase::Done => Ok(()),
+                Phase::Closing | Phase::Closed | Phase::Done => Ok(()),
                 _ => Err(AmqpError::command_invalid(
                     "expected connection handshake method",
                 )),
@@ -523,9 +546,25 @@ impl Conn {
                 self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
                 Ok(())
             }
+            (Phase::Running, M::Close(_)) => {
+                // Release everything before answering, as RabbitMQ does: the
+                // client may reconnect at once and redeclare its exclusive queues.
+                self.channels.clear();
+                if let Some(conn) = self.conn.take() {
+                    conn.close();
+                }
+                self.send_close_ok();
+                self.phase = Phase::Closed;
+                let linger = match self.heartbeat {
+                    0 => CLOSED_LINGER,
+                    hb => CLOSED_LINGER.min(Duration::from_secs(u64::from(hb))),
+                };
+                self.close_deadline = Some(Instant::now() + linger);
+                Ok(())
+            }
             (_, M::Close(_)) => {
                 self.channels.clear();
-                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
+                self.send_close_ok();
                 self.phase = Phase::Done;
                 Ok(())
             }
@@ -550,6 +589,13 @@ impl Conn {
                 .during(10, c.get_amqp_method_id()))
             }
         }
+    }
+
+    fn send_close_ok(&self) {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
     }
 
     fn on_start_ok(&mut self, s: connection::StartOk) -> Result<(), AmqpError> {
