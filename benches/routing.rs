@@ -5,12 +5,15 @@
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use warren::broker::core::permission::Permissions;
 use warren::broker::core::Core;
 
 fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("topic_routing");
     for bindings in [10_000usize, 100_000] {
         let core = Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
+        let all = Permissions::new(".*", ".*", ".*").expect("valid patterns");
+        core.set_permissions("guest", "/", all);
         let connection = core.open_connection("/", "guest").expect("connection");
         let (channel, _events) = connection.open_channel_mpsc();
         channel

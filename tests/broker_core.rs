@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
+use warren::broker::core::permission::Permissions;
 use warren::broker::core::{ChannelEvent, Core, ErrorScope};
 use warren::broker::Broker;
 
@@ -68,6 +69,11 @@ async fn core_publish_consume_ack_confirm() {
 #[tokio::test]
 async fn core_without_broker() {
     let core = Core::new(&[("u".into(), "p".into())], &["v".into()]);
+    assert!(
+        core.open_connection("v", "u").is_err(),
+        "no permissions, no vhost"
+    );
+    core.set_permissions("u", "v", Permissions::new(".*", ".*", ".*").unwrap());
     let conn = core.open_connection("v", "u").unwrap();
     let (ch, _rx) = conn.open_channel_mpsc();
     ch.queue_declare("q", false, false, false, false, FieldTable::default())

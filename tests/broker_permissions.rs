@@ -19,6 +19,8 @@ async fn broker() -> BrokerHandle {
         .user("admin", "secret")
         .user("alice", "pw")
         .vhost("other")
+        .permission("admin", "/", ".*", ".*", ".*")
+        .permission("admin", "other", ".*", ".*", ".*")
         .permission(
             "alice",
             "/",
@@ -110,8 +112,8 @@ async fn permission_patterns_allow_and_refuse_like_rabbitmq() {
         .unwrap_err();
     assert_eq!(code(&err), Some(403), "{err:?}");
 
-    // A vhost she has no permissions on is closed to her; admin (no
-    // permissions set) may use every vhost.
+    // A vhost she has no permissions on is closed to her; admin may use
+    // the vhosts it has permissions on.
     assert!(Connection::connect(
         &url(&b, "alice:pw", "other"),
         ConnectionProperties::default()

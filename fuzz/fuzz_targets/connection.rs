@@ -70,6 +70,10 @@ fuzz_target!(|data: &[u8]| {
     runtime.block_on(async {
         let core =
             warren::broker::core::Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
+        // Users may use nothing until granted, as in RabbitMQ.
+        let all = warren::broker::core::permission::Permissions::new(".*", ".*", ".*")
+            .expect("valid patterns");
+        core.set_permissions("guest", "/", all);
         warren::broker::server::serve_bytes(core, &input).await;
     });
 });

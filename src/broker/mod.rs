@@ -53,9 +53,22 @@ impl Broker {
 pub struct BrokerBuilder {
     listen: Vec<SocketAddr>,
     no_listen: bool,
-    users: Vec<(String, String)>,
+    users: Vec<(String, core::PasswordHash)>,
+    /// The first user's password when it was given as one, for
+    /// [`BrokerHandle::url`] (never logged: see its `Debug`).
+    first_password: Option<Secret>,
     vhosts: Vec<String>,
     permissions: Vec<[String; 5]>,
+}
+
+/// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
+#[derive(Clone, Default)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 impl BrokerBuilder {
@@ -73,9 +86,24 @@ impl BrokerBuilder {
         self
     }
 
-    /// Add a user (repeatable). Without any, `guest:guest` exists.
+    /// Add a user (repeatable), stored as a salted hash. Without any,
+    /// `guest:guest` exists with all permissions on `/`; users added here
+    /// have none until [`permission`](Self::permission) grants them, as in
+    /// RabbitMQ.
     pub fn user(mut self, name: &str, password: &str) -> Self {
-        self.users.push((name.to_string(), password.to_string()));
+        if self.users.is_empty() {
+            self.first_password = Some(Secret(password.to_owned()));
+        }
+        self.users
+            .push((name.to_string(), core::PasswordHash::new(password)));
+        self
+    }
+
+    /// Add a user by its password hash in RabbitMQ's SHA-256 scheme (the
+    /// `password_hash` of `rabbitmqctl export_definitions`), so users move
+    /// between RabbitMQ and warren without their passwords.
+    pub fn user_with_password_hash(mut self, name: &str, hash: core::PasswordHash) -> Self {
+        self.users.push((name.to_string(), hash));
         self
     }
 
@@ -85,10 +113,9 @@ impl BrokerBuilder {
         self
     }
 
-    /// Limits `user` on `vhost` to names matching these patterns (RabbitMQ's
-    /// configure / write / read regular expressions). A user given any
-    /// permission may use only the vhosts it has permissions on; a user given
-    /// none may do anything anywhere.
+    /// Lets `user` use `vhost`, on names matching these patterns (RabbitMQ's
+    /// configure / write / read regular expressions; `.*` allows all). A
+    /// user may use only the vhosts it has permissions on.
     pub fn permission(
         mut self,
         user: &str,
@@ -103,13 +130,21 @@ impl BrokerBuilder {
     }
 
     /// Bind the listeners and start serving.
-    pub async fn start(self) -> Result<BrokerHandle, BrokerError> {
-        let users = if self.users.is_empty() {
-            vec![("guest".to_string(), "guest".to_string())]
-        } else {
-            self.users
-        };
-        let core = core::Core::new(&users, &self.vhosts);
+    pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
+        if self.users.is_empty() {
+            // RabbitMQ's default user and its default permissions.
+            self = self.user("guest", "guest");
+            let all = ".*";
+            self.permissions
+                .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
+        }
+        for (user, _) in &self.users {
+            if !self.permissions.iter().any(|p| p[0] == *user) {
+                tracing::warn!(%user, "user has no permissions: it can use no vhost");
+            }
+        }
+        let users = self.users;
+        let core = core::Core::with_password_hashes(&users, &self.vhosts);
         for [user, vhost, configure, write, read] in self.permissions {
             match core::permission::Permissions::new(&configure, &write, &read) {
                 Ok(p) => core.set_permissions(&user, &vhost, p),
@@ -150,7 +185,14 @@ impl BrokerBuilder {
                 tracker.clone(),
             ));
         }
-        let first_user = users.into_iter().next().unwrap_or_default();
+        let first_user = (
+            users
+                .into_iter()
+                .next()
+                .map(|(name, _)| name)
+                .unwrap_or_default(),
+            self.first_password.map(|Secret(p)| p),
+        );
         Ok(BrokerHandle {
             inner: Arc::new(HandleInner {
                 core,
@@ -168,7 +210,8 @@ impl BrokerBuilder {
 struct HandleInner {
     core: Arc<core::Core>,
     local_addrs: Vec<SocketAddr>,
-    first_user: (String, String),
+    /// The first user's name, and its password unless it was given as a hash.
+    first_user: (String, Option<String>),
     shutdown: watch::Sender<bool>,
     tracker: Mutex<Option<mpsc::Sender<()>>>,
     done: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
@@ -194,12 +237,17 @@ fn url_escape(s: &str) -> String {
 
 impl BrokerHandle {
     /// `amqp://user:pass@host:port/%2f` for the first listener and first
-    /// user; `embedded://` for a broker without a listener (reach it with
+    /// user (`amqp://user@…` when that user was given by its hash);
+    /// `embedded://` for a broker without a listener (reach it with
     /// [`crate::Connection::in_process`]).
     pub fn url(&self) -> String {
         let (u, p) = &self.inner.first_user;
+        let login = match p {
+            Some(p) => format!("{}:{}", url_escape(u), url_escape(p)),
+            None => url_escape(u),
+        };
         match self.inner.local_addrs.first() {
-            Some(addr) => format!("amqp://{}:{}@{}/%2f", url_escape(u), url_escape(p), addr),
+            Some(addr) => format!("amqp://{login}@{addr}/%2f"),
             None => "embedded://".to_owned(),
         }
     }

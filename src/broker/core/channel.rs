@@ -447,7 +447,7 @@ impl CoreChannel {
             name
         };
         match &conn.permissions {
-            Some(p) if !p.allows(access, name) => Err(AmqpError::access_refused(format!(
+            p if !p.allows(access, name) => Err(AmqpError::access_refused(format!(
                 "{} access to {kind} '{name}' in vhost '{}' refused for user '{}'",
                 match access {
                     Access::Configure => "configure",
@@ -459,6 +459,25 @@ impl CoreChannel {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// A new exchange or queue whose `key` argument names an exchange that
+    /// gets its messages (alternate or dead-letter exchange) needs read on
+    /// itself and write on that exchange: otherwise declaring one would
+    /// publish where the user may not (RabbitMQ's check in rabbit_channel).
+    fn allow_redirect(
+        &self,
+        arguments: &FieldTable,
+        key: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        // A value of the wrong type is refused later, with the other arguments.
+        let Some(target) = arguments.inner().get(key).and_then(super::value_as_string) else {
+            return Ok(());
+        };
+        self.allow(Access::Read, kind, name)?;
+        self.allow(Access::Write, "exchange", &target)
     }
 
     /// A binding needs write on its destination and read on its source
@@ -519,6 +538,7 @@ impl CoreChannel {
                 auto_delete,
                 internal,
                 arguments,
+                |args| self.allow_redirect(args, "alternate-exchange", "exchange", exchange),
             )
             .map_err(|e| e.during(40, 10))
     }
@@ -627,6 +647,7 @@ impl CoreChannel {
                 auto_delete,
                 arguments,
                 self.conn_id(),
+                |args| self.allow_redirect(args, "x-dead-letter-exchange", "queue", &name),
             )
             .map_err(|e| e.during(50, 10))?;
         self.shared.st().last_queue = Some(q.name.clone());

@@ -18,8 +18,7 @@ pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) user: String,
     pub(crate) vhost: Arc<VHost>,
-    /// `None`: unrestricted.
-    pub(crate) permissions: Option<Arc<super::permission::Permissions>>,
+    pub(crate) permissions: Arc<super::permission::Permissions>,
     channels: Mutex<HashMap<u64, Weak<ChannelShared>>>,
     next_channel: AtomicU64,
     closed: AtomicBool,
@@ -51,7 +50,7 @@ impl CoreConnection {
         id: u64,
         user: &str,
         vhost: Arc<VHost>,
-        permissions: Option<Arc<super::permission::Permissions>>,
+        permissions: Arc<super::permission::Permissions>,
     ) -> Self {
         Self {
             shared: Arc::new(ConnShared {

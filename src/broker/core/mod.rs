@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod password;
 pub mod permission;
 pub mod queue;
 pub mod vhost;
@@ -27,6 +28,7 @@ pub use channel::{
 pub use connection::CoreConnection;
 pub use error::{AmqpError, ErrorScope};
 pub use message::Message;
+pub use password::{InvalidPasswordHash, PasswordHash};
 pub use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.
@@ -106,9 +108,9 @@ pub(crate) fn value_display(v: &AMQPValue) -> String {
 /// The broker core: users, vhosts and connections.
 #[derive(Debug)]
 pub struct Core {
-    users: HashMap<String, String>,
-    /// (user, vhost) → permissions. A user with none at all may do
-    /// anything on every vhost; a user with some is limited to them.
+    users: HashMap<String, PasswordHash>,
+    /// (user, vhost) → permissions. As in RabbitMQ, a user may use only
+    /// the vhosts it has permissions on: none until they are set.
     permissions: RwLock<HashMap<(String, String), Arc<permission::Permissions>>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
@@ -117,7 +119,17 @@ pub struct Core {
 impl Core {
     /// Create a core with the given users (name, password) and extra vhosts ("/" always
     /// exists). Starts the TTL/expiry sweeper if called inside a tokio runtime.
+    /// Users may use nothing until [`set_permissions`](Self::set_permissions).
     pub fn new(users: &[(String, String)], vhosts: &[String]) -> Arc<Self> {
+        let users: Vec<(String, PasswordHash)> = users
+            .iter()
+            .map(|(name, password)| (name.clone(), PasswordHash::new(password)))
+            .collect();
+        Self::with_password_hashes(&users, vhosts)
+    }
+
+    /// [`new`](Self::new) with users given by their password hashes.
+    pub fn with_password_hashes(users: &[(String, PasswordHash)], vhosts: &[String]) -> Arc<Self> {
         let mut map = HashMap::new();
         map.insert("/".to_string(), VHost::new("/"));
         for v in vhosts {
@@ -152,37 +164,32 @@ impl Core {
         }
     }
 
-    /// Check a user's password.
+    /// Check a user's password (RabbitMQ refuses empty ones too).
     pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        self.users.get(user).is_some_and(|p| p == password)
+        match self.users.get(user) {
+            Some(hash) => hash.verify(password) && !password.is_empty(),
+            None => false,
+        }
     }
 
-    /// Sets `user`'s permissions on `vhost`. From then on the user may use
-    /// only the vhosts it has permissions on, within their patterns.
+    /// Sets `user`'s permissions on `vhost`, as RabbitMQ's `set_permissions`:
+    /// a user may use only the vhosts it has permissions on.
     pub fn set_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
         write(&self.permissions).insert((user.to_owned(), vhost.to_owned()), Arc::new(permissions));
     }
 
-    /// `user`'s permissions on `vhost`: `Ok(None)` means unrestricted,
-    /// `Err(())` no access at all.
-    fn permissions_of(
-        &self,
-        user: &str,
-        vhost: &str,
-    ) -> Result<Option<Arc<permission::Permissions>>, ()> {
-        let all = read(&self.permissions);
-        match all.get(&(user.to_owned(), vhost.to_owned())) {
-            Some(p) => Ok(Some(p.clone())),
-            None if all.keys().any(|(u, _)| u == user) => Err(()),
-            None => Ok(None),
-        }
+    /// `user`'s permissions on `vhost`, if any were set.
+    fn permissions_of(&self, user: &str, vhost: &str) -> Option<Arc<permission::Permissions>> {
+        read(&self.permissions)
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .cloned()
     }
 
     /// Whether `user` may use `vhost`.
     pub fn can_access(&self, user: &str, vhost: &str) -> bool {
         self.users.contains_key(user)
             && read(&self.vhosts).contains_key(vhost)
-            && self.permissions_of(user, vhost).is_ok()
+            && self.permissions_of(user, vhost).is_some()
     }
 
     /// Look up a vhost.
@@ -203,13 +210,15 @@ impl Core {
         let vh = self.vhost(vhost).ok_or_else(|| {
             AmqpError::not_allowed(format!("vhost {vhost} not found")).during(10, 40)
         })?;
-        if !self.can_access(user, vhost) {
-            return Err(AmqpError::not_allowed(format!(
-                "access to vhost '{vhost}' refused for user '{user}'"
-            ))
-            .during(10, 40));
-        }
-        let permissions = self.permissions_of(user, vhost).unwrap_or(None);
+        let permissions = self
+            .permissions_of(user, vhost)
+            .filter(|_| self.users.contains_key(user))
+            .ok_or_else(|| {
+                AmqpError::not_allowed(format!(
+                    "access to vhost '{vhost}' refused for user '{user}'"
+                ))
+                .during(10, 40)
+            })?;
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         Ok(CoreConnection::new(id, user, vh, permissions))
     }

@@ -123,7 +123,9 @@ impl VHost {
         }
     }
 
-    /// `exchange.declare`.
+    /// `exchange.declare`. `check_new` vets the arguments of an exchange
+    /// about to be created (permissions on its `alternate-exchange`), under
+    /// the same lock as the creation.
     #[allow(clippy::too_many_arguments)]
     pub fn exchange_declare(
         &self,
@@ -134,6 +136,7 @@ impl VHost {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
+        check_new: impl FnOnce(&FieldTable) -> Result<(), AmqpError>,
     ) -> Result<(), AmqpError> {
         let _t = lock(&self.topology);
         if name.is_empty() {
@@ -197,6 +200,7 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        check_new(&arguments)?;
         write(&self.exchanges).insert(
             name.to_string(),
             Arc::new(Exchange::new(
@@ -345,6 +349,8 @@ impl VHost {
     }
 
     /// `queue.declare` with a final (non-empty) name. Returns the queue and its counts.
+    /// `check_new` vets the arguments of a queue about to be created
+    /// (permissions on its dead-letter exchange), under the creation's lock.
     #[allow(clippy::too_many_arguments)]
     pub fn queue_declare(
         &self,
@@ -355,6 +361,7 @@ impl VHost {
         auto_delete: bool,
         arguments: FieldTable,
         conn_id: u64,
+        check_new: impl FnOnce(&FieldTable) -> Result<(), AmqpError>,
     ) -> Result<(Arc<Queue>, u32, u32), AmqpError> {
         let _t = lock(&self.topology);
         if let Some(q) = self.queue(name) {
@@ -407,6 +414,7 @@ impl VHost {
         if passive {
             return Err(self.no_queue(name));
         }
+        check_new(&arguments)?;
         let config = QueueConfig::parse(name, &self.name, &arguments)?;
         let q = Arc::new(Queue::new(
             name.to_string(),
