@@ -8,9 +8,12 @@ pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+pub use core::DEFAULT_CONSUMER_TIMEOUT;
 
 /// Error starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,7 @@ pub struct BrokerBuilder {
     first_password: Option<Secret>,
     vhosts: Vec<String>,
     permissions: Vec<[String; 5]>,
+    consumer_timeout: ConsumerTimeout,
 }
 
 /// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
@@ -69,6 +73,14 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("..")
     }
+}
+
+/// The builder's consumer timeout: unset means RabbitMQ's default.
+#[derive(Debug, Clone, Copy, Default)]
+enum ConsumerTimeout {
+    #[default]
+    Default,
+    Set(Option<Duration>),
 }
 
 impl BrokerBuilder {
@@ -129,6 +141,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// Closes a channel whose oldest unacknowledged delivery is older than
+    /// `timeout` (406 PRECONDITION_FAILED, its deliveries requeued), as
+    /// RabbitMQ's `consumer_timeout`; `None` never does. Default:
+    /// [`DEFAULT_CONSUMER_TIMEOUT`]. Checked about once a second.
+    pub fn consumer_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.consumer_timeout = ConsumerTimeout::Set(timeout);
+        self
+    }
+
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
         if self.users.is_empty() {
@@ -145,6 +166,10 @@ impl BrokerBuilder {
         }
         let users = self.users;
         let core = core::Core::with_password_hashes(&users, &self.vhosts);
+        core.set_consumer_timeout(match self.consumer_timeout {
+            ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
+            ConsumerTimeout::Set(t) => t,
+        });
         for [user, vhost, configure, write, read] in self.permissions {
             match core::permission::Permissions::new(&configure, &write, &read) {
                 Ok(p) => core.set_permissions(&user, &vhost, p),

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{FieldTable, ShortString};
@@ -132,6 +133,8 @@ struct Unacked {
     queue: Arc<Queue>,
     msg: QueuedMessage,
     consumer: Option<Arc<Consumer>>,
+    /// When it was delivered, for the consumer timeout.
+    since: Instant,
 }
 
 struct TxPublish {
@@ -246,6 +249,7 @@ impl ChannelShared {
                     queue: queue.clone(),
                     msg,
                     consumer: Some(consumer.clone()),
+                    since: Instant::now(),
                 },
             );
         }
@@ -1031,6 +1035,7 @@ impl CoreChannel {
                     queue: q,
                     msg: m,
                     consumer: None,
+                    since: Instant::now(),
                 },
             );
         }
@@ -1186,6 +1191,15 @@ impl CoreChannel {
         } else {
             Err(AmqpError::not_implemented("active=false").during(20, 20))
         }
+    }
+
+    /// How long the oldest unacknowledged delivery has waited for its ack
+    /// (delivery tags grow with time, so it is the first), for the consumer
+    /// timeout.
+    pub fn oldest_unacked_age(&self, now: Instant) -> Option<Duration> {
+        let st = self.shared.st();
+        let (_, oldest) = st.unacked.first_key_value()?;
+        Some(now.saturating_duration_since(oldest.since))
     }
 
     /// Close the channel: cancel its consumers and requeue its unacked messages.

@@ -105,6 +105,12 @@ pub(crate) fn value_display(v: &AMQPValue) -> String {
         .unwrap_or_else(|| format!("{v:?}"))
 }
 
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_millis(1_800_000);
+
+/// [`Core::consumer_timeout`] when there is none.
+const NO_CONSUMER_TIMEOUT: u64 = u64::MAX;
+
 /// The broker core: users, vhosts and connections.
 #[derive(Debug)]
 pub struct Core {
@@ -114,6 +120,8 @@ pub struct Core {
     permissions: RwLock<HashMap<(String, String), Arc<permission::Permissions>>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
+    /// In milliseconds; [`NO_CONSUMER_TIMEOUT`] for none.
+    consumer_timeout_ms: AtomicU64,
 }
 
 impl Core {
@@ -140,6 +148,7 @@ impl Core {
             permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
+            consumer_timeout_ms: AtomicU64::new(timeout_ms(Some(DEFAULT_CONSUMER_TIMEOUT))),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let weak: Weak<Core> = Arc::downgrade(&core);
@@ -192,6 +201,22 @@ impl Core {
             && self.permissions_of(user, vhost).is_some()
     }
 
+    /// How long a delivery may stay unacknowledged before the server closes
+    /// its channel (RabbitMQ's `consumer_timeout`); `None`: forever.
+    pub fn consumer_timeout(&self) -> Option<Duration> {
+        match self.consumer_timeout_ms.load(Ordering::Relaxed) {
+            NO_CONSUMER_TIMEOUT => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Sets [`consumer_timeout`](Self::consumer_timeout) for the checks
+    /// from now on.
+    pub fn set_consumer_timeout(&self, timeout: Option<Duration>) {
+        self.consumer_timeout_ms
+            .store(timeout_ms(timeout), Ordering::Relaxed);
+    }
+
     /// Look up a vhost.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         read(&self.vhosts).get(name).cloned()
@@ -222,4 +247,13 @@ impl Core {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         Ok(CoreConnection::new(id, user, vh, permissions))
     }
+}
+
+/// A timeout in milliseconds, saturating below [`NO_CONSUMER_TIMEOUT`].
+fn timeout_ms(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(NO_CONSUMER_TIMEOUT, |t| {
+        u64::try_from(t.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(NO_CONSUMER_TIMEOUT - 1)
+    })
 }

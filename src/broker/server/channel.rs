@@ -79,6 +79,32 @@ impl ServerChannel {
         );
     }
 
+    /// Closes the channel with 406, as RabbitMQ's `consumer_timeout` does,
+    /// when its oldest delivery has waited for an ack longer than `timeout`;
+    /// closing requeues its unacknowledged deliveries.
+    pub(crate) fn check_consumer_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+        now: std::time::Instant,
+        out: &mpsc::UnboundedSender<Outgoing>,
+    ) {
+        if self.closing
+            || self
+                .core
+                .oldest_unacked_age(now)
+                .is_none_or(|age| age <= timeout)
+        {
+            return;
+        }
+        let e = AmqpError::precondition(format!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. This \
+             timeout value can be configured, see consumers doc guide to learn more",
+            self.id,
+            timeout.as_millis()
+        ));
+        self.fail(out, &e);
+    }
+
     /// A content header frame arrived for this channel.
     pub(crate) fn on_header(
         &mut self,

@@ -39,6 +39,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// close-ok: a client whose threads close it at once sends several, and
 /// hanging up after the first leaves the others an EOF instead.
 const CLOSED_LINGER: Duration = Duration::from_secs(30);
+/// How often unacknowledged deliveries are checked against the consumer
+/// timeout (RabbitMQ checks on its channel tick).
+const CONSUMER_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 
 /// A frame cut from the input: parsed, or a raw body frame (payload kept as is).
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
@@ -235,6 +238,8 @@ impl Conn {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let mut shutdown_seen = false;
+        let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
+        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             loop {
                 match self.next_frame(&mut buf) {
@@ -306,7 +311,22 @@ impl Conn {
                         shutdown_seen = true;
                     }
                 }
+                _ = ack_check.tick(), if self.phase == Phase::Running && !self.channels.is_empty() => {
+                    self.check_consumer_timeout();
+                }
             }
+        }
+    }
+
+    /// Closes each channel whose oldest delivery has waited for its ack
+    /// longer than the consumer timeout.
+    fn check_consumer_timeout(&mut self) {
+        let Some(timeout) = self.core.consumer_timeout() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for c in self.channels.values_mut() {
+            c.check_consumer_timeout(timeout, now, &self.out);
         }
     }
 
