@@ -1,8 +1,11 @@
 //! `warren broker`: the embedded broker as a standalone AMQP server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use warren::broker::core::PasswordHash;
 
 /// `warren broker` options.
 #[derive(Args)]
@@ -10,16 +13,46 @@ pub struct BrokerArgs {
     /// Address to listen on (repeatable, e.g. also `[::1]:5672`).
     #[arg(long, default_value = "127.0.0.1:5672")]
     listen: Vec<SocketAddr>,
-    /// A user as `name:password` (repeatable; default guest:guest).
-    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    /// A user as `name:password` (repeatable; default guest:guest). Other
+    /// processes see command lines: prefer `--users-file` or the variable.
+    #[arg(
+        long = "user",
+        value_name = "NAME:PASSWORD",
+        env = "WARREN_BROKER_USER",
+        hide_env_values = true
+    )]
     users: Vec<String>,
+    /// A file of users, one `name:password` a line (blank lines and `#`
+    /// comments skipped).
+    #[arg(long, value_name = "PATH")]
+    users_file: Option<PathBuf>,
+    /// A user by its password hash, `name:hash` (repeatable), in RabbitMQ's
+    /// SHA-256 scheme: the `password_hash` of `rabbitmqctl export_definitions`.
+    #[arg(long = "user-hash", value_name = "NAME:HASH")]
+    user_hashes: Vec<String>,
     /// An extra virtual host (repeatable; `/` always exists).
     #[arg(long = "vhost")]
     vhosts: Vec<String>,
-    /// Limits a user on a vhost to names matching the configure, write and
+    /// Lets a user use a vhost, on names matching the configure, write and
     /// read regular expressions (repeatable), as RabbitMQ's set_permissions.
+    /// Users other than the default guest may use nothing without one.
     #[arg(long = "permission", num_args = 5, value_names = ["USER", "VHOST", "CONFIGURE", "WRITE", "READ"])]
     permissions: Vec<String>,
+    /// Close a channel whose delivery stays unacknowledged longer than this
+    /// many milliseconds (RabbitMQ's consumer_timeout; 0: never).
+    #[arg(long, value_name = "MS", default_value_t = 1_800_000)]
+    consumer_timeout: u64,
+}
+
+/// `name:secret` split at the first colon (names have none, secrets may).
+fn name_and_secret<'a>(
+    flag: &str,
+    entry: &'a str,
+) -> Result<(&'a str, &'a str), Box<dyn std::error::Error>> {
+    entry
+        .split_once(':')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("{flag}: expected NAME:SECRET").into())
 }
 
 pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,10 +61,26 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.listen(addr);
     }
     for user in &args.users {
-        let (name, password) = user
-            .split_once(':')
-            .ok_or_else(|| format!("--user {user:?}: expected NAME:PASSWORD"))?;
+        let (name, password) = name_and_secret("--user", user)?;
         builder = builder.user(name, password);
+    }
+    if let Some(path) = &args.users_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--users-file {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let where_ = format!("--users-file {} line {}", path.display(), n + 1);
+            let (name, password) = name_and_secret(&where_, line)?;
+            builder = builder.user(name, password);
+        }
+    }
+    for entry in &args.user_hashes {
+        let (name, hash) = name_and_secret("--user-hash", entry)?;
+        let hash = PasswordHash::parse(hash).map_err(|e| format!("--user-hash {name}: {e}"))?;
+        builder = builder.user_with_password_hash(name, hash);
     }
     for vhost in &args.vhosts {
         builder = builder.vhost(vhost);
@@ -41,12 +90,34 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
             builder = builder.permission(user, vhost, configure, write, read);
         }
     }
+    builder = builder.consumer_timeout(match args.consumer_timeout {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    });
     let broker = builder.start().await?;
     for addr in broker.local_addrs() {
         tracing::info!(%addr, "warren broker listening");
     }
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("shutting down");
+    let signal = stop_signal().await?;
+    tracing::info!(signal, "shutting down");
     broker.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and
+/// container runtimes send) and names the one that came.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
 }
