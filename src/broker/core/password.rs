@@ -42,13 +42,11 @@ fn digest(salt: &[u8; SALT_LEN], password: &str) -> [u8; DIGEST_LEN] {
 impl PasswordHash {
     /// Hashes `password` with a fresh random salt.
     pub fn new(password: &str) -> Self {
-        let mut salt = [0u8; SALT_LEN];
-        if getrandom::fill(&mut salt).is_err() {
-            // No OS randomness: fall back to uuid's generator rather than
-            // refusing to start; the salt only has to differ between users.
-            let id = uuid::Uuid::new_v4();
-            salt.copy_from_slice(id.as_bytes().get(..SALT_LEN).unwrap_or(&[0; SALT_LEN]));
-        }
+        // A v4 uuid is 122 bits from the OS generator (uuid already draws
+        // them for reply queues): its first 4 bytes are a random salt.
+        let id = uuid::Uuid::new_v4();
+        let [a, b, c, d, ..] = *id.as_bytes();
+        let salt = [a, b, c, d];
         Self::with_salt(salt, password)
     }
 
