@@ -20,6 +20,7 @@ use super::consumer::Consumer;
 use super::error::AmqpError;
 use super::exchange::Destination;
 use super::lock;
+use super::memory::Charge;
 use super::message::{Message, QueuedMessage};
 use super::permission::Access;
 use super::queue::{DeadReason, Queue};
@@ -81,9 +82,27 @@ pub enum ChannelEvent {
 }
 
 /// Receiver of a channel's [`ChannelEvent`]s. Must not block.
+///
+/// Called with queue and channel locks held: an implementation may take
+/// only leaf locks of its own, and never wait.
 pub trait ChannelSink: Send + Sync + 'static {
     /// Hand over one event.
     fn send(&self, event: ChannelEvent);
+
+    /// Whether a queue may hand this sink one more delivery now. A sink
+    /// that says no keeps the message in its queue (the consumer is skipped)
+    /// and must have the connection's consumers offered messages again once
+    /// it has room (see [`super::CoreConnection::resumer`]).
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// Whether a direct reply-to delivery (which has no queue to wait in)
+    /// may still be handed over; when not, the reply is dropped as
+    /// unroutable.
+    fn accepts_reply(&self) -> bool {
+        true
+    }
 }
 
 impl ChannelSink for mpsc::UnboundedSender<ChannelEvent> {
@@ -143,6 +162,9 @@ struct TxPublish {
     mandatory: bool,
     properties: BasicProperties,
     body: Bytes,
+    /// Buffered publishes count on the memory gauge like queued messages:
+    /// a transaction that grows past the watermark blocks its publisher.
+    _charge: Charge,
 }
 
 enum TxAck {
@@ -154,7 +176,15 @@ enum TxAck {
 struct Tx {
     publishes: Vec<TxPublish>,
     acks: Vec<TxAck>,
+    /// Memory held by `publishes` (their charges' total).
+    bytes: usize,
 }
+
+/// The most a transaction may buffer before `tx.commit` (twice the largest
+/// message). Past it the publish fails with 406 and the channel closes,
+/// dropping the buffer: one client's open transaction cannot hold the
+/// memory alarm on (and with it every publisher) indefinitely.
+pub const MAX_TX_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 struct ChState {
@@ -215,6 +245,11 @@ impl ChannelShared {
         !self.closed.load(Ordering::Acquire)
     }
 
+    /// The sink takes one more delivery now (its writer is not backed up).
+    pub(crate) fn sink_has_room(&self) -> bool {
+        self.sink.has_room()
+    }
+
     /// Channel-wide (global QoS) window not exhausted.
     pub(crate) fn global_capacity(&self) -> bool {
         let g = self.global_prefetch.load(Ordering::Acquire);
@@ -266,6 +301,9 @@ impl ChannelShared {
         let Some((tag, _)) = st.reply.as_ref() else {
             return false;
         };
+        if !self.sink.accepts_reply() {
+            return false;
+        }
         st.next_tag += 1;
         self.sink.send(ChannelEvent::Deliver(Delivery {
             consumer_tag: tag.clone(),
@@ -306,7 +344,7 @@ impl ChannelShared {
     }
 
     /// Let queues push more to this channel's consumers after capacity was freed.
-    fn redispatch(&self, force: bool) {
+    pub(crate) fn redispatch(&self, force: bool) {
         let global = self.global_prefetch.load(Ordering::Acquire) != 0;
         let queues: Vec<Arc<Queue>> = {
             let st = self.st();
@@ -924,12 +962,22 @@ impl CoreChannel {
         {
             let mut st = sh.st();
             if let Some(tx) = st.tx.as_mut() {
+                let names = exchange.as_str().len() + routing_key.as_str().len();
+                let size = super::message::footprint(body.len(), names, &properties);
+                if tx.bytes.saturating_add(size) > MAX_TX_BYTES {
+                    return Err(err(AmqpError::precondition(format!(
+                        "transaction buffer would exceed {MAX_TX_BYTES} bytes; commit sooner"
+                    ))));
+                }
+                tx.bytes += size;
+                let charge = sh.conn.memory.charge(size);
                 tx.publishes.push(TxPublish {
                     exchange,
                     routing_key,
                     mandatory,
                     properties,
                     body,
+                    _charge: charge,
                 });
                 return Ok(PublishOutcome {
                     buffered: true,
@@ -951,7 +999,9 @@ impl CoreChannel {
     ) -> Result<PublishOutcome, AmqpError> {
         let sh = &self.shared;
         let vhost = &sh.conn.vhost;
-        let msg = Arc::new(Message::new(exchange, routing_key, properties, body));
+        let msg = Arc::new(
+            Message::new(exchange, routing_key, properties, body).charged(&sh.conn.memory),
+        );
         msg.expiration_ms().map_err(AmqpError::precondition)?;
         let ex = msg.exchange.as_str();
         let rk = msg.routing_key.as_str();

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::channel::{ChannelEvent, ChannelShared, ChannelSink, CoreChannel};
 use super::lock;
+use super::memory::MemoryMonitor;
 use super::vhost::VHost;
 
 pub(crate) struct ConnShared {
@@ -19,6 +20,8 @@ pub(crate) struct ConnShared {
     pub(crate) user: String,
     pub(crate) vhost: Arc<VHost>,
     pub(crate) permissions: Arc<super::permission::Permissions>,
+    /// The core's memory gauge, charged for what this connection publishes.
+    pub(crate) memory: Arc<MemoryMonitor>,
     channels: Mutex<HashMap<u64, Weak<ChannelShared>>>,
     next_channel: AtomicU64,
     closed: AtomicBool,
@@ -27,6 +30,17 @@ pub(crate) struct ConnShared {
 impl ConnShared {
     pub(crate) fn forget_channel(&self, id: u64) {
         lock(&self.channels).remove(&id);
+    }
+
+    /// Offers queued messages to every consumer of this connection again.
+    fn redispatch(&self) {
+        let chans: Vec<Arc<ChannelShared>> = lock(&self.channels)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for c in chans {
+            c.redispatch(true);
+        }
     }
 }
 
@@ -51,6 +65,7 @@ impl CoreConnection {
         user: &str,
         vhost: Arc<VHost>,
         permissions: Arc<super::permission::Permissions>,
+        memory: Arc<MemoryMonitor>,
     ) -> Self {
         Self {
             shared: Arc::new(ConnShared {
@@ -58,6 +73,7 @@ impl CoreConnection {
                 user: user.to_string(),
                 vhost,
                 permissions,
+                memory,
                 channels: Mutex::new(HashMap::new()),
                 next_channel: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
@@ -75,9 +91,28 @@ impl CoreConnection {
         &self.shared.user
     }
 
+    /// The core's memory gauge: above its watermark, publishers are to wait
+    /// (see [`MemoryMonitor::wait_clear`]).
+    pub fn memory(&self) -> &Arc<MemoryMonitor> {
+        &self.shared.memory
+    }
+
     /// The vhost this connection is bound to.
     pub fn vhost(&self) -> &Arc<VHost> {
         &self.shared.vhost
+    }
+
+    /// A function that offers queued messages to this connection's consumers
+    /// again, for a sink that refused deliveries ([`ChannelSink::has_room`])
+    /// to call once it has room. It holds the connection weakly, and must be
+    /// called with no lock held (it takes queue and channel locks).
+    pub fn resumer(&self) -> Box<dyn Fn() + Send + Sync> {
+        let weak = Arc::downgrade(&self.shared);
+        Box::new(move || {
+            if let Some(conn) = weak.upgrade() {
+                conn.redispatch();
+            }
+        })
     }
 
     /// Open a channel whose events go to `sink`.

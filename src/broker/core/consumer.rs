@@ -1,7 +1,8 @@
 //! Consumers: a subscription of one channel to one queue.
 //!
 //! A consumer carries its own prefetch window (per-consumer QoS); the queue checks
-//! [`Consumer::has_capacity`] before pushing a delivery to it.
+//! [`Consumer::has_capacity`] (prefetch, then room in the connection's writer)
+//! before pushing a delivery to it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -36,12 +37,18 @@ impl Consumer {
         if !self.channel.can_deliver() {
             return false;
         }
-        if self.no_ack {
-            return true;
+        if !self.no_ack {
+            if self.prefetch != 0 && self.unacked.load(Ordering::Acquire) >= self.prefetch {
+                return false;
+            }
+            if !self.channel.global_capacity() {
+                return false;
+            }
         }
-        if self.prefetch != 0 && self.unacked.load(Ordering::Acquire) >= self.prefetch {
-            return false;
-        }
-        self.channel.global_capacity()
+        // Last: a full sink remembers it refused (to resume this consumer
+        // later), which is worth doing only when nothing else stops it.
+        // No-ack consumers are bounded here alone: their backlog stays
+        // queued, where the memory alarm sees it.
+        self.channel.sink_has_room()
     }
 }

@@ -10,6 +10,8 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 
+use super::memory::{Charge, MemoryMonitor};
+
 /// A published message: where it was published to, its properties and body.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -21,6 +23,9 @@ pub struct Message {
     pub properties: BasicProperties,
     /// Message body (cheap to clone).
     pub body: Bytes,
+    /// Its bytes on the broker's memory gauge while the message lives
+    /// (in queues, unacked, in writer queues), see [`Self::charged`].
+    charge: Charge,
 }
 
 impl Message {
@@ -36,7 +41,24 @@ impl Message {
             routing_key,
             properties,
             body,
+            charge: Charge::none(),
         }
+    }
+
+    /// The message, counted on `monitor` until it is dropped.
+    pub fn charged(mut self, monitor: &Arc<MemoryMonitor>) -> Self {
+        self.charge = monitor.charge(self.footprint());
+        self
+    }
+
+    /// An estimate of the memory the message holds: its body, names and
+    /// properties, and a fixed overhead for the structures around it.
+    pub fn footprint(&self) -> usize {
+        footprint(
+            self.body.len(),
+            self.exchange.as_str().len() + self.routing_key.as_str().len(),
+            &self.properties,
+        )
     }
 
     /// The `expiration` property parsed as milliseconds, if present.
@@ -51,6 +73,21 @@ impl Message {
                 .map_err(|why| format!("invalid expiration '{s}': {why}")),
         }
     }
+}
+
+/// Per-message overhead counted besides body and names: the `Arc`ed
+/// message, its property struct, queue entry and delivery record.
+pub const MESSAGE_OVERHEAD: usize = 256;
+
+/// [`Message::footprint`] before the message exists: `names` is the length
+/// of exchange and routing key. Each header counts 64 bytes (an estimate:
+/// the table is not walked on every publish).
+pub fn footprint(body: usize, names: usize, properties: &BasicProperties) -> usize {
+    let headers = properties.headers().as_ref().map_or(0, |h| h.inner().len());
+    MESSAGE_OVERHEAD
+        .saturating_add(body)
+        .saturating_add(names)
+        .saturating_add(headers.saturating_mul(64))
 }
 
 /// The longest TTL or expiry RabbitMQ accepts, in ms (ten years).

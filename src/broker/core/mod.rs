@@ -8,6 +8,7 @@ pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod exchange;
+pub mod memory;
 pub mod message;
 pub mod password;
 pub mod permission;
@@ -27,6 +28,7 @@ pub use channel::{
 };
 pub use connection::CoreConnection;
 pub use error::{AmqpError, ErrorScope};
+pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
 pub use vhost::VHost;
@@ -122,12 +124,15 @@ pub struct Core {
     next_connection: AtomicU64,
     /// In milliseconds; [`NO_CONSUMER_TIMEOUT`] for none.
     consumer_timeout_ms: AtomicU64,
+    memory: Arc<MemoryMonitor>,
 }
 
 impl Core {
     /// Create a core with the given users (name, password) and extra vhosts ("/" always
-    /// exists). Starts the TTL/expiry sweeper if called inside a tokio runtime.
-    /// Users may use nothing until [`set_permissions`](Self::set_permissions).
+    /// exists), with the default memory watermark ([`MemoryWatermark::default`]).
+    /// Starts the TTL/expiry sweeper and the memory sampler if called inside a
+    /// tokio runtime. Users may use nothing until
+    /// [`set_permissions`](Self::set_permissions).
     pub fn new(users: &[(String, String)], vhosts: &[String]) -> Arc<Self> {
         let users: Vec<(String, PasswordHash)> = users
             .iter()
@@ -149,8 +154,10 @@ impl Core {
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
             consumer_timeout_ms: AtomicU64::new(timeout_ms(Some(DEFAULT_CONSUMER_TIMEOUT))),
+            memory: MemoryMonitor::new(MemoryWatermark::default().resolve()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            memory::spawn_sampler(&handle, &core.memory);
             let weak: Weak<Core> = Arc::downgrade(&core);
             handle.spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -163,6 +170,11 @@ impl Core {
             });
         }
         core
+    }
+
+    /// The memory gauge and alarm: above its watermark, publishers are blocked.
+    pub fn memory(&self) -> &Arc<MemoryMonitor> {
+        &self.memory
     }
 
     /// Run TTL expiry and `x-expires` checks now (normally done by the sweeper task).
@@ -245,7 +257,13 @@ impl Core {
                 .during(10, 40)
             })?;
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        Ok(CoreConnection::new(id, user, vh, permissions))
+        Ok(CoreConnection::new(
+            id,
+            user,
+            vh,
+            permissions,
+            self.memory.clone(),
+        ))
     }
 }
 
