@@ -2,6 +2,11 @@
 //!
 //! [`core`] holds the socket-free broker model (usable in-process); [`server`] speaks
 //! AMQP 0-9-1 over TCP on top of it. [`Broker::builder`] starts both.
+//!
+//! Core state sits behind std locks that are never held across an `.await`
+//! (the lint below keeps it so): a task waiting while holding one would stall
+//! every connection touching that queue or channel.
+#![deny(clippy::await_holding_lock)]
 
 pub mod core;
 pub mod server;
@@ -63,6 +68,7 @@ pub struct BrokerBuilder {
     vhosts: Vec<String>,
     permissions: Vec<[String; 5]>,
     consumer_timeout: ConsumerTimeout,
+    memory_high_watermark: Option<core::MemoryWatermark>,
 }
 
 /// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
@@ -150,6 +156,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Blocks publishers while the broker's memory is at or above this
+    /// watermark (RabbitMQ's `vm_memory_high_watermark`), until it falls
+    /// below 0.95 of it: bytes, or a fraction of the memory available (RAM,
+    /// or the cgroup's `memory.max` when lower). Defaults to 0.4 of it, as
+    /// RabbitMQ 3.x; `Bytes(0)` blocks every publisher.
+    ///
+    /// The broker's memory is its process's resident memory, sampled each
+    /// second, plus what messages added since: in `embedded://` mode that
+    /// includes the application around it.
+    pub fn memory_high_watermark(mut self, watermark: core::MemoryWatermark) -> Self {
+        self.memory_high_watermark = Some(watermark);
+        self
+    }
+
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
         if self.users.is_empty() {
@@ -170,6 +190,9 @@ impl BrokerBuilder {
             ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
             ConsumerTimeout::Set(t) => t,
         });
+        if let Some(w) = self.memory_high_watermark {
+            core.memory().set_watermark(w.resolve());
+        }
         for [user, vhost, configure, write, read] in self.permissions {
             match core::permission::Permissions::new(&configure, &write, &read) {
                 Ok(p) => core.set_permissions(&user, &vhost, p),

@@ -122,6 +122,9 @@ impl Transport for LocalTransport {
     }
 
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
+        // Like a TCP publisher, an in-process one waits while the broker's
+        // memory alarm is on.
+        self.connection.memory().wait_clear().await;
         let properties = message.properties.to_amqp()?;
         let outcome = self
             .publisher()

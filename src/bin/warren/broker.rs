@@ -42,6 +42,12 @@ pub struct BrokerArgs {
     /// many milliseconds (RabbitMQ's consumer_timeout; 0: never).
     #[arg(long, value_name = "MS", default_value_t = 1_800_000)]
     consumer_timeout: u64,
+    /// Block publishers while the broker's memory is above SIZE: bytes
+    /// with a unit (`512MiB`, `2GB`) or a fraction of the memory available
+    /// (`0.4`, RabbitMQ 3.x's default; RAM or the cgroup limit). `0` blocks
+    /// every publisher.
+    #[arg(long, value_name = "SIZE", default_value = "0.4")]
+    memory_high_watermark: warren::broker::core::MemoryWatermark,
 }
 
 /// `name:secret` split at the first colon (names have none, secrets may).
@@ -94,7 +100,12 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
         0 => None,
         ms => Some(Duration::from_millis(ms)),
     });
+    builder = builder.memory_high_watermark(args.memory_high_watermark);
     let broker = builder.start().await?;
+    tracing::info!(
+        bytes = broker.core().memory().watermark(),
+        "memory high watermark"
+    );
     for addr in broker.local_addrs() {
         tracing::info!(%addr, "warren broker listening");
     }

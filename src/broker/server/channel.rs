@@ -8,11 +8,11 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use crate::broker::core::error::codes;
 use crate::broker::core::{AmqpError, CoreChannel};
 
+use super::outbound::Outbound;
 use super::writer::Outgoing;
 
 /// Largest message body accepted (RabbitMQ's default `max_message_size`).
@@ -57,14 +57,14 @@ impl ServerChannel {
         }
     }
 
-    fn reply(&self, out: &mpsc::UnboundedSender<Outgoing>, m: AMQPClass) {
+    fn reply(&self, out: &Outbound, m: AMQPClass) {
         let _ = out.send(Outgoing::Frame(Box::new(
             amq_protocol::frame::AMQPFrame::Method(self.id, m),
         )));
     }
 
     /// Server-initiated close after a soft error.
-    pub(crate) fn fail(&mut self, out: &mpsc::UnboundedSender<Outgoing>, e: &AmqpError) {
+    pub(crate) fn fail(&mut self, out: &Outbound, e: &AmqpError) {
         self.core.close();
         self.pending = None;
         self.closing = true;
@@ -86,7 +86,7 @@ impl ServerChannel {
         &mut self,
         timeout: std::time::Duration,
         now: std::time::Instant,
-        out: &mpsc::UnboundedSender<Outgoing>,
+        out: &Outbound,
     ) {
         if self.closing
             || self
@@ -111,7 +111,7 @@ impl ServerChannel {
         class_id: u16,
         body_size: u64,
         properties: BasicProperties,
-        out: &mpsc::UnboundedSender<Outgoing>,
+        out: &Outbound,
     ) -> Result<After, AmqpError> {
         if self.closing {
             return Ok(After::Nothing);
@@ -147,11 +147,7 @@ impl ServerChannel {
     }
 
     /// A content body frame arrived for this channel.
-    pub(crate) fn on_body(
-        &mut self,
-        data: &[u8],
-        out: &mpsc::UnboundedSender<Outgoing>,
-    ) -> Result<After, AmqpError> {
+    pub(crate) fn on_body(&mut self, data: &[u8], out: &Outbound) -> Result<After, AmqpError> {
         if self.closing {
             return Ok(After::Nothing);
         }
@@ -182,7 +178,7 @@ impl ServerChannel {
         Ok(After::Nothing)
     }
 
-    fn complete(&mut self, out: &mpsc::UnboundedSender<Outgoing>) -> Result<After, AmqpError> {
+    fn complete(&mut self, out: &Outbound) -> Result<After, AmqpError> {
         let Some(p) = self.pending.take() else {
             return Ok(After::Nothing);
         };
@@ -199,11 +195,7 @@ impl ServerChannel {
         }
     }
 
-    fn soft_or_hard(
-        &mut self,
-        e: AmqpError,
-        out: &mpsc::UnboundedSender<Outgoing>,
-    ) -> Result<After, AmqpError> {
+    fn soft_or_hard(&mut self, e: AmqpError, out: &Outbound) -> Result<After, AmqpError> {
         match e.scope {
             crate::broker::core::ErrorScope::Channel => {
                 self.fail(out, &e);
@@ -214,11 +206,7 @@ impl ServerChannel {
     }
 
     /// A method frame arrived for this channel.
-    pub(crate) fn on_method(
-        &mut self,
-        m: AMQPClass,
-        out: &mpsc::UnboundedSender<Outgoing>,
-    ) -> Result<After, AmqpError> {
+    pub(crate) fn on_method(&mut self, m: AMQPClass, out: &Outbound) -> Result<After, AmqpError> {
         if self.closing {
             // As RabbitMQ: until the client's close-ok, a close it sent
             // meanwhile (its close crossed ours) gets a close-ok and the
@@ -248,11 +236,7 @@ impl ServerChannel {
         }
     }
 
-    fn dispatch(
-        &mut self,
-        m: AMQPClass,
-        out: &mpsc::UnboundedSender<Outgoing>,
-    ) -> Result<After, AmqpError> {
+    fn dispatch(&mut self, m: AMQPClass, out: &Outbound) -> Result<After, AmqpError> {
         let ch = &self.core;
         match m {
             AMQPClass::Channel(cm) => match cm {

@@ -10,17 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::frame::{parse_frame, AMQPFrame};
-use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::core::error::codes;
 use crate::broker::core::{AmqpError, Core, CoreConnection};
 
 use super::channel::{After, ServerChannel};
+use super::flow::Flow;
+use super::outbound::Outbound;
 use super::writer::{self, short, Outgoing, ServerSink};
 use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 
@@ -50,6 +52,21 @@ enum Incoming {
     Body(u16, BytesMut),
 }
 
+impl Incoming {
+    /// Part of a publish: what blocks a connection while memory is short.
+    fn is_publish(&self) -> bool {
+        matches!(
+            self,
+            Incoming::Body(..)
+                | Incoming::Frame(AMQPFrame::Header(..))
+                | Incoming::Frame(AMQPFrame::Method(
+                    _,
+                    AMQPClass::Basic(basic::AMQPMethod::Publish(_))
+                ))
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     StartOk,
@@ -67,7 +84,9 @@ enum Phase {
 struct Conn {
     core: Arc<Core>,
     peer: Option<IpAddr>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: Arc<Outbound>,
+    /// Blocked while the memory alarm is on (see `flow`).
+    flow: Flow,
     phase: Phase,
     user: Option<String>,
     frame_max: u32,
@@ -118,13 +137,15 @@ pub(crate) async fn serve<S>(
     }
     buf.advance(8);
 
-    let (tx, rx) = mpsc::unbounded_channel();
+    let out = Arc::new(Outbound::new());
     let cancel_notify = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(writer::run(wr, rx, cancel_notify.clone()));
+    let writer = tokio::spawn(writer::run(wr, out.clone(), cancel_notify.clone()));
+    let flow = Flow::new(core.memory().clone());
     let mut c = Conn {
         core,
         peer,
-        out: tx,
+        out,
+        flow,
         phase: Phase::StartOk,
         user: None,
         frame_max: FRAME_MAX,
@@ -231,6 +252,12 @@ impl Conn {
         self.channels.clear();
     }
 
+    /// Whether the reader must stop reading: blocked by the memory alarm,
+    /// or replies piling up unread. Not once closing: close-ok must be read.
+    fn paused(&self) -> bool {
+        self.phase == Phase::Running && (self.flow.is_blocked() || self.out.control_full())
+    }
+
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         rd: &mut R,
@@ -241,9 +268,12 @@ impl Conn {
         let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            loop {
+            // Frames already read are handled until the connection pauses;
+            // the rest wait in `buf` (at most one read's worth).
+            while !self.paused() {
                 match self.next_frame(&mut buf) {
                     Ok(Some(incoming)) => {
+                        let publishing = incoming.is_publish();
                         let r = match incoming {
                             Incoming::Frame(f) => self.handle(f),
                             Incoming::Body(ch, raw) => {
@@ -253,6 +283,11 @@ impl Conn {
                         };
                         if let Err(e) = r {
                             self.close_with(&e);
+                        }
+                        if self.phase == Phase::Running {
+                            if let Some(blocked) = self.flow.after_frame(publishing) {
+                                let _ = self.out.send(Outgoing::Frame(Box::new(blocked)));
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -268,7 +303,7 @@ impl Conn {
                     return;
                 }
             }
-            if self.phase == Phase::Done {
+            if self.phase == Phase::Done || self.out.is_closed() {
                 return;
             }
             if !shutdown_seen && *shutdown.borrow() {
@@ -280,6 +315,26 @@ impl Conn {
                     codes::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
                 ));
+            }
+            if self.paused() {
+                // Not reading: no heartbeat can come through, so none is
+                // expected; a dead peer shows as the writer failing.
+                let out = self.out.clone();
+                tokio::select! {
+                    unblocked = self.flow.unblocked(), if self.flow.is_blocked() => {
+                        if let Some(f) = unblocked {
+                            let _ = self.out.send(Outgoing::Frame(Box::new(f)));
+                        }
+                    }
+                    () = out.control_room(), if !self.flow.is_blocked() => {}
+                    () = out.closed() => return,
+                    changed = shutdown.changed(), if !shutdown_seen => {
+                        if changed.is_err() {
+                            shutdown_seen = true;
+                        }
+                    }
+                }
+                continue;
             }
             let mut deadline = self.close_deadline;
             if self.heartbeat > 0 && matches!(self.phase, Phase::Running) {
@@ -295,6 +350,7 @@ impl Conn {
                     None => Ok(rd.read_buf(&mut buf).await),
                 }
             };
+            let out = self.out.clone();
             tokio::select! {
                 r = read => match r {
                     Ok(Ok(0)) | Ok(Err(_)) => return,
@@ -306,6 +362,7 @@ impl Conn {
                         return;
                     }
                 },
+                () = out.closed() => return,
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() {
                         shutdown_seen = true;
@@ -560,6 +617,8 @@ impl Conn {
                     .core
                     .open_connection(o.virtual_host.as_str(), &user)
                     .map_err(|e| e.during(10, 40))?;
+                // Consumers refused for a full writer queue resume from it.
+                self.out.set_resumer(conn.resumer());
                 self.conn = Some(conn);
                 self.phase = Phase::Running;
                 self.close_deadline = None;
@@ -620,11 +679,10 @@ impl Conn {
 
     fn on_start_ok(&mut self, s: connection::StartOk) -> Result<(), AmqpError> {
         if let Some(AMQPValue::FieldTable(caps)) = s.client_properties.inner().get("capabilities") {
-            let on = matches!(
-                caps.inner().get("consumer_cancel_notify"),
-                Some(AMQPValue::Boolean(true))
-            );
-            self.cancel_notify.store(on, Ordering::Relaxed);
+            let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
+            self.cancel_notify
+                .store(on("consumer_cancel_notify"), Ordering::Relaxed);
+            self.flow.set_capable(on("connection.blocked"));
         }
         let mech = s.mechanism.as_str();
         let creds = match mech {

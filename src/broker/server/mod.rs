@@ -1,11 +1,14 @@
 //! The AMQP 0-9-1 TCP server: a thin translator between frames and core calls.
 //!
 //! `listener` accepts sockets, `connection` runs the handshake and reads frames,
-//! `channel` maps channel methods to core calls and `writer` encodes output.
+//! `channel` maps channel methods to core calls, `writer` encodes output from the
+//! bounded `outbound` queue, and `flow` blocks publishers while memory is short.
 
 pub(crate) mod channel;
 pub(crate) mod connection;
+pub(crate) mod flow;
 pub(crate) mod listener;
+pub(crate) mod outbound;
 pub(crate) mod writer;
 
 /// Largest frame the server accepts and proposes (`connection.tune`).

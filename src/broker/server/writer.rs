@@ -1,8 +1,9 @@
 //! The per-connection writer task: encodes outgoing frames into one reusable buffer.
 //!
-//! Everything sent to a client goes through one unbounded queue of [`Outgoing`] items;
-//! the writer drains it in batches, coalesces consecutive publisher confirms into one
-//! `multiple` ack, flushes once per batch and sends heartbeats when idle.
+//! Everything sent to a client goes through the connection's bounded [`Outbound`]
+//! queue of [`Outgoing`] items; the writer drains it in batches, coalesces
+//! consecutive publisher confirms into one `multiple` ack, flushes once per batch,
+//! releases the batch's budget once written and sends heartbeats when idle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use amq_protocol::types::generation::{
 };
 use amq_protocol::types::ShortString;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::broker::core::{ChannelEvent, ChannelSink, GetOk, Message};
+
+use super::outbound::Outbound;
 
 /// One item for the writer task.
 #[derive(Debug)]
@@ -36,12 +38,20 @@ pub(crate) enum Outgoing {
 /// Sink routing a core channel's events into a connection's writer queue.
 pub(crate) struct ServerSink {
     pub(crate) channel: u16,
-    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) tx: Arc<Outbound>,
 }
 
 impl ChannelSink for ServerSink {
     fn send(&self, event: ChannelEvent) {
         let _ = self.tx.send(Outgoing::Event(self.channel, event));
+    }
+
+    fn has_room(&self) -> bool {
+        self.tx.has_delivery_room()
+    }
+
+    fn accepts_reply(&self) -> bool {
+        self.tx.accepts_reply()
     }
 }
 
@@ -265,35 +275,46 @@ impl Encoder {
     }
 }
 
-/// Writer loop: runs until [`Outgoing::Close`], a write error, or all senders dropped.
+/// Writer loop: runs until [`Outgoing::Close`] or a write error, then
+/// closes `out` (refusing further items) and the socket.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     mut sock: W,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    out: Arc<Outbound>,
     cancel_notify: Arc<std::sync::atomic::AtomicBool>,
+) {
+    write_all_items(&mut sock, &out, &cancel_notify).await;
+    out.close();
+    let _ = sock.flush().await;
+    let _ = sock.shutdown().await;
+}
+
+async fn write_all_items<W: AsyncWrite + Unpin>(
+    sock: &mut W,
+    out: &Outbound,
+    cancel_notify: &std::sync::atomic::AtomicBool,
 ) {
     let mut enc = Encoder::new(true);
     let mut batch: Vec<Outgoing> = Vec::with_capacity(256);
     let mut heartbeat: Option<Duration> = None;
     let heartbeat_frame = AMQPFrame::Heartbeat;
     loop {
-        let n = match heartbeat {
-            Some(hb) => match tokio::time::timeout(hb, rx.recv_many(&mut batch, 256)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    if !enc.frame(&heartbeat_frame) {
-                        break;
+        let taken = out.take(&mut batch, 256);
+        if batch.is_empty() {
+            match heartbeat {
+                Some(hb) => {
+                    if tokio::time::timeout(hb, out.items()).await.is_err() {
+                        if !enc.frame(&heartbeat_frame) {
+                            return;
+                        }
+                        if sock.write_all(&enc.buf).await.is_err() {
+                            return;
+                        }
+                        enc.buf.clear();
                     }
-                    if sock.write_all(&enc.buf).await.is_err() {
-                        break;
-                    }
-                    enc.buf.clear();
-                    continue;
                 }
-            },
-            None => rx.recv_many(&mut batch, 256).await,
-        };
-        if n == 0 {
-            break;
+                None => out.items().await,
+            }
+            continue;
         }
         enc.cancel_notify = cancel_notify.load(std::sync::atomic::Ordering::Relaxed);
         let mut closing = false;
@@ -303,11 +324,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             }
             match enc.encode(item) {
                 Ok(true) => {}
-                Ok(false) => {
-                    closing = true;
-                    break;
-                }
-                Err(()) => {
+                Ok(false) | Err(()) => {
                     closing = true;
                     break;
                 }
@@ -319,6 +336,8 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
                 enc.buf.clear();
             }
         }
+        // Whatever the loop stopped before is dropped with the batch.
+        batch.clear();
         if !enc.flush_confirms() {
             closing = true;
         }
@@ -331,12 +350,12 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
                 enc.buf.shrink_to(64 * 1024);
             }
         }
+        // Written (to the kernel): the budget is free again.
+        out.written(taken);
         if closing {
-            break;
+            return;
         }
     }
-    let _ = sock.flush().await;
-    let _ = sock.shutdown().await;
 }
 
 /// Build a `ShortString`, truncating to 255 bytes.
