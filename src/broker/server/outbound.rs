@@ -70,7 +70,12 @@ pub(crate) struct Outbound {
     /// A delivery was refused since the last resume.
     paused: AtomicBool,
     writer_wake: Notify,
-    reader_wake: Notify,
+    /// Wakes the reader waiting in `control_room` (its only waiter).
+    room_wake: Notify,
+    /// Wakes the reader waiting in `closed` (its only waiter; a separate
+    /// `Notify`, as one `notify_one` wakes a single waiter and the reader
+    /// may wait on both at once).
+    closed_wake: Notify,
     resume: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
@@ -106,7 +111,8 @@ impl Outbound {
             deliveries: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             writer_wake: Notify::new(),
-            reader_wake: Notify::new(),
+            room_wake: Notify::new(),
+            closed_wake: Notify::new(),
             resume: OnceLock::new(),
         }
     }
@@ -180,7 +186,7 @@ impl Outbound {
     /// Returns once replies are below [`CONTROL_BYTES`] or the writer stopped.
     pub(crate) async fn control_room(&self) {
         loop {
-            let wake = self.reader_wake.notified();
+            let wake = self.room_wake.notified();
             if !self.control_full() || self.is_closed() {
                 return;
             }
@@ -191,7 +197,7 @@ impl Outbound {
     /// Returns once the writer has stopped.
     pub(crate) async fn closed(&self) {
         loop {
-            let wake = self.reader_wake.notified();
+            let wake = self.closed_wake.notified();
             if self.is_closed() {
                 return;
             }
@@ -228,7 +234,7 @@ impl Outbound {
         if t.control > 0 {
             let before = self.control_bytes.fetch_sub(t.control, Ordering::AcqRel);
             if before >= CONTROL_BYTES && before - t.control < CONTROL_BYTES {
-                self.reader_wake.notify_one();
+                self.room_wake.notify_one();
             }
         }
         if t.deliveries == 0 {
@@ -265,7 +271,8 @@ impl Outbound {
         self.deliveries.store(0, Ordering::Release);
         // Dropped outside the lock: messages release their memory charges.
         drop(dropped);
-        self.reader_wake.notify_one();
+        self.room_wake.notify_one();
+        self.closed_wake.notify_one();
     }
 }
 
