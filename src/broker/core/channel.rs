@@ -549,6 +549,11 @@ impl CoreChannel {
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
+    /// The core's memory gauge (for what a transport buffers on the way in).
+    pub fn memory(&self) -> &Arc<super::memory::MemoryMonitor> {
+        &self.shared.conn.memory
+    }
+
     /// Whether the channel is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)

@@ -10,6 +10,7 @@ use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::core::error::codes;
+use crate::broker::core::memory::Charge;
 use crate::broker::core::{AmqpError, CoreChannel};
 
 use super::outbound::Outbound;
@@ -24,6 +25,8 @@ struct Pending {
     mandatory: bool,
     header: Option<(BasicProperties, u64)>,
     body: BytesMut,
+    /// An incomplete body's bytes on the memory gauge.
+    charge: Charge,
 }
 
 /// What the connection must do after a channel handled a frame.
@@ -174,6 +177,13 @@ impl ServerChannel {
         p.body.extend_from_slice(data);
         if p.body.len() as u64 == size {
             return self.complete(out);
+        }
+        // Only bodies spanning several frames wait here; the usual
+        // single-frame body never touches the gauge.
+        if p.charge.bytes() == 0 {
+            p.charge = self.core.memory().charge(p.body.len());
+        } else {
+            p.charge.grow(data.len());
         }
         Ok(After::Nothing)
     }
@@ -439,6 +449,7 @@ impl ServerChannel {
                         mandatory: p.mandatory,
                         header: None,
                         body: BytesMut::new(),
+                        charge: Charge::none(),
                     });
                 }
                 basic::AMQPMethod::Get(g) => match ch.basic_get(g.queue.as_str(), g.no_ack)? {
