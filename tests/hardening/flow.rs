@@ -839,3 +839,96 @@ async fn queued_messages_and_transaction_buffers_count_on_the_gauge() {
     ch.tx_rollback().expect("tx.rollback");
     assert_eq!(memory.tracked(), before, "released on rollback");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_body_counts_on_the_gauge_until_its_channel_goes() {
+    let broker = Broker::builder()
+        .listen(([127, 0, 0, 1], 0).into())
+        .start()
+        .await
+        .expect("broker starts");
+    let memory = broker.core().memory().clone();
+    let before = memory.tracked();
+    let mut peer = RawPeer::open(broker.local_addrs()[0].port(), false, None).await;
+    let mut frames = encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "nowhere".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    ));
+    frames.extend(encode(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 1 << 20,
+            properties: basic::AMQPProperties::default(),
+        },
+    )));
+    frames.extend(encode(&AMQPFrame::Body(1, vec![7u8; 100_000])));
+    peer.sock.write_all(&frames).await.expect("write");
+    until(
+        "the partial body is counted",
+        Duration::from_secs(30),
+        || memory.tracked() >= before + 100_000,
+    )
+    .await;
+    drop(peer);
+    until(
+        "released with the connection",
+        Duration::from_secs(30),
+        || memory.tracked() == before,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_over_the_control_budget_pause_reading_only_until_written() {
+    // Each basic.get-ok below is over the 1 MiB a connection's replies may
+    // take before its reader waits for the writer: the reader must resume
+    // every time (a lost wake-up hangs the connection).
+    let broker = Broker::builder()
+        .listen(([127, 0, 0, 1], 0).into())
+        .start()
+        .await
+        .expect("broker starts");
+    let conn = connect(&broker.url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare(&ch, "big").await;
+    let big = vec![5u8; 3 << 19];
+    for _ in 0..20 {
+        ch.basic_publish(
+            "".into(),
+            "big".into(),
+            BasicPublishOptions::default(),
+            &big,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("basic.publish");
+    }
+    for i in 0..20 {
+        let got = timeout(Duration::from_secs(30), async {
+            loop {
+                let m = ch
+                    .basic_get(
+                        "big".into(),
+                        lapin::options::BasicGetOptions { no_ack: true },
+                    )
+                    .await
+                    .expect("basic.get");
+                if let Some(m) = m {
+                    break m;
+                }
+            }
+        })
+        .await
+        .expect("hang guard: basic.get-ok");
+        assert_eq!(got.delivery.data.len(), big.len());
+        timeout(Duration::from_secs(30), declare(&ch, "big"))
+            .await
+            .unwrap_or_else(|_| panic!("hang guard: queue.declare after get {i}"));
+    }
+}
