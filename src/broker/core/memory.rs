@@ -9,12 +9,20 @@
 //!   a second by [`spawn_sampler`], which sees everything else (buffers,
 //!   fragmentation, the application around an embedded broker).
 //!
-//! Between two samples the estimate is the last sample plus what `tracked`
-//! grew by since, and never less than `tracked` itself. The alarm goes on
-//! when the estimate reaches the watermark W and clears only below
-//! [`CLEAR_RATIO`]·W: without that gap, a broker hovering at W would block
-//! and unblock its publishers on every message (RabbitMQ has no gap, but
-//! samples only once a second, which hides the flapping).
+//! The estimate is `tracked` now plus the *untracked* memory of the last
+//! sample (resident memory minus `tracked` then), so growth between samples
+//! counts at once. The untracked part counts for at most
+//! [`UNTRACKED_SHARE`] of the watermark: allocators keep freed pages
+//! (mimalloc keeps them until its threads run again, and blocked publishers
+//! leave them idle), so resident memory can stay up after every queue has
+//! drained. Blocking publishers only helps when messages are what fills
+//! memory; counted in full, kept pages would hold the alarm on with nothing
+//! left to drain, and block publishers for good.
+//!
+//! The alarm goes on when the estimate reaches the watermark W and clears
+//! only below [`CLEAR_RATIO`]·W: without that gap, a broker hovering at W
+//! would block and unblock its publishers on every message (RabbitMQ has no
+//! gap, but samples only once a second, which hides the flapping).
 //!
 //! Publishers wait on the alarm: the TCP server stops reading their sockets
 //! (`server::flow`), the in-process transport awaits [`MemoryMonitor::wait_clear`].
@@ -31,6 +39,10 @@ pub const CLEAR_RATIO: f64 = 0.95;
 
 /// RabbitMQ 3.x's default watermark: 0.4 of the memory available.
 pub const DEFAULT_WATERMARK_FRACTION: f64 = 0.4;
+
+/// The most of the watermark that memory not held by messages may take
+/// in the estimate (see the module documentation).
+pub const UNTRACKED_SHARE: f64 = 0.5;
 
 /// How often resident memory is sampled (RabbitMQ's interval).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -127,10 +139,10 @@ impl std::str::FromStr for MemoryWatermark {
 pub struct MemoryMonitor {
     watermark: AtomicUsize,
     tracked: AtomicUsize,
-    /// Resident memory at the last sample (0 before the first).
+    /// Resident memory at the last sample (0 before the first), for logs.
     sampled: AtomicUsize,
-    /// `tracked` when that sample was taken.
-    tracked_at_sample: AtomicUsize,
+    /// Resident memory minus `tracked` at the last sample.
+    untracked: AtomicUsize,
     /// The alarm, read on every publish (the watch below is for waiters).
     on: AtomicBool,
     alarm: watch::Sender<bool>,
@@ -143,7 +155,7 @@ impl MemoryMonitor {
             watermark: AtomicUsize::new(watermark),
             tracked: AtomicUsize::new(0),
             sampled: AtomicUsize::new(0),
-            tracked_at_sample: AtomicUsize::new(0),
+            untracked: AtomicUsize::new(0),
             on: AtomicBool::new(false),
             alarm: watch::Sender::new(false),
         });
@@ -218,16 +230,16 @@ impl MemoryMonitor {
 
     /// Records a sample of resident memory and re-evaluates the alarm.
     pub fn sample(&self, resident: usize) {
-        self.tracked_at_sample
-            .store(self.tracked.load(Ordering::Relaxed), Ordering::Relaxed);
+        let untracked = resident.saturating_sub(self.tracked.load(Ordering::Relaxed));
+        self.untracked.store(untracked, Ordering::Relaxed);
         self.sampled.store(resident, Ordering::Relaxed);
         self.evaluate();
     }
 
     /// The estimated memory use given `tracked` bytes now.
     fn estimate(&self, tracked: usize) -> usize {
-        let grown = tracked.saturating_sub(self.tracked_at_sample.load(Ordering::Relaxed));
-        tracked.max(self.sampled.load(Ordering::Relaxed).saturating_add(grown))
+        let cap = (self.watermark() as f64 * UNTRACKED_SHARE) as usize;
+        tracked.saturating_add(self.untracked.load(Ordering::Relaxed).min(cap))
     }
 
     fn clear_level(&self) -> usize {
@@ -448,22 +460,26 @@ mod tests {
     }
 
     #[test]
-    fn growth_since_the_last_sample_counts_on_top_of_it() {
+    fn untracked_memory_counts_up_to_half_the_watermark() {
         let m = MemoryMonitor::new(1000);
-        m.sample(800);
+        m.sample(400);
+        let a = m.charge(500);
         assert!(!m.alarm());
-        let a = m.charge(150);
-        assert!(!m.alarm());
-        let b = m.charge(60);
-        assert!(m.alarm(), "800 sampled + 210 grown");
+        let b = m.charge(100);
+        assert!(m.alarm(), "400 untracked + 600 tracked");
         drop((a, b));
-        assert!(!m.alarm(), "back to the sampled 800");
-        m.sample(1010);
-        assert!(m.alarm(), "resident memory alone");
-        m.sample(960);
-        assert!(m.alarm(), "not below 0.95 of the watermark");
-        m.sample(700);
-        assert!(!m.alarm());
+        assert!(!m.alarm(), "back to the untracked 400");
+        m.sample(5000);
+        assert!(!m.alarm(), "resident memory alone cannot hold the alarm on");
+        let c = m.charge(500);
+        assert!(
+            m.alarm(),
+            "500 of untracked memory counted, and 500 tracked"
+        );
+        m.sample(5000);
+        assert!(m.alarm(), "4500 untracked, capped at 500");
+        drop(c);
+        assert!(!m.alarm(), "draining the messages clears it");
     }
 
     #[test]
