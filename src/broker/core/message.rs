@@ -76,8 +76,9 @@ impl Message {
 }
 
 /// Per-message overhead counted besides body and names: the `Arc`ed
-/// message, its property struct, queue entry and delivery record.
-pub const MESSAGE_OVERHEAD: usize = 256;
+/// message (about 400 bytes, most of it the property struct), its queue
+/// entry and delivery record, rounded up to allocator size classes.
+pub const MESSAGE_OVERHEAD: usize = 512;
 
 /// [`Message::footprint`] before the message exists: `names` is the length
 /// of exchange and routing key. Each header counts 64 bytes (an estimate:
