@@ -44,6 +44,9 @@ pub const DEFAULT_WATERMARK_FRACTION: f64 = 0.4;
 /// in the estimate (see the module documentation).
 pub const UNTRACKED_SHARE: f64 = 0.5;
 
+/// Alarm transitions are logged at info at most this often (the rest at debug).
+const LOG_INTERVAL_MS: u64 = 10_000;
+
 /// How often resident memory is sampled (RabbitMQ's interval).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -146,6 +149,11 @@ pub struct MemoryMonitor {
     /// The alarm, read on every publish (the watch below is for waiters).
     on: AtomicBool,
     alarm: watch::Sender<bool>,
+    /// When the monitor was made, and the last transition logged at info
+    /// (ms after it): at the watermark the alarm may flip many times a
+    /// second, and the log should not.
+    born: std::time::Instant,
+    logged_ms: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryMonitor {
@@ -158,6 +166,8 @@ impl MemoryMonitor {
             untracked: AtomicUsize::new(0),
             on: AtomicBool::new(false),
             alarm: watch::Sender::new(false),
+            born: std::time::Instant::now(),
+            logged_ms: std::sync::atomic::AtomicU64::new(0),
         });
         m.evaluate();
         m
@@ -259,15 +269,24 @@ impl MemoryMonitor {
         if self.on.swap(on, Ordering::AcqRel) == on {
             return;
         }
-        if on {
-            tracing::info!(
-                watermark = self.watermark(),
-                tracked = self.tracked(),
-                resident = self.sampled.load(Ordering::Relaxed),
+        let now_ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.logged_ms.load(Ordering::Relaxed);
+        let loud = last == 0 || now_ms.saturating_sub(last) >= LOG_INTERVAL_MS;
+        if loud {
+            self.logged_ms.store(now_ms.max(1), Ordering::Relaxed);
+        }
+        let (watermark, tracked) = (self.watermark(), self.tracked());
+        let resident = self.sampled.load(Ordering::Relaxed);
+        match (on, loud) {
+            (true, true) => tracing::info!(
+                watermark,
+                tracked,
+                resident,
                 "memory alarm set: blocking publishers"
-            );
-        } else {
-            tracing::info!("memory alarm cleared: unblocking publishers");
+            ),
+            (true, false) => tracing::debug!(watermark, tracked, resident, "memory alarm set"),
+            (false, true) => tracing::info!(tracked, "memory alarm cleared: unblocking publishers"),
+            (false, false) => tracing::debug!(tracked, "memory alarm cleared"),
         }
         // Publish the flag as it is now, inside the watch's lock: two racing
         // transitions then leave the watch agreeing with the last of them.
