@@ -932,3 +932,59 @@ async fn replies_over_the_control_budget_pause_reading_only_until_written() {
             .unwrap_or_else(|_| panic!("hang guard: queue.declare after get {i}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_publishes_wait_for_the_alarm_too() {
+    use warren::transport::local::LocalTransport;
+    use warren::transport::{Outgoing, Transport};
+
+    let broker = Broker::builder()
+        .no_listen()
+        .memory_high_watermark(MemoryWatermark::Bytes(0))
+        .start()
+        .await
+        .expect("broker starts");
+    let transport =
+        Arc::new(LocalTransport::connect(broker.core(), "/", "guest").expect("connect"));
+    let core_conn = broker
+        .core()
+        .open_connection("/", "guest")
+        .expect("core connection");
+    let (ch, _events) = core_conn.open_channel_mpsc();
+    ch.queue_declare("local", false, false, false, false, Default::default())
+        .expect("queue.declare");
+    let t = transport.clone();
+    let publish = tokio::spawn(async move {
+        t.publish(Outgoing {
+            exchange: String::new(),
+            routing_key: "local".into(),
+            mandatory: false,
+            confirm: false,
+            properties: Default::default(),
+            body: b"waited".to_vec(),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !publish.is_finished(),
+        "an in-process publish waits while the alarm is on"
+    );
+    assert_eq!(
+        ch.basic_get("local", true)
+            .expect("basic.get")
+            .map(|g| g.message_count),
+        None
+    );
+    broker.core().memory().set_watermark(usize::MAX);
+    timeout(Duration::from_secs(30), publish)
+        .await
+        .expect("hang guard: the publish goes through once the alarm clears")
+        .expect("task")
+        .expect("publish");
+    let got = ch
+        .basic_get("local", true)
+        .expect("basic.get")
+        .expect("the message");
+    assert_eq!(&got.message.body[..], b"waited");
+}
