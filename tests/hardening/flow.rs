@@ -16,6 +16,10 @@
 //!   receive buffer) gets at most a writer's budget plus what the kernel
 //!   buffers; the rest of its backlog stays queued (visible to the memory
 //!   alarm), and other consumers and clients are served all along.
+//! - Replies over a connection's 1 MiB reply budget (big `basic.get-ok`s)
+//!   pause its reader only until written.
+//! - The gauge counts queued messages, transaction buffers and incomplete
+//!   bodies, and releases them; in-process publishes wait for the alarm too.
 //!
 //! Timeouts are hang guards, not timing assertions.
 
