@@ -162,9 +162,10 @@ impl BrokerBuilder {
     /// or the cgroup's `memory.max` when lower). Defaults to 0.4 of it, as
     /// RabbitMQ 3.x; `Bytes(0)` blocks every publisher.
     ///
-    /// The broker's memory is its process's resident memory, sampled each
-    /// second, plus what messages added since: in `embedded://` mode that
-    /// includes the application around it.
+    /// The broker's memory is what messages hold plus the rest of its
+    /// process's resident memory (sampled each second, and counted for at
+    /// most half the watermark, see [`core::memory`]): in `embedded://` mode
+    /// that rest includes the application around it.
     pub fn memory_high_watermark(mut self, watermark: core::MemoryWatermark) -> Self {
         self.memory_high_watermark = Some(watermark);
         self
