@@ -1,11 +1,22 @@
 //! Topic exchange routing: a trie over dot-separated words with `*` and `#` wildcards.
 //!
 //! Matching walks only the branches that can match the routing key, so the cost does
-//! not grow with the number of non-matching bindings.
+//! not grow with the number of non-matching bindings. It is a work list of
+//! `(node, words matched)` states rather than a recursion that retries every suffix
+//! at each `#`: that retrying costs about C(n + k, k) steps for an n-word key against
+//! k `#` (a 60-word key against 30 `#` never finishes), while the states number at
+//! most (n + 1) per trie node, each handled once with at most three child lookups.
+//! Routing keys are short strings, so n is at most 128.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Binding, Destination};
+
+/// A binding as stored at the node its key leads to: the destination, and the key
+/// itself only when it had a run of `#`. Runs are collapsed on the path (`#.#` matches
+/// what `#` does, with more states to walk), so the path alone no longer tells `a.#.#`
+/// from `a.#`, which are distinct bindings.
+type Bound = (Destination, Option<Box<str>>);
 
 #[derive(Debug, Default)]
 struct Node {
@@ -15,8 +26,14 @@ struct Node {
     star: Option<Box<Node>>,
     /// `#` child.
     hash: Option<Box<Node>>,
-    /// Destinations whose binding key ends at this node.
-    dests: Vec<Destination>,
+    /// Bindings whose key ends at this node.
+    dests: Vec<Bound>,
+    /// The edge into this node is `#`, which may swallow one more word and stay here.
+    is_hash: bool,
+    /// A `#` lies on the path from the root (this node included), so the node may
+    /// be reached with different numbers of words matched, and along several
+    /// paths with the same number: only these states need the visited set.
+    under_hash: bool,
 }
 
 impl Node {
@@ -25,18 +42,25 @@ impl Node {
     }
 
     fn child_mut(&mut self, word: &str) -> &mut Node {
+        let under_hash = self.under_hash || word == "#";
+        let fresh = || Node {
+            is_hash: word == "#",
+            under_hash,
+            ..Node::default()
+        };
         match word {
-            "*" => self.star.get_or_insert_with(Box::default),
-            "#" => self.hash.get_or_insert_with(Box::default),
-            w => self.words.entry(w.to_string()).or_default(),
+            "*" => self.star.get_or_insert_with(|| Box::new(fresh())),
+            "#" => self.hash.get_or_insert_with(|| Box::new(fresh())),
+            w => self.words.entry(w.to_string()).or_insert_with(fresh),
         }
     }
 
-    /// Remove `dest` at the end of `path`; returns whether something was removed.
-    fn remove(&mut self, path: &[&str], dest: &Destination) -> bool {
+    /// Remove `bound` at the end of `path`; returns whether something was removed.
+    /// Recursion depth is bounded by the words of a short string (128).
+    fn remove(&mut self, path: &[&str], bound: &Bound) -> bool {
         let Some((first, rest)) = path.split_first() else {
             let before = self.dests.len();
-            self.dests.retain(|d| d != dest);
+            self.dests.retain(|d| d != bound);
             return before != self.dests.len();
         };
         let removed;
@@ -45,7 +69,7 @@ impl Node {
                 let Some(c) = self.star.as_mut() else {
                     return false;
                 };
-                removed = c.remove(rest, dest);
+                removed = c.remove(rest, bound);
                 if c.is_empty() {
                     self.star = None;
                 }
@@ -54,7 +78,7 @@ impl Node {
                 let Some(c) = self.hash.as_mut() else {
                     return false;
                 };
-                removed = c.remove(rest, dest);
+                removed = c.remove(rest, bound);
                 if c.is_empty() {
                     self.hash = None;
                 }
@@ -63,7 +87,7 @@ impl Node {
                 let Some(c) = self.words.get_mut(w) else {
                     return false;
                 };
-                removed = c.remove(rest, dest);
+                removed = c.remove(rest, bound);
                 if c.is_empty() {
                     self.words.remove(w);
                 }
@@ -74,7 +98,7 @@ impl Node {
 
     fn remove_all(&mut self, dest: &Destination) -> usize {
         let before = self.dests.len();
-        self.dests.retain(|d| d != dest);
+        self.dests.retain(|(d, _)| d != dest);
         let mut removed = before - self.dests.len();
         self.words.retain(|_, c| {
             removed += c.remove_all(dest);
@@ -94,30 +118,6 @@ impl Node {
         }
         removed
     }
-
-    fn walk(&self, words: &[&str], out: &mut dyn FnMut(&Destination)) {
-        match words.split_first() {
-            None => {
-                for d in &self.dests {
-                    out(d);
-                }
-            }
-            Some((first, rest)) => {
-                if let Some(c) = self.words.get(*first) {
-                    c.walk(rest, out);
-                }
-                if let Some(c) = &self.star {
-                    c.walk(rest, out);
-                }
-            }
-        }
-        if let Some(h) = &self.hash {
-            // `#` matches zero or more words.
-            for skip in 0..=words.len() {
-                h.walk(&words[skip..], out);
-            }
-        }
-    }
 }
 
 fn split(key: &str) -> Vec<&str> {
@@ -126,6 +126,16 @@ fn split(key: &str) -> Vec<&str> {
     } else {
         key.split('.').collect()
     }
+}
+
+/// The trie path of a binding key, runs of `#` collapsed, and the [`Bound`] entry
+/// that identifies the binding at its end.
+fn path_of(key: &str, destination: Destination) -> (Vec<&str>, Bound) {
+    let mut path = split(key);
+    let words = path.len();
+    path.dedup_by(|a, b| *a == "#" && *b == "#");
+    let collapsed = path.len() != words;
+    (path, (destination, collapsed.then(|| key.into())))
 }
 
 /// Binding table of a topic exchange.
@@ -138,21 +148,23 @@ pub struct TopicRouter {
 impl TopicRouter {
     /// Add a binding; false if already present.
     pub fn bind(&mut self, b: Binding) -> bool {
+        let (path, bound) = path_of(&b.routing_key, b.destination);
         let mut node = &mut self.root;
-        for w in split(&b.routing_key) {
+        for w in path {
             node = node.child_mut(w);
         }
-        if node.dests.contains(&b.destination) {
+        if node.dests.contains(&bound) {
             return false;
         }
-        node.dests.push(b.destination);
+        node.dests.push(bound);
         self.count += 1;
         true
     }
 
     /// Remove a binding; false if absent.
     pub fn unbind(&mut self, b: &Binding) -> bool {
-        let removed = self.root.remove(&split(&b.routing_key), &b.destination);
+        let (path, bound) = path_of(&b.routing_key, b.destination.clone());
+        let removed = self.root.remove(&path, &bound);
         if removed {
             self.count -= 1;
         }
@@ -178,7 +190,46 @@ impl TopicRouter {
 
     /// Report destinations whose pattern matches `routing_key` (may repeat).
     pub fn route(&self, routing_key: &str, out: &mut dyn FnMut(&Destination)) {
-        self.root.walk(&split(routing_key), out);
+        self.walk(&split(routing_key), out);
+    }
+
+    /// Walk the trie for `words`, reporting matches; returns how many states it
+    /// handled (at most (n + 1) per node, which the tests check).
+    fn walk<'a>(&'a self, words: &[&str], out: &mut dyn FnMut(&Destination)) -> usize {
+        // A state is a node together with how many words the path to it matched.
+        let mut todo: Vec<(&'a Node, usize)> = vec![(&self.root, 0)];
+        // Without a `#` above it a node is reached only at its depth, along its one
+        // path, so only states under a `#` are recorded (no allocation otherwise).
+        let mut seen: HashSet<(*const Node, usize)> = HashSet::new();
+        let mut push = |todo: &mut Vec<(&'a Node, usize)>, node: &'a Node, i: usize| {
+            if !node.under_hash || seen.insert((std::ptr::from_ref(node), i)) {
+                todo.push((node, i));
+            }
+        };
+        let mut steps = 0;
+        while let Some((node, i)) = todo.pop() {
+            steps += 1;
+            match words.get(i) {
+                None => node.dests.iter().for_each(|(d, _)| out(d)),
+                Some(word) => {
+                    if let Some(c) = node.words.get(*word) {
+                        push(&mut todo, c, i + 1);
+                    }
+                    if let Some(c) = &node.star {
+                        push(&mut todo, c, i + 1);
+                    }
+                    if node.is_hash {
+                        // `#` swallows this word too and stays where it is.
+                        push(&mut todo, node, i + 1);
+                    }
+                }
+            }
+            if let Some(h) = &node.hash {
+                // `#` may match no word at all.
+                push(&mut todo, h, i);
+            }
+        }
+        steps
     }
 }
 
@@ -216,6 +267,180 @@ mod tests {
         assert!(matches("*.*.c", "a.b.c"));
         assert!(!matches("", "a"));
         assert!(matches("", ""));
+    }
+
+    /// The trie's node count, root included.
+    fn nodes(n: &Node) -> usize {
+        1 + n.words.values().map(nodes).sum::<usize>()
+            + n.star.as_deref().map_or(0, nodes)
+            + n.hash.as_deref().map_or(0, nodes)
+    }
+
+    /// Route `key` on a hang-guarded thread: the backtracking matcher this
+    /// replaced spun for hours on these keys, so a hang must fail the test, not
+    /// stall the suite. Returns (matched destinations, states handled).
+    fn route_guarded(r: TopicRouter, key: String) -> (Vec<Destination>, usize, TopicRouter) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let words = split(&key);
+            let mut hits = Vec::new();
+            let steps = r.walk(&words, &mut |d| hits.push(d.clone()));
+            let _ = tx.send((hits, steps, r));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("topic matching hung (exponential backtracking?)")
+    }
+
+    fn router(patterns: &[String]) -> TopicRouter {
+        let mut r = TopicRouter::default();
+        for (i, p) in patterns.iter().enumerate() {
+            r.bind(Binding {
+                destination: Destination::Queue(format!("q{i}")),
+                routing_key: p.clone(),
+                arguments: FieldTable::default(),
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn runs_of_hash_cost_words_times_nodes() {
+        // Issue #9, attack 3: 30 `#` then `z`, against a 60-word key that does not
+        // end in `z` (so every way of splitting the words among the `#` fails).
+        let pattern = format!("{}z", "#.".repeat(30));
+        let key = vec!["a"; 60].join(".");
+        let r = router(&[pattern]);
+        let bound = 61 * nodes(&r.root);
+        let (hits, steps, _) = route_guarded(r, key);
+        assert!(hits.is_empty());
+        assert!(steps <= bound, "{steps} states for a bound of {bound}");
+
+        // The brief's shapes: 127 `#` (the longest a short string allows), and 8 `#`
+        // then a literal, against 128-word keys that do not match the latter.
+        let all = vec!["#"; 127].join(".");
+        let eight = format!("{}lit", "#.".repeat(8));
+        let mut r = router(&[all, eight]);
+        // Runs of `#` are one node each: the root, `#` (shared), and `lit`.
+        assert_eq!(nodes(&r.root), 3);
+        let bound = 129 * nodes(&r.root);
+        for i in 0..1000 {
+            let key = (0..128)
+                .map(|w| format!("w{}", (i + w) % 7))
+                .collect::<Vec<_>>()
+                .join(".");
+            let (hits, steps, back) = route_guarded(r, key);
+            r = back;
+            assert_eq!(hits, vec![Destination::Queue("q0".into())]);
+            assert!(steps <= bound, "{steps} states for a bound of {bound}");
+        }
+    }
+
+    /// The definition of a topic match, directly: exponential, fine for short
+    /// patterns, and sharing no code with the trie.
+    fn naive(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| naive(rest, &key[skip..])),
+            Some((&"*", rest)) => !key.is_empty() && naive(rest, &key[1..]),
+            Some((word, rest)) => key.first() == Some(word) && naive(rest, &key[1..]),
+        }
+    }
+
+    /// xorshift64*: a seeded, reproducible source of test cases.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn dotted(&mut self, alphabet: &[&str], max_words: usize) -> String {
+            let n = self.below(max_words + 1);
+            (0..n)
+                .map(|_| alphabet[self.below(alphabet.len())])
+                .collect::<Vec<_>>()
+                .join(".")
+        }
+    }
+
+    #[test]
+    fn matches_the_naive_definition() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // Empty words (`a..b`, a leading or trailing dot) are words like any other.
+        let pattern_words = ["a", "b", "", "*", "#", "#", "*"];
+        let key_words = ["a", "b", ""];
+        for _round in 0..300 {
+            let patterns: Vec<String> = (0..24).map(|_| rng.dotted(&pattern_words, 7)).collect();
+            let mut r = router(&patterns);
+            // Unbind a few, so pruning is exercised too.
+            let mut live: Vec<bool> = vec![true; patterns.len()];
+            for _ in 0..4 {
+                let i = rng.below(patterns.len());
+                r.unbind(&Binding {
+                    destination: Destination::Queue(format!("q{i}")),
+                    routing_key: patterns[i].clone(),
+                    arguments: FieldTable::default(),
+                });
+                live[i] = false;
+            }
+            let bound_nodes = nodes(&r.root);
+            for _ in 0..40 {
+                let key = rng.dotted(&key_words, 9);
+                let words = split(&key);
+                let mut got: Vec<Destination> = Vec::new();
+                let steps = r.walk(&words, &mut |d| got.push(d.clone()));
+                assert!(steps <= (words.len() + 1) * bound_nodes);
+                got.sort();
+                got.dedup();
+                let mut want: Vec<Destination> = patterns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, p)| live[*i] && naive(&split(p), &words))
+                    .map(|(i, _)| Destination::Queue(format!("q{i}")))
+                    .collect();
+                want.sort();
+                assert_eq!(
+                    got, want,
+                    "key {key:?} against {patterns:?} (live {live:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn collapsed_keys_stay_distinct_bindings() {
+        let bind = |r: &mut TopicRouter, key: &str| {
+            r.bind(Binding {
+                destination: Destination::Queue("q".into()),
+                routing_key: key.into(),
+                arguments: FieldTable::default(),
+            })
+        };
+        let unbind = |r: &mut TopicRouter, key: &str| {
+            r.unbind(&Binding {
+                destination: Destination::Queue("q".into()),
+                routing_key: key.into(),
+                arguments: FieldTable::default(),
+            })
+        };
+        let mut r = TopicRouter::default();
+        assert!(bind(&mut r, "a.#"));
+        assert!(bind(&mut r, "a.#.#"));
+        assert!(!bind(&mut r, "a.#.#"));
+        assert_eq!(r.len(), 2);
+        assert!(unbind(&mut r, "a.#"));
+        let mut hit = false;
+        r.route("a.b", &mut |_| hit = true);
+        assert!(hit, "a.#.# is still bound");
+        assert!(!unbind(&mut r, "a.#"));
+        assert!(unbind(&mut r, "a.#.#"));
+        assert!(r.is_empty());
+        assert!(r.root.is_empty());
     }
 
     #[test]
