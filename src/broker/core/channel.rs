@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::connection::ConnShared;
 use super::consumer::Consumer;
+use super::dead_letter::DeadLetters;
 use super::error::AmqpError;
 use super::exchange::Destination;
 use super::lock;
@@ -397,15 +398,12 @@ impl ChannelShared {
         } else if requeue {
             Self::requeue_all(taken);
         } else {
-            let mut groups: Vec<(Arc<Queue>, super::queue::DeadLetters)> = Vec::new();
+            let mut dead = DeadLetters::default();
             for u in taken {
-                match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-                    Some((_, v)) => v.push((u.msg, DeadReason::Rejected)),
-                    None => groups.push((u.queue, vec![(u.msg, DeadReason::Rejected)])),
-                }
+                dead.push(&u.queue, u.msg, DeadReason::Rejected);
             }
-            for (q, dead) in groups {
-                q.dead_letter(dead);
+            if !dead.is_empty() {
+                self.conn.vhost.dead_letter(dead);
             }
         }
         self.redispatch(false);

@@ -10,6 +10,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 
+use super::dead_letter::Lineage;
 use super::memory::{Charge, MemoryMonitor};
 
 /// A published message: where it was published to, its properties and body.
@@ -26,6 +27,8 @@ pub struct Message {
     /// Its bytes on the broker's memory gauge while the message lives
     /// (in queues, unacked, in writer queues), see [`Self::charged`].
     charge: Charge,
+    /// For a dead letter: the budget its copies share (see [`super::dead_letter`]).
+    pub(crate) lineage: Option<Arc<Lineage>>,
 }
 
 impl Message {
@@ -42,6 +45,7 @@ impl Message {
             properties,
             body,
             charge: Charge::none(),
+            lineage: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod connection;
 pub mod consumer;
+pub mod dead_letter;
 pub mod error;
 pub mod exchange;
 pub mod memory;

@@ -1,8 +1,9 @@
 //! Queues: message storage, consumer round-robin dispatch, TTL, length limits.
 //!
 //! All state sits behind one short `Mutex` per queue, never held across an `.await`.
-//! Work that touches other queues (dead-lettering) is collected under the lock and
-//! performed after it is released.
+//! Work that touches other queues (dead-lettering) is collected under the lock onto a
+//! [`DeadLetters`] work list and performed after it is released (see
+//! [`super::dead_letter`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::consumer::Consumer;
+use super::dead_letter::DeadLetters;
 use super::error::AmqpError;
 use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
 use super::vhost::VHost;
@@ -262,9 +264,6 @@ pub struct Queue {
     state: Mutex<QueueState>,
 }
 
-/// Messages to dead-letter once the queue lock is released.
-pub(crate) type DeadLetters = Vec<(QueuedMessage, DeadReason)>;
-
 impl Queue {
     /// Create an empty queue.
     pub(crate) fn new(
@@ -332,11 +331,27 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
-        Some(now + Duration::from_millis(ttl))
+        // Both TTLs are capped at ten years, but a clock that far along would still
+        // overflow: a deadline past the end of time is no deadline.
+        now.checked_add(Duration::from_millis(ttl))
     }
 
-    /// Offer a published message to the queue (stores it and dispatches).
+    /// Offer a published message to the queue (stores it and dispatches), then run
+    /// what that dead-letters.
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> EnqueueResult {
+        let mut dead = DeadLetters::new();
+        let result = self.enqueue_into(msg, &mut dead);
+        self.dead_letter(dead);
+        result
+    }
+
+    /// Offer a message to the queue (stores it and dispatches), pushing what that
+    /// dead-letters onto `dead` for the caller to run once it holds no queue lock.
+    pub(crate) fn enqueue_into(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        dead: &mut DeadLetters,
+    ) -> EnqueueResult {
         let now = Instant::now();
         let expires_at = self.expiry_for(&msg, now);
         let qm = QueuedMessage {
@@ -344,8 +359,8 @@ impl Queue {
             redelivered: false,
             expires_at,
         };
-        let mut dead = DeadLetters::new();
-        let result = {
+        // The lock is held to the end: nothing here reaches another queue.
+        {
             let mut st = self.st();
             if st.deleted {
                 return EnqueueResult::Accepted;
@@ -374,7 +389,7 @@ impl Queue {
                             .is_some_and(|m| st.store.bytes as u64 > m)
                     {
                         match st.store.pop_front() {
-                            Some(m) => dead.push((m, DeadReason::MaxLen)),
+                            Some(m) => dead.push(self, m, DeadReason::MaxLen),
                             None => break,
                         }
                     }
@@ -383,7 +398,7 @@ impl Queue {
                     // A message that can go straight to a consumer does not count.
                     if over(&st, size) && !(st.store.len == 0 && self.idle_consumer(&st)) {
                         if o == Overflow::RejectPublishDlx {
-                            dead.push((qm, DeadReason::MaxLen));
+                            dead.push(self, qm, DeadReason::MaxLen);
                         }
                         result = EnqueueResult::Rejected;
                     } else {
@@ -393,14 +408,12 @@ impl Queue {
             }
             // Expiry is judged at publish time so that a TTL of 0 still reaches an
             // idle consumer; whatever is left and already expired is dropped after.
-            self.dispatch_at(&mut st, &mut dead, now);
+            self.dispatch_at(&mut st, dead, now);
             if expires_at.is_some_and(|t| t <= now) {
-                self.expire_locked(&mut st, &mut dead);
+                self.expire_locked(&mut st, dead);
             }
             result
-        };
-        self.dead_letter(dead);
-        result
+        }
     }
 
     fn idle_consumer(&self, st: &QueueState) -> bool {
@@ -417,10 +430,12 @@ impl Queue {
         self.dead_letter(dead);
     }
 
-    fn expire_locked(&self, st: &mut QueueState, dead: &mut DeadLetters) {
+    fn expire_locked(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
         let mut expired = Vec::new();
         st.store.drop_expired(Instant::now(), &mut expired);
-        dead.extend(expired.into_iter().map(|m| (m, DeadReason::Expired)));
+        for m in expired {
+            dead.push(self, m, DeadReason::Expired);
+        }
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
@@ -435,7 +450,7 @@ impl Queue {
             if let Some(t) = head.expires_at {
                 if t < now {
                     if let Some(m) = st.store.pop_front() {
-                        dead.push((m, DeadReason::Expired));
+                        dead.push(self, m, DeadReason::Expired);
                     }
                     continue;
                 }
@@ -550,7 +565,9 @@ impl Queue {
             }
             let mut out = Vec::new();
             st.store.drop_expired(now, &mut out);
-            dead.extend(out.into_iter().map(|m| (m, DeadReason::Expired)));
+            for m in out {
+                dead.push(self, m, DeadReason::Expired);
+            }
             self.dispatch_locked(&mut st, &mut dead);
             self.config.expires.is_some_and(|ms| {
                 st.consumers.is_empty()
@@ -561,21 +578,13 @@ impl Queue {
         expired
     }
 
-    /// Dead-letter (or drop) messages according to `x-dead-letter-exchange`.
+    /// Run the dead letters an operation on this queue produced (its lock released).
     pub(crate) fn dead_letter(&self, dead: DeadLetters) {
         if dead.is_empty() {
             return;
         }
-        let Some(dlx) = self.config.dead_letter_exchange.as_deref() else {
-            return;
-        };
         if let Some(vh) = self.vhost.upgrade() {
-            vh.publish_dead_letters(
-                self,
-                dlx,
-                self.config.dead_letter_routing_key.as_deref(),
-                dead,
-            );
+            vh.dead_letter(dead);
         }
     }
 
@@ -588,9 +597,4 @@ impl Queue {
     pub fn had_consumer(&self) -> bool {
         self.st().had_consumer
     }
-}
-
-/// Helper for `x-death`: build an array value.
-pub(crate) fn long_str(s: &str) -> AMQPValue {
-    AMQPValue::LongString(s.as_bytes().to_vec().into())
 }

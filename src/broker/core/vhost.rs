@@ -5,15 +5,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable};
 
+use super::dead_letter::{Backlog, DeadLetters, SWEEP_BUDGET};
 use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::Message;
-use super::queue::{long_str, DeadLetters, EnqueueResult, Queue, QueueConfig};
+use super::queue::{EnqueueResult, Queue, QueueConfig};
 use super::{lock, read, write};
 
 /// Outcome of routing one published message.
@@ -35,6 +35,8 @@ pub struct VHost {
     topology: Mutex<()>,
     me: Weak<VHost>,
     pub(crate) reply_to: RwLock<HashMap<String, Weak<super::channel::ChannelShared>>>,
+    /// Dead letters waiting for their turn (see [`super::dead_letter`]).
+    dead_letters: Backlog,
 }
 
 const MAX_E2E_DEPTH: usize = 16;
@@ -72,6 +74,7 @@ impl VHost {
                 topology: Mutex::new(()),
                 me: me.clone(),
                 reply_to: RwLock::new(HashMap::new()),
+                dead_letters: Backlog::default(),
             }
         })
     }
@@ -492,12 +495,16 @@ impl VHost {
             msg.properties.headers().as_ref(),
         )?;
         let mut res = RouteResult::default();
+        let mut dead = DeadLetters::default();
         for q in &queues {
-            if q.enqueue(msg.clone()) == EnqueueResult::Rejected {
+            if q.enqueue_into(msg.clone(), &mut dead) == EnqueueResult::Rejected {
                 res.rejected = true;
             }
         }
         res.routed = queues.len();
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+        }
         Ok(res)
     }
 
@@ -590,42 +597,15 @@ impl VHost {
         }
     }
 
-    /// Dead-letter messages from `queue` to exchange `dlx` with RabbitMQ's `x-death`.
-    pub(crate) fn publish_dead_letters(
-        &self,
-        queue: &Queue,
-        dlx: &str,
-        dlrk: Option<&str>,
-        dead: DeadLetters,
-    ) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        for (qm, reason) in dead {
-            let old = &qm.msg;
-            let rk = dlrk.unwrap_or(old.routing_key.as_str());
-            let props = with_x_death(&old.properties, queue, reason.as_str(), old, now);
-            let Ok(rk_s) = ShortString::try_new(rk) else {
-                continue;
-            };
-            let msg = Arc::new(Message::new(
-                ShortString::from(truncated(dlx)),
-                rk_s,
-                props,
-                old.body.clone(),
-            ));
-            let Ok(targets) = self.route(dlx, rk, msg.properties.headers().as_ref()) else {
-                continue;
-            };
-            for t in targets {
-                // Cycle detection as RabbitMQ: drop if it already died in the target
-                // queue and was never rejected along the way.
-                if would_cycle(&msg.properties, &t.name) {
-                    continue;
-                }
-                t.enqueue(msg.clone());
-            }
-        }
+    /// Run an operation's dead letters (see [`super::dead_letter`]); what exceeds
+    /// its budget waits in this vhost's backlog.
+    pub(crate) fn dead_letter(&self, dead: DeadLetters) {
+        self.dead_letters.run(self, dead);
+    }
+
+    /// Number of dead letters waiting in the backlog.
+    pub fn dead_letter_backlog(&self) -> usize {
+        self.dead_letters.len()
     }
 
     /// Periodic housekeeping: TTL expiry and `x-expires`.
@@ -636,6 +616,7 @@ impl VHost {
                 self.delete_queue_internal(&q.name, Some(&q));
             }
         }
+        self.dead_letters.drain(self, SWEEP_BUDGET);
     }
 
     /// Delete the exclusive queues owned by a closing connection.
@@ -649,160 +630,6 @@ impl VHost {
             self.delete_queue_internal(&q.name, Some(&q));
         }
     }
-}
-
-fn truncated(s: &str) -> &str {
-    let mut cut = s.len().min(255);
-    while cut > 0 && !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.get(..cut).unwrap_or("")
-}
-
-fn x_death_entries(props: &BasicProperties) -> Vec<FieldTable> {
-    props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-death"))
-        .and_then(|v| match v {
-            AMQPValue::FieldArray(a) => Some(
-                a.as_slice()
-                    .iter()
-                    .filter_map(|e| match e {
-                        AMQPValue::FieldTable(t) => Some(t.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-fn entry_str(t: &FieldTable, key: &str) -> Option<String> {
-    t.inner().get(key).and_then(super::value_as_string)
-}
-
-fn would_cycle(props: &BasicProperties, target: &str) -> bool {
-    let entries = x_death_entries(props);
-    let rejected = entries
-        .iter()
-        .any(|e| entry_str(e, "reason").as_deref() == Some("rejected"));
-    !rejected
-        && entries
-            .iter()
-            .any(|e| entry_str(e, "queue").as_deref() == Some(target))
-}
-
-fn with_x_death(
-    props: &BasicProperties,
-    queue: &Queue,
-    reason: &str,
-    msg: &Message,
-    now: u64,
-) -> BasicProperties {
-    let mut entries = x_death_entries(props);
-    let pos = entries.iter().position(|e| {
-        entry_str(e, "queue").as_deref() == Some(queue.name.as_str())
-            && entry_str(e, "reason").as_deref() == Some(reason)
-    });
-    let entry = match pos {
-        Some(i) => {
-            let mut e = entries.remove(i);
-            let count = e
-                .inner()
-                .get("count")
-                .and_then(super::value_as_i64)
-                .unwrap_or(0);
-            e.insert("count".into(), AMQPValue::LongLongInt(count + 1));
-            e.insert("time".into(), AMQPValue::Timestamp(now));
-            e
-        }
-        None => {
-            let mut e = FieldTable::default();
-            e.insert("count".into(), AMQPValue::LongLongInt(1));
-            e.insert("reason".into(), long_str(reason));
-            e.insert("queue".into(), long_str(&queue.name));
-            e.insert("time".into(), AMQPValue::Timestamp(now));
-            e.insert("exchange".into(), long_str(msg.exchange.as_str()));
-            let mut rks = FieldArray::default();
-            rks.push(long_str(msg.routing_key.as_str()));
-            e.insert("routing-keys".into(), AMQPValue::FieldArray(rks));
-            if let Some(exp) = props.expiration() {
-                e.insert("original-expiration".into(), long_str(exp.as_str()));
-            }
-            e
-        }
-    };
-    entries.insert(0, entry);
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let arr: Vec<AMQPValue> = entries.into_iter().map(AMQPValue::FieldTable).collect();
-    headers.insert("x-death".into(), AMQPValue::FieldArray(arr.into()));
-    for (k, v) in [
-        ("x-first-death-reason", reason),
-        ("x-first-death-queue", queue.name.as_str()),
-        ("x-first-death-exchange", msg.exchange.as_str()),
-    ] {
-        if !headers.contains_key(k) {
-            headers.insert(k.into(), long_str(v));
-        }
-    }
-    headers.insert("x-last-death-reason".into(), long_str(reason));
-    headers.insert("x-last-death-queue".into(), long_str(&queue.name));
-    headers.insert(
-        "x-last-death-exchange".into(),
-        long_str(msg.exchange.as_str()),
-    );
-    let mut p = props.clone().with_headers(headers);
-    if p.expiration().is_some() {
-        // Per-message TTL is removed when dead-lettered (kept as original-expiration).
-        p = clear_expiration(p);
-    }
-    p
-}
-
-fn clear_expiration(p: BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
-    }
-    if let Some(v) = p.delivery_mode() {
-        out = out.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        out = out.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        out = out.with_cluster_id(v.clone());
-    }
-    out
 }
 
 /// The received and current values of argument `key` when a redeclaration
