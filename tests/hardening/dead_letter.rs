@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -390,9 +391,81 @@ async fn mutual_max_length_overflow_runs_to_its_end(url: String) {
     serves_a_new_client(&url).await;
 }
 
+/// Exchange-to-exchange bindings were followed by a recursion cut off at depth 16,
+/// so the 17th exchange of a chain silently routed nowhere. RabbitMQ has no limit,
+/// and a work list needs none: a chain of 40 delivers, as does a loop back to its
+/// start (each exchange is visited once).
+async fn a_long_chain_of_exchanges_routes_to_its_end(url: String) {
+    let (conn, ch) = open(&url).await;
+    guarded(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    let names: Vec<String> = (0..40).map(|i| unique(&format!("chain{i}"))).collect();
+    for x in &names {
+        guarded(
+            "exchange.declare",
+            ch.exchange_declare(
+                s(x),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.declare");
+    }
+    let mut links: Vec<(&String, &String)> = names.iter().zip(names.iter().skip(1)).collect();
+    links.extend(names.last().zip(names.first()));
+    for (source, destination) in links {
+        guarded(
+            "exchange.bind",
+            ch.exchange_bind(
+                s(destination),
+                s(source),
+                s(""),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.bind");
+    }
+    let q = unique("chain-end");
+    queue(&ch, &q, FieldTable::default()).await;
+    let last = names.last().expect("a chain");
+    guarded(
+        "queue.bind",
+        ch.queue_bind(
+            s(&q),
+            s(last),
+            s(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.bind");
+    assert!(publish_confirmed(&ch, &names[0], "", "far", BasicProperties::default()).await);
+    settles_at(&ch, &q, 1).await;
+    for x in &names {
+        guarded(
+            "exchange.delete",
+            ch.exchange_delete(s(x), ExchangeDeleteOptions::default()),
+        )
+        .await
+        .expect("exchange.delete");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    serves_a_new_client(&url).await;
+}
+
 on_both_brokers!(
     forged_x_death_does_not_keep_a_ttl_loop_going,
     mutual_max_length_overflow_runs_to_its_end,
+    a_long_chain_of_exchanges_routes_to_its_end,
 );
 
 /// Issue #9, attack 3: a binding of 30 `#` then `z`, and a 60-word key. The

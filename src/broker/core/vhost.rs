@@ -3,7 +3,7 @@
 //! Routing takes only read locks (exchange map, binding table, queue map); topology
 //! changes are serialized by a per-vhost mutex and never nest write locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
@@ -38,8 +38,6 @@ pub struct VHost {
     /// Dead letters waiting for their turn (see [`super::dead_letter`]).
     dead_letters: Backlog,
 }
-
-const MAX_E2E_DEPTH: usize = 16;
 
 impl VHost {
     /// Create a vhost with the standard pre-declared exchanges.
@@ -527,30 +525,12 @@ impl VHost {
             .get(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
         let qs = read(&self.queues);
-        let mut visited: Vec<&str> = Vec::new();
-        Self::route_into(
-            &exs,
-            &qs,
-            x,
-            routing_key,
-            headers,
-            &mut out,
-            &mut visited,
-            0,
-        );
+        let mut visited: HashSet<&str> = HashSet::new();
+        Self::route_into(&exs, &qs, x, routing_key, headers, &mut out, &mut visited);
         if out.is_empty() {
             if let Some(ae) = x.alternate_exchange() {
                 if let Some(ax) = exs.get(&ae) {
-                    Self::route_into(
-                        &exs,
-                        &qs,
-                        ax,
-                        routing_key,
-                        headers,
-                        &mut out,
-                        &mut visited,
-                        0,
-                    );
+                    Self::route_into(&exs, &qs, ax, routing_key, headers, &mut out, &mut visited);
                 }
             }
         }
@@ -561,7 +541,10 @@ impl VHost {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Route through `x` and, by exchange-to-exchange bindings, the exchanges it
+    /// reaches, each one once. A work list with a visited set rather than a
+    /// recursion: a chain of exchanges as long as a peer likes needs no stack and
+    /// no depth limit (RabbitMQ has none), and a wide fan costs one visit each.
     fn route_into<'a>(
         exs: &'a HashMap<String, Arc<Exchange>>,
         qs: &HashMap<String, Arc<Queue>>,
@@ -569,17 +552,15 @@ impl VHost {
         routing_key: &str,
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<&'a str>,
-        depth: usize,
+        visited: &mut HashSet<&'a str>,
     ) {
-        if depth > MAX_E2E_DEPTH || visited.contains(&x.name.as_str()) {
-            return;
-        }
-        visited.push(x.name.as_str());
-        let mut next: Vec<&'a Exchange> = Vec::new();
-        {
-            let r = read(&x.router);
-            r.route(routing_key, headers, &mut |d| match d {
+        let mut todo: Vec<&'a Exchange> = vec![x];
+        while let Some(x) = todo.pop() {
+            if !visited.insert(x.name.as_str()) {
+                continue;
+            }
+            // One router lock at a time: released before the next exchange's.
+            read(&x.router).route(routing_key, headers, &mut |d| match d {
                 Destination::Queue(n) => {
                     if let Some(q) = qs.get(n) {
                         out.push(q.clone());
@@ -587,13 +568,10 @@ impl VHost {
                 }
                 Destination::Exchange(n) => {
                     if let Some(dx) = exs.get(n) {
-                        next.push(dx);
+                        todo.push(dx);
                     }
                 }
             });
-        }
-        for dx in next {
-            Self::route_into(exs, qs, dx, routing_key, headers, out, visited, depth + 1);
         }
     }
 
