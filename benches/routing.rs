@@ -1,6 +1,6 @@
-//! Topic routing in the embedded broker with 10k and 100k bindings: the
-//! trie makes a publish cost what its matches cost, not what the bindings
-//! count.
+//! Topic routing in the embedded broker with 10k and 100k bindings ending in
+//! `*` or in `#`: the trie makes a publish cost what its matches cost, not what
+//! the bindings count.
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
@@ -9,7 +9,14 @@ use warren::broker::core::permission::Permissions;
 use warren::broker::core::Core;
 
 fn routing(c: &mut Criterion) {
-    let mut group = c.benchmark_group("topic_routing");
+    // `*` bindings walk one path; `#` ones make the matcher track visited states.
+    for (name, last) in [("topic_routing", "*"), ("topic_routing_hash", "#")] {
+        routing_with(c, name, last);
+    }
+}
+
+fn routing_with(c: &mut Criterion, name: &str, last: &str) {
+    let mut group = c.benchmark_group(name);
     for bindings in [10_000usize, 100_000] {
         let core = Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
         let all = Permissions::new(".*", ".*", ".*").expect("valid patterns");
@@ -31,7 +38,7 @@ fn routing(c: &mut Criterion) {
             .queue_declare("q", false, false, false, false, FieldTable::default())
             .expect("queue");
         for i in 0..bindings {
-            let key = format!("region{}.host{}.*", i % 100, i);
+            let key = format!("region{}.host{}.{last}", i % 100, i);
             channel
                 .queue_bind("q", "x", &key, FieldTable::default())
                 .expect("bind");

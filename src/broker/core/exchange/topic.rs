@@ -9,7 +9,7 @@
 //! Routing keys are short strings, so n is at most 128, and runs of `#` (which match
 //! what one `#` does) share one node, so `#.#.#…` costs no more than `#`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::{Binding, Destination};
 
@@ -29,12 +29,8 @@ struct Node {
     hash: Option<Box<Node>>,
     /// Bindings whose key ends at this node.
     dests: Vec<Bound>,
-    /// The edge into this node is `#`, which may swallow one more word and stay here.
+    /// The edge into this node is `#`, which may swallow more words and stay here.
     is_hash: bool,
-    /// A `#` lies on the path from the root (this node included), so the node may
-    /// be reached with different numbers of words matched, and along several
-    /// paths with the same number: only these states need the visited set.
-    under_hash: bool,
 }
 
 impl Node {
@@ -43,10 +39,8 @@ impl Node {
     }
 
     fn child_mut(&mut self, word: &str) -> &mut Node {
-        let under_hash = self.under_hash || word == "#";
         let fresh = || Node {
             is_hash: word == "#",
-            under_hash,
             ..Node::default()
         };
         match word {
@@ -195,42 +189,115 @@ impl TopicRouter {
     }
 
     /// Walk the trie for `words`, reporting matches; returns how many states it
-    /// handled (at most (n + 1) per node, which the tests check).
+    /// expanded (at most (n + 1) per node, which the tests check).
     fn walk<'a>(&'a self, words: &[&str], out: &mut dyn FnMut(&Destination)) -> usize {
-        // A state is a node together with how many words the path to it matched.
-        let mut todo: Vec<(&'a Node, usize)> = vec![(&self.root, 0)];
-        // Without a `#` above it a node is reached only at its depth, along its one
-        // path, so only states under a `#` are recorded (no allocation otherwise).
-        let mut seen: HashSet<(*const Node, usize)> = HashSet::new();
-        let mut push = |todo: &mut Vec<(&'a Node, usize)>, node: &'a Node, i: usize| {
-            if !node.under_hash || seen.insert((std::ptr::from_ref(node), i)) {
-                todo.push((node, i));
-            }
+        // A state is a node together with how many words the path to it matched. A
+        // node other than `#` has one way in, from its parent one word earlier, so
+        // if its parent's states are expanded once, so are its own; a `#` node has
+        // two ways in and needs the record `lows` keeps.
+        //
+        // One state is carried in `next` rather than pushed, so that a key going
+        // down a single path (most do) never allocates the work list.
+        let mut todo = Todo {
+            next: Some((&self.root, 0)),
+            rest: Vec::new(),
         };
+        let mut lows = Lows::default();
         let mut steps = 0;
         while let Some((node, i)) = todo.pop() {
-            steps += 1;
-            match words.get(i) {
-                None => node.dests.iter().for_each(|(d, _)| out(d)),
-                Some(word) => {
-                    if let Some(c) = node.words.get(*word) {
-                        push(&mut todo, c, i + 1);
-                    }
-                    if let Some(c) = &node.star {
-                        push(&mut todo, c, i + 1);
-                    }
-                    if node.is_hash {
-                        // `#` swallows this word too and stays where it is.
-                        push(&mut todo, node, i + 1);
+            let span = if node.is_hash {
+                // `#` swallows any number of further words and stays where it is:
+                // entered after i words, it is at every i..=n; only the part not
+                // covered by an earlier entry is new.
+                i..lows.enter(node, i, words.len() + 1)
+            } else {
+                i..i + 1
+            };
+            for j in span {
+                steps += 1;
+                match words.get(j) {
+                    None => node.dests.iter().for_each(|(d, _)| out(d)),
+                    Some(word) => {
+                        if let Some(c) = node.words.get(*word) {
+                            todo.push((c, j + 1));
+                        }
+                        if let Some(c) = &node.star {
+                            todo.push((c, j + 1));
+                        }
                     }
                 }
-            }
-            if let Some(h) = &node.hash {
-                // `#` may match no word at all.
-                push(&mut todo, h, i);
+                if let Some(h) = &node.hash {
+                    // `#` may match no word at all.
+                    todo.push((h, j));
+                }
             }
         }
         steps
+    }
+}
+
+/// The walk's pending states: the next one, and the rest once there are more.
+struct Todo<'a> {
+    next: Option<(&'a Node, usize)>,
+    rest: Vec<(&'a Node, usize)>,
+}
+
+impl<'a> Todo<'a> {
+    fn push(&mut self, state: (&'a Node, usize)) {
+        match self.next {
+            None => self.next = Some(state),
+            Some(_) => self.rest.push(state),
+        }
+    }
+
+    fn pop(&mut self) -> Option<(&'a Node, usize)> {
+        self.next.take().or_else(|| self.rest.pop())
+    }
+}
+
+/// For each `#` node the walk reached, the fewest words matched on the way in:
+/// from there on it covers every count up to the key's length, so a later entry with
+/// as many words or more adds nothing, and one with fewer adds only the difference.
+/// Normal keys reach a `#` node or two, kept inline (no allocation); a map takes
+/// over past [`Lows::FEW`].
+struct Lows {
+    few: [(*const Node, usize); Lows::FEW],
+    len: usize,
+    many: HashMap<*const Node, usize>,
+}
+
+impl Default for Lows {
+    fn default() -> Self {
+        Self {
+            few: [(std::ptr::null(), 0); Lows::FEW],
+            len: 0,
+            many: HashMap::new(),
+        }
+    }
+}
+
+impl Lows {
+    const FEW: usize = 8;
+
+    /// Record an entry into `node` after `i` words, `none` standing for "never
+    /// entered"; returns the end of the new part, `i..end` (empty if nothing is new).
+    fn enter(&mut self, node: &Node, i: usize, none: usize) -> usize {
+        let key = std::ptr::from_ref(node);
+        let used = self.few.get_mut(..self.len).unwrap_or_default();
+        let slot = match used.iter_mut().find(|(n, _)| *n == key) {
+            Some((_, low)) => low,
+            None => match self.few.get_mut(self.len) {
+                Some(free) => {
+                    self.len += 1;
+                    *free = (key, none);
+                    &mut free.1
+                }
+                None => self.many.entry(key).or_insert(none),
+            },
+        };
+        let before = *slot;
+        *slot = before.min(i);
+        before.max(i)
     }
 }
 
@@ -410,6 +477,32 @@ mod tests {
                     "key {key:?} against {patterns:?} (live {live:?})"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn many_hash_nodes_on_one_path() {
+        // More `#` nodes than the walk keeps in its vector (it moves to a map).
+        let patterns: Vec<String> = (1..=20)
+            .map(|k| vec!["#.a"; k].join(".") + ".#")
+            .chain((1..=20).map(|k| vec!["#.a"; k].join(".")))
+            .collect();
+        let r = router(&patterns);
+        for n in [0, 1, 5, 19, 20, 21, 40, 60] {
+            let key = vec!["a"; n].join(".");
+            let words = split(&key);
+            let mut got: Vec<Destination> = Vec::new();
+            r.walk(&words, &mut |d| got.push(d.clone()));
+            got.sort();
+            got.dedup();
+            let mut want: Vec<Destination> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| naive(&split(p), &words))
+                .map(|(i, _)| Destination::Queue(format!("q{i}")))
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{n} words");
         }
     }
 
