@@ -13,7 +13,7 @@ use std::time::Duration;
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -564,6 +564,70 @@ async fn dead_letter_fanout_amplification_is_bounded() {
     exchange(&ch, &fan, ExchangeKind::Fanout, "", &bound).await;
     assert!(publish_confirmed(&ch, "", &names[0], "m", BasicProperties::default()).await);
     settles_at(&ch, &spy, LINEAGE_BUDGET).await;
+    let _ = conn.close(200, "done".into()).await;
+    serves_a_new_client(&url).await;
+}
+
+/// A chain of auto-delete exchanges, each bound only to the next, the last to a
+/// queue: deleting the queue deletes the whole chain, which warren did by
+/// recursion, two stack frames per exchange. The deletion must finish and the
+/// chain be gone (a passive declare of its first exchange is a 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_end_of_a_long_auto_delete_chain() {
+    const N: usize = 10_000;
+    let url = detached_broker();
+    let (conn, ch) = open(&url).await;
+    let names: Vec<String> = (0..N).map(|i| format!("auto{i}")).collect();
+    let options = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for x in &names {
+        guarded(
+            "exchange.declare",
+            ch.exchange_declare(s(x), ExchangeKind::Fanout, options, FieldTable::default()),
+        )
+        .await
+        .expect("exchange.declare");
+    }
+    for (source, destination) in names.iter().zip(names.iter().skip(1)) {
+        guarded(
+            "exchange.bind",
+            ch.exchange_bind(
+                s(destination),
+                s(source),
+                s(""),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.bind");
+    }
+    let q = unique("chain-end");
+    queue(&ch, &q, FieldTable::default()).await;
+    exchange(&ch, &names[N - 1], ExchangeKind::Fanout, "", &[&q]).await;
+    guarded(
+        "queue.delete",
+        ch.queue_delete(s(&q), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let gone = guarded(
+        "passive exchange.declare",
+        ch.exchange_declare(
+            s(&names[0]),
+            ExchangeKind::Fanout,
+            passive,
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    assert!(gone.is_err(), "the chain's first exchange is still there");
     let _ = conn.close(200, "done".into()).await;
     serves_a_new_client(&url).await;
 }

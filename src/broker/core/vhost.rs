@@ -245,18 +245,24 @@ impl VHost {
         self.remove_destination_locked(&Destination::Exchange(name.to_string()));
     }
 
-    /// Remove every binding to `dest`, deleting auto-delete exchanges left unbound.
+    /// Remove every binding to `dest`, deleting auto-delete exchanges left unbound,
+    /// then the bindings to those, and so on. A work list rather than a recursion:
+    /// a peer may chain auto-delete exchanges as long as it likes, and deleting the
+    /// queue at the end of the chain must not take a stack frame per exchange.
     fn remove_destination_locked(&self, dest: &Destination) {
-        let all: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
-        let mut emptied = Vec::new();
-        for x in all {
-            let mut r = write(&x.router);
-            if r.remove_destination(dest) > 0 && r.is_empty() && x.auto_delete {
-                emptied.push(x.name.clone());
+        let mut todo = vec![dest.clone()];
+        while let Some(dest) = todo.pop() {
+            let all: Vec<Arc<Exchange>> = read(&self.exchanges).values().cloned().collect();
+            for x in all {
+                let emptied = {
+                    let mut r = write(&x.router);
+                    r.remove_destination(&dest) > 0 && r.is_empty() && x.auto_delete
+                };
+                if emptied {
+                    write(&self.exchanges).remove(&x.name);
+                    todo.push(Destination::Exchange(x.name.clone()));
+                }
             }
-        }
-        for n in emptied {
-            self.remove_exchange_locked(&n);
         }
     }
 
@@ -624,4 +630,72 @@ fn differing_argument<'a>(
         _ => false,
     };
     (!same).then_some((got, cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleting_the_end_of_a_long_auto_delete_chain_needs_no_stack() {
+        // Each exchange of the chain is auto-delete and bound only to the next, so
+        // deleting the queue at its end deletes them all, one after the other. This
+        // took two stack frames per exchange; run it on a 256 KiB stack.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                const N: usize = 2_000;
+                let vh = VHost::new("/");
+                let name = |i: usize| format!("x{i}");
+                for i in 0..N {
+                    vh.exchange_declare(
+                        &name(i),
+                        "fanout",
+                        false,
+                        false,
+                        true,
+                        false,
+                        FieldTable::default(),
+                        |_| Ok(()),
+                    )
+                    .expect("exchange.declare");
+                }
+                vh.queue_declare(
+                    "end",
+                    false,
+                    false,
+                    false,
+                    false,
+                    FieldTable::default(),
+                    1,
+                    |_| Ok(()),
+                )
+                .expect("queue.declare");
+                for i in 1..N {
+                    vh.bind(
+                        &name(i - 1),
+                        Destination::Exchange(name(i)),
+                        "",
+                        FieldTable::default(),
+                        1,
+                    )
+                    .expect("exchange.bind");
+                }
+                vh.bind(
+                    &name(N - 1),
+                    Destination::Queue("end".into()),
+                    "",
+                    FieldTable::default(),
+                    1,
+                )
+                .expect("queue.bind");
+                vh.queue_delete("end", false, false, 1)
+                    .expect("queue.delete");
+                assert!((0..N).all(|i| vh.exchange(&name(i)).is_none()));
+                assert!(vh.exchange("amq.direct").is_some());
+            })
+            .expect("spawn a small-stack thread")
+            .join()
+            .expect("the test thread panicked");
+    }
 }
