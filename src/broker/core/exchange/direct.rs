@@ -53,6 +53,11 @@ impl DirectRouter {
         removed
     }
 
+    /// The destinations of its bindings (each at least once).
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.by_key.values().flatten().cloned().collect()
+    }
+
     /// True if there is no binding.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -21,6 +21,11 @@ impl FanoutRouter {
         true
     }
 
+    /// The destinations of its bindings (each at least once).
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.bindings.iter().map(|(d, _)| d.clone()).collect()
+    }
+
     /// Remove a binding; false if absent.
     pub fn unbind(&mut self, b: &Binding) -> bool {
         let before = self.bindings.len();

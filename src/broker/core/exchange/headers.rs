@@ -126,6 +126,14 @@ impl HeaderBinding {
 }
 
 impl HeadersRouter {
+    /// The destinations of its bindings (each at least once).
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.bindings
+            .iter()
+            .map(|b| b.destination.clone())
+            .collect()
+    }
+
     /// Add a binding; false if already present.
     pub fn bind(&mut self, b: Binding) -> bool {
         if self.bindings.iter().any(|x| {

@@ -127,6 +127,16 @@ impl Router {
         }
     }
 
+    /// The destinations of its bindings (each at least once).
+    pub fn destinations(&self) -> Vec<Destination> {
+        match self {
+            Self::Direct(r) => r.destinations(),
+            Self::Fanout(r) => r.destinations(),
+            Self::Topic(r) => r.destinations(),
+            Self::Headers(r) => r.destinations(),
+        }
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         match self {

@@ -173,6 +173,19 @@ impl TopicRouter {
         n
     }
 
+    /// The destinations of its bindings (each at least once).
+    pub fn destinations(&self) -> Vec<Destination> {
+        let mut out = Vec::new();
+        let mut todo = vec![&self.root];
+        while let Some(n) = todo.pop() {
+            out.extend(n.dests.iter().map(|(d, _)| d.clone()));
+            todo.extend(n.words.values());
+            todo.extend(n.star.as_deref());
+            todo.extend(n.hash.as_deref());
+        }
+        out
+    }
+
     /// True if there is no binding.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
