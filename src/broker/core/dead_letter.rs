@@ -204,7 +204,7 @@ fn reroute(vhost: &VHost, task: DeadLetter, out: &mut DeadLetters) {
         old.body.clone(),
     );
     dead.lineage = Some(lineage);
-    let dead = Arc::new(dead);
+    let dead = Arc::new(dead.charged_like(old));
     let Ok(targets) = vhost.route(dlx, rk, dead.properties.headers().as_ref()) else {
         return;
     };
@@ -760,6 +760,28 @@ mod tests {
             // Each dead-lettering the budget allowed left one copy in the spy.
             assert_eq!(b.count("spy"), LINEAGE_BUDGET as u32);
         });
+    }
+
+    #[test]
+    fn dead_letters_count_on_the_memory_gauge() {
+        let b = Broker::new();
+        b.queue(
+            "ttl",
+            &[
+                ("x-message-ttl", int(0)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text("dlq")),
+            ],
+        );
+        b.queue("dlq", &[]);
+        let gauge = || b.core.memory().tracked();
+        let before = gauge();
+        b.publish("ttl", &"x".repeat(10_000), BasicProperties::default());
+        b.settle();
+        assert_eq!(b.count("dlq"), 1);
+        assert!(gauge() >= before + 10_000, "the dead letter is not counted");
+        b.ch.queue_purge("dlq").expect("queue.purge");
+        assert_eq!(gauge(), before);
     }
 
     #[test]

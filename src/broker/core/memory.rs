@@ -324,6 +324,11 @@ impl Charge {
         self.bytes
     }
 
+    /// The gauge it counts on, if any.
+    pub(crate) fn monitor(&self) -> Option<&Arc<MemoryMonitor>> {
+        self.monitor.as_ref()
+    }
+
     /// Counts `more` bytes on top.
     pub fn grow(&mut self, more: usize) {
         if let Some(m) = &self.monitor {

@@ -55,6 +55,15 @@ impl Message {
         self
     }
 
+    /// The message, counted on the gauge `like` counts on, if any: a dead letter
+    /// is a new message that takes its original's place in the queues.
+    pub(crate) fn charged_like(self, like: &Message) -> Self {
+        match like.charge.monitor() {
+            Some(monitor) => self.charged(monitor),
+            None => self,
+        }
+    }
+
     /// An estimate of the memory the message holds: its body, names and
     /// properties, and a fixed overhead for the structures around it.
     pub fn footprint(&self) -> usize {
