@@ -580,6 +580,8 @@ impl VHost {
     /// reaches, each one once. A work list with a visited set rather than a
     /// recursion: a chain of exchanges as long as a peer likes needs no stack and
     /// no depth limit (RabbitMQ has none), and a wide fan costs one visit each.
+    /// An exchange enters `visited` when it is queued, and `x` when it turns out to
+    /// bind to an exchange, so the common publish to one exchange allocates nothing.
     fn route_into<'a>(
         exs: &'a HashMap<String, Arc<Exchange>>,
         qs: &HashMap<String, Arc<Queue>>,
@@ -589,11 +591,10 @@ impl VHost {
         out: &mut Vec<Arc<Queue>>,
         visited: &mut HashSet<&'a str>,
     ) {
-        let mut todo: Vec<&'a Exchange> = vec![x];
-        while let Some(x) = todo.pop() {
-            if !visited.insert(x.name.as_str()) {
-                continue;
-            }
+        let mut todo: Vec<&'a Exchange> = Vec::new();
+        let mut next = Some(x);
+        while let Some(x) = next.take().or_else(|| todo.pop()) {
+            let mut marked = false;
             // One router lock at a time: released before the next exchange's.
             read(&x.router).route(routing_key, headers, &mut |d| match d {
                 Destination::Queue(n) => {
@@ -602,8 +603,14 @@ impl VHost {
                     }
                 }
                 Destination::Exchange(n) => {
+                    if !marked {
+                        visited.insert(x.name.as_str());
+                        marked = true;
+                    }
                     if let Some(dx) = exs.get(n) {
-                        todo.push(dx);
+                        if visited.insert(dx.name.as_str()) {
+                            todo.push(dx);
+                        }
                     }
                 }
             });
