@@ -23,6 +23,7 @@ use crate::broker::core::{AmqpError, Core, CoreConnection};
 use super::channel::{After, ServerChannel};
 use super::flow::Flow;
 use super::outbound::Outbound;
+use super::tables::{self, TableError};
 use super::writer::{self, short, Outgoing, ServerSink};
 use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 
@@ -387,56 +388,64 @@ impl Conn {
         }
     }
 
-    /// Cut the next complete frame out of `buf`, checking type, size and end marker.
+    /// Cut the next complete frame out of `buf`, checking type, size and end
+    /// marker, and the depth of its field tables before amq-protocol parses them.
     fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, AmqpError> {
-        let Some(head) = buf.get(..7) else {
+        let Some(&[ftype, ch_hi, ch_lo, s0, s1, s2, s3]) = buf.get(..7) else {
             return Ok(None);
         };
-        let ftype = head[0];
-        let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
         if !matches!(ftype, 1 | 2 | 3 | 8) {
             return Err(AmqpError::new(
                 codes::FRAME_ERROR,
                 format!("unknown frame type {ftype}"),
             ));
         }
-        let max = self.frame_max.max(4096) as usize;
-        if size + 8 > max {
-            return Err(AmqpError::new(
+        // Checked from the header alone, in u64 (no overflow whatever the
+        // peer declares), so nothing is reserved for an oversize frame.
+        let total = u64::from(u32::from_be_bytes([s0, s1, s2, s3])) + 8;
+        let max = self.frame_max.max(4096);
+        let too_large = || {
+            AmqpError::new(
                 codes::FRAME_ERROR,
-                format!(
-                    "frame size {} larger than negotiated maximum {}",
-                    size + 8,
-                    max
-                ),
-            ));
+                format!("frame size {total} larger than negotiated maximum {max}"),
+            )
+        };
+        if total > u64::from(max) {
+            return Err(too_large());
         }
-        if buf.len() < size + 8 {
-            buf.reserve(size + 8 - buf.len());
+        let total = usize::try_from(total).map_err(|_| too_large())?;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
             return Ok(None);
         }
-        if buf.get(size + 7) != Some(&0xCE) {
+        if buf.get(total - 1) != Some(&0xCE) {
             return Err(AmqpError::new(
                 codes::FRAME_ERROR,
                 "frame end marker missing (expected 0xCE)",
             ));
         }
-        let raw = buf.split_to(size + 8);
+        let raw = buf.split_to(total);
         if ftype == 3 {
             // Body payloads are opaque bytes: hand the slice over without re-collecting.
-            let ch = u16::from_be_bytes([raw[1], raw[2]]);
+            let ch = u16::from_be_bytes([ch_hi, ch_lo]);
             return Ok(Some(Incoming::Body(ch, raw)));
+        }
+        let payload = raw.get(7..total - 1).unwrap_or_default();
+        match tables::check_frame(ftype, payload) {
+            Ok(()) => {}
+            Err(TableError::TooDeep) => return Err(tables::too_deep(ftype, payload)),
+            Err(TableError::Malformed) => return Err(Self::parse_error(ftype, payload)),
         }
         match parse_frame(&raw[..]) {
             Ok((_, f)) => Ok(Some(Incoming::Frame(f))),
-            Err(_) => Err(Self::parse_error(ftype, &raw[7..7 + size])),
+            Err(_) => Err(Self::parse_error(ftype, payload)),
         }
     }
 
     fn parse_error(ftype: u8, payload: &[u8]) -> AmqpError {
-        if ftype == 1 && payload.len() >= 4 {
-            let class = u16::from_be_bytes([payload[0], payload[1]]);
-            let method = u16::from_be_bytes([payload[2], payload[3]]);
+        if let (1, Some(&[c0, c1, m0, m1])) = (ftype, payload.get(..4)) {
+            let class = u16::from_be_bytes([c0, c1]);
+            let method = u16::from_be_bytes([m0, m1]);
             if !known_method(class, method) {
                 return AmqpError::not_implemented(format!(
                     "unknown method (class {class}, method {method})"
@@ -741,7 +750,9 @@ fn parse_plain(resp: &[u8]) -> Option<(String, String)> {
 }
 
 fn parse_amqplain(resp: &[u8]) -> Option<(String, String)> {
-    // The response is a field table without its length prefix.
+    // The response is a field table without its length prefix, parsed
+    // recursively below: check its depth first.
+    super::tables::check_table_body(resp).ok()?;
     let mut framed = Vec::with_capacity(resp.len() + 4);
     framed.extend_from_slice(&u32::try_from(resp.len()).ok()?.to_be_bytes());
     framed.extend_from_slice(resp);

@@ -3,12 +3,14 @@
 //! `listener` accepts sockets, `connection` runs the handshake and reads frames,
 //! `channel` maps channel methods to core calls, `writer` encodes output from the
 //! bounded `outbound` queue, and `flow` blocks publishers while memory is short.
+//! `tables` checks field tables before they are parsed.
 
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub(crate) mod flow;
 pub(crate) mod listener;
 pub(crate) mod outbound;
+pub(crate) mod tables;
 pub(crate) mod writer;
 
 /// Largest frame the server accepts and proposes (`connection.tune`).
