@@ -69,6 +69,7 @@ pub struct BrokerBuilder {
     permissions: Vec<[String; 5]>,
     consumer_timeout: ConsumerTimeout,
     memory_high_watermark: Option<core::MemoryWatermark>,
+    limits: server::Limits,
 }
 
 /// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
@@ -171,6 +172,22 @@ impl BrokerBuilder {
         self
     }
 
+    /// Largest message body clients may publish, in bytes (RabbitMQ's
+    /// `max_message_size`; default 16 MiB, at most 512 MiB). A publish
+    /// declaring more gets its channel closed with 406 PRECONDITION_FAILED.
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.limits.max_message_size = bytes;
+        self
+    }
+
+    /// Most TCP connections open at once (RabbitMQ's `max_connections`;
+    /// default unlimited). Connections are counted from accept; one past the
+    /// limit is refused with 530 NOT_ALLOWED at `connection.open`.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = Some(max);
+        self
+    }
+
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
         if self.users.is_empty() {
@@ -226,10 +243,12 @@ impl BrokerBuilder {
             .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tracker, done) = mpsc::channel::<()>(1);
+        let admission = server::limits::Admission::new(self.limits);
         for l in listeners {
             tokio::spawn(server::listener::accept_loop(
                 l,
                 core.clone(),
+                admission.clone(),
                 shutdown_rx.clone(),
                 tracker.clone(),
             ));

@@ -48,6 +48,14 @@ pub struct BrokerArgs {
     /// every publisher.
     #[arg(long, value_name = "SIZE", default_value = "0.4")]
     memory_high_watermark: warren::broker::core::MemoryWatermark,
+    /// Largest message body clients may publish, in bytes (RabbitMQ's
+    /// max_message_size; at most 536870912).
+    #[arg(long, value_name = "BYTES", default_value_t = warren::broker::server::limits::MAX_MESSAGE_SIZE)]
+    max_message_size: u64,
+    /// Most client connections open at once (RabbitMQ's max_connections);
+    /// unlimited when unset.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 /// `name:secret` split at the first colon (names have none, secrets may).
@@ -101,6 +109,10 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
         ms => Some(Duration::from_millis(ms)),
     });
     builder = builder.memory_high_watermark(args.memory_high_watermark);
+    builder = builder.max_message_size(args.max_message_size);
+    if let Some(max) = args.max_connections {
+        builder = builder.max_connections(max);
+    }
     let broker = builder.start().await?;
     tracing::info!(
         bytes = broker.core().memory().watermark(),

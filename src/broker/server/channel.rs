@@ -16,9 +16,6 @@ use crate::broker::core::{AmqpError, CoreChannel};
 use super::outbound::Outbound;
 use super::writer::Outgoing;
 
-/// Largest message body accepted (RabbitMQ's default `max_message_size`).
-pub(crate) const MAX_MESSAGE_SIZE: u64 = 128 * 1024 * 1024;
-
 struct Pending {
     exchange: ShortString,
     routing_key: ShortString,
@@ -44,6 +41,8 @@ pub(crate) struct ServerChannel {
     /// Server sent channel.close and waits for close-ok.
     closing: bool,
     pending: Option<Pending>,
+    /// Largest body a publish may declare (`max_message_size`).
+    max_message_size: u64,
 }
 
 fn unexpected(detail: &str) -> AmqpError {
@@ -51,12 +50,13 @@ fn unexpected(detail: &str) -> AmqpError {
 }
 
 impl ServerChannel {
-    pub(crate) fn new(id: u16, core: CoreChannel) -> Self {
+    pub(crate) fn new(id: u16, core: CoreChannel, max_message_size: u64) -> Self {
         Self {
             id,
             core,
             closing: false,
             pending: None,
+            max_message_size,
         }
     }
 
@@ -134,15 +134,22 @@ impl ServerChannel {
                 "expected content header for class 60, got one for class {class_id} instead"
             )));
         }
-        if body_size > MAX_MESSAGE_SIZE {
-            self.pending = None;
-            return Err(AmqpError::precondition(format!(
-                "message size {body_size} is larger than configured max size {MAX_MESSAGE_SIZE}"
+        if body_size > self.max_message_size {
+            // Refused from the declared size, before any body arrives: a
+            // channel error (RabbitMQ's text), and the closing channel drops
+            // the bodies the peer already sent.
+            let e = AmqpError::precondition(format!(
+                "message size {body_size} is larger than configured max size {}",
+                self.max_message_size
             ))
-            .during(60, 40));
+            .during(60, 40);
+            self.fail(out, &e);
+            return Ok(After::Nothing);
         }
         p.header = Some((properties, body_size));
-        p.body = BytesMut::with_capacity(body_size.min(1 << 20) as usize);
+        // Nothing reserved from the declared size: the body grows with the
+        // bytes that actually arrive (see `on_body`).
+        p.body = BytesMut::new();
         if body_size == 0 {
             return self.complete(out);
         }
@@ -165,17 +172,18 @@ impl ServerChannel {
             ));
         };
         let size = *size;
-        if (p.body.len() + data.len()) as u64 > size {
+        let got = p.body.len().saturating_add(data.len());
+        // RabbitMQ's frame_error for a body frame past the declared size.
+        if u64::try_from(got).map_or(true, |got| got > size) {
             return Err(AmqpError::new(
                 codes::FRAME_ERROR,
-                format!(
-                    "content body exceeds declared size {size} (got {})",
-                    p.body.len() + data.len()
-                ),
+                format!("content body exceeds declared size {size} (got {got})"),
             ));
         }
+        // One frame is one exact allocation; more grow the buffer by doubling
+        // (amortised copies), so its capacity stays within twice what arrived.
         p.body.extend_from_slice(data);
-        if p.body.len() as u64 == size {
+        if u64::try_from(p.body.len()).is_ok_and(|len| len == size) {
             return self.complete(out);
         }
         // Only bodies spanning several frames wait here; the usual
@@ -536,4 +544,77 @@ pub(crate) fn invalid(m: &AMQPClass) -> AmqpError {
         m.get_amqp_method_id()
     ))
     .during(m.get_amqp_class_id(), m.get_amqp_method_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Outgoing, ServerChannel};
+    use crate::broker::core::permission::Permissions;
+    use crate::broker::core::Core;
+    use crate::broker::server::outbound::Outbound;
+    use crate::broker::server::writer::ServerSink;
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{basic, channel, AMQPClass, BasicProperties};
+
+    fn publishing_channel(max: u64) -> (ServerChannel, Arc<Outbound>) {
+        let core: Arc<Core> = Core::new(&[("guest".into(), "guest".into())], &[]);
+        let all = Permissions::new(".*", ".*", ".*").expect("valid patterns");
+        core.set_permissions("guest", "/", all);
+        let conn = core
+            .open_connection("/", "guest")
+            .expect("connection opens");
+        let out = Arc::new(Outbound::new());
+        let sink = Box::new(ServerSink {
+            channel: 1,
+            tx: out.clone(),
+        });
+        let mut ch = ServerChannel::new(1, conn.open_channel(sink), max);
+        let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "nowhere".into(),
+            mandatory: false,
+            immediate: false,
+        }));
+        assert!(ch.on_method(publish, &out).is_ok());
+        (ch, out)
+    }
+
+    #[test]
+    fn a_declared_body_size_reserves_nothing_until_bytes_arrive() {
+        let (mut ch, out) = publishing_channel(16 << 20);
+        let declared = 16 << 20;
+        assert!(ch
+            .on_header(60, declared, BasicProperties::default(), &out)
+            .is_ok());
+        let capacity = |ch: &ServerChannel| ch.pending.as_ref().map(|p| p.body.capacity());
+        assert_eq!(capacity(&ch), Some(0));
+        assert!(ch.on_body(&[7; 10], &out).is_ok());
+        assert!(capacity(&ch).is_some_and(|c| (10..=20).contains(&c)));
+    }
+
+    #[test]
+    fn a_body_over_max_message_size_closes_the_channel_only() {
+        let (mut ch, out) = publishing_channel(1000);
+        assert!(ch
+            .on_header(60, 1001, BasicProperties::default(), &out)
+            .is_ok());
+        let mut sent = Vec::new();
+        out.take(&mut sent, 16);
+        let Some(Outgoing::Frame(frame)) = sent.pop() else {
+            panic!("no channel.close");
+        };
+        let AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Close(close))) = *frame
+        else {
+            panic!("not a channel.close: {frame:?}");
+        };
+        assert_eq!(close.reply_code, 406);
+        assert_eq!(
+            close.reply_text.as_str(),
+            "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000"
+        );
+        // The bodies already on their way are dropped, not an error.
+        assert!(ch.on_body(&[0; 1001], &out).is_ok());
+    }
 }

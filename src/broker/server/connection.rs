@@ -22,6 +22,7 @@ use crate::broker::core::{AmqpError, Core, CoreConnection};
 
 use super::channel::{After, ServerChannel};
 use super::flow::Flow;
+use super::limits::{Admission, INITIAL_FRAME_MAX};
 use super::outbound::Outbound;
 use super::tables::{self, TableError};
 use super::writer::{self, short, Outgoing, ServerSink};
@@ -84,6 +85,7 @@ enum Phase {
 
 struct Conn {
     core: Arc<Core>,
+    admission: Arc<Admission>,
     peer: Option<IpAddr>,
     out: Arc<Outbound>,
     /// Blocked while the memory alarm is on (see `flow`).
@@ -111,6 +113,7 @@ pub(crate) async fn serve<S>(
     stream: S,
     peer: Option<IpAddr>,
     core: Arc<Core>,
+    admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -144,12 +147,15 @@ pub(crate) async fn serve<S>(
     let flow = Flow::new(core.memory().clone());
     let mut c = Conn {
         core,
+        admission,
         peer,
         out,
         flow,
         phase: Phase::StartOk,
         user: None,
-        frame_max: FRAME_MAX,
+        // Until tune-ok: a login needs no more, and an unauthenticated peer
+        // gets no bigger buffer.
+        frame_max: INITIAL_FRAME_MAX,
         channel_max: CHANNEL_MAX,
         heartbeat: 0,
         conn: None,
@@ -403,7 +409,7 @@ impl Conn {
         // Checked from the header alone, in u64 (no overflow whatever the
         // peer declares), so nothing is reserved for an oversize frame.
         let total = u64::from(u32::from_be_bytes([s0, s1, s2, s3])) + 8;
-        let max = self.frame_max.max(4096);
+        let max = self.frame_max.max(INITIAL_FRAME_MAX);
         let too_large = || {
             AmqpError::new(
                 codes::FRAME_ERROR,
@@ -565,9 +571,11 @@ impl Conn {
             if self.channels.contains_key(&ch) {
                 return Err(AmqpError::channel_error("second 'channel.open' seen").during(20, 10));
             }
+            // Channel numbers run 1..=channel_max (the spec), which also
+            // bounds how many are open; past it, RabbitMQ's 530 for its limit.
             if ch > self.channel_max {
-                return Err(AmqpError::channel_error(format!(
-                    "channel number {ch} exceeds negotiated channel_max {}",
+                return Err(AmqpError::not_allowed(format!(
+                    "channel number {ch} exceeds the negotiated channel_max ({})",
                     self.channel_max
                 ))
                 .during(20, 10));
@@ -579,7 +587,9 @@ impl Conn {
                 channel: ch,
                 tx: self.out.clone(),
             }));
-            self.channels.insert(ch, ServerChannel::new(ch, core));
+            let max_message_size = self.admission.limits.max_message_size;
+            self.channels
+                .insert(ch, ServerChannel::new(ch, core, max_message_size));
             self.send(
                 ch,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
@@ -621,6 +631,12 @@ impl Conn {
                 Ok(())
             }
             (Phase::Open, M::Open(o)) => {
+                if let Some(max) = self.admission.over_connection_limit() {
+                    return Err(AmqpError::not_allowed(format!(
+                        "connection refused: node connection limit ({max}) is reached"
+                    ))
+                    .during(10, 40));
+                }
                 let user = self.user.clone().unwrap_or_default();
                 let conn = self
                     .core

@@ -10,10 +10,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::core::Core;
 
+use super::limits::Admission;
+
 /// Accept loop for one listener; stops when the shutdown flag flips.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     core: Arc<Core>,
+    admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
     tracker: mpsc::Sender<()>,
 ) {
@@ -29,9 +32,13 @@ pub(crate) async fn accept_loop(
                     let core = core.clone();
                     let rx = shutdown.clone();
                     let t = tracker.clone();
+                    // Counted from accept (as RabbitMQ counts), checked at connection.open.
+                    let counted = admission.count();
+                    let admission = admission.clone();
                     tokio::spawn(async move {
-                        super::connection::serve(stream, Some(peer.ip()), core, rx).await;
-                        drop(t);
+                        super::connection::serve(stream, Some(peer.ip()), core, admission, rx)
+                            .await;
+                        drop((counted, t));
                     });
                 }
                 Err(e) => {

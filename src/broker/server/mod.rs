@@ -3,15 +3,19 @@
 //! `listener` accepts sockets, `connection` runs the handshake and reads frames,
 //! `channel` maps channel methods to core calls, `writer` encodes output from the
 //! bounded `outbound` queue, and `flow` blocks publishers while memory is short.
-//! `tables` checks field tables before they are parsed.
+//! `tables` checks field tables before they are parsed, `limits` holds what
+//! peers may do.
 
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub(crate) mod flow;
+pub mod limits;
 pub(crate) mod listener;
 pub(crate) mod outbound;
 pub(crate) mod tables;
 pub(crate) mod writer;
+
+pub use limits::Limits;
 
 /// Largest frame the server accepts and proposes (`connection.tune`).
 pub const FRAME_MAX: u32 = 131_072;
@@ -29,7 +33,8 @@ pub async fn serve_bytes(core: std::sync::Arc<super::core::Core>, input: &[u8]) 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (client, server) = tokio::io::duplex(1 << 16);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(connection::serve(server, None, core, stopped));
+    let admission = limits::Admission::new(Limits::default());
+    let task = tokio::spawn(connection::serve(server, None, core, admission, stopped));
     let (mut rd, mut wr) = tokio::io::split(client);
     let input = input.to_vec();
     let writer = tokio::spawn(async move {
