@@ -1,12 +1,17 @@
 //! Feeds arbitrary bytes to the broker's connection state machine, raw or
 //! after a valid handshake (so the fuzzer reaches channel and content
-//! handling). The broker must never panic, whatever it is sent.
+//! handling). The broker must never panic, whatever it is sent, nor run out
+//! of stack: it runs on a thread with tokio's default worker stack (2 MiB),
+//! where a field table nested a thousand levels deep used to abort it.
 #![no_main]
 
 use amq_protocol::frame::{gen_frame, AMQPFrame, ProtocolVersion, WriteContext};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use libfuzzer_sys::fuzz_target;
+
+/// tokio's default worker thread stack size.
+const WORKER_STACK: usize = 2 * 1024 * 1024;
 
 fn frames(frames: &[AMQPFrame]) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -63,17 +68,29 @@ fuzz_target!(|data: &[u8]| {
         input.extend_from_slice(rest);
         input
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let core =
-            warren::broker::core::Core::new(&[("guest".to_owned(), "guest".to_owned())], &[]);
-        // Users may use nothing until granted, as in RabbitMQ.
-        let all = warren::broker::core::permission::Permissions::new(".*", ".*", ".*")
-            .expect("valid patterns");
-        core.set_permissions("guest", "/", all);
-        warren::broker::server::serve_bytes(core, &input).await;
-    });
+    // The broker's stack is the worker's: a current-thread runtime on a
+    // thread of its own, sized like a tokio worker.
+    let broker = std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let core = warren::broker::core::Core::new(
+                    &[("guest".to_owned(), "guest".to_owned())],
+                    &[],
+                );
+                // Users may use nothing until granted, as in RabbitMQ.
+                let all = warren::broker::core::permission::Permissions::new(".*", ".*", ".*")
+                    .expect("valid patterns");
+                core.set_permissions("guest", "/", all);
+                warren::broker::server::serve_bytes(core, &input).await;
+            });
+        })
+        .expect("a broker thread");
+    if let Err(panic) = broker.join() {
+        std::panic::resume_unwind(panic);
+    }
 });
