@@ -9,6 +9,8 @@ use amq_protocol::frame::{gen_frame, AMQPFrame, ProtocolVersion, WriteContext};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use warren::broker::core::permission::Permissions;
 
 /// tokio's default worker thread stack size.
 const WORKER_STACK: usize = 2 * 1024 * 1024;
@@ -57,6 +59,14 @@ fn handshake() -> Vec<u8> {
     ])
 }
 
+/// Every permission, its regular expressions compiled once: compiling them
+/// for each input took most of its time (60 inputs/s instead of 650).
+fn all_permissions() -> Permissions {
+    static ALL: OnceLock<Permissions> = OnceLock::new();
+    ALL.get_or_init(|| Permissions::new(".*", ".*", ".*").expect("valid patterns"))
+        .clone()
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else {
         return;
@@ -83,9 +93,7 @@ fuzz_target!(|data: &[u8]| {
                     &[],
                 );
                 // Users may use nothing until granted, as in RabbitMQ.
-                let all = warren::broker::core::permission::Permissions::new(".*", ".*", ".*")
-                    .expect("valid patterns");
-                core.set_permissions("guest", "/", all);
+                core.set_permissions("guest", "/", all_permissions());
                 warren::broker::server::serve_bytes(core, &input).await;
             });
         })
