@@ -2,6 +2,8 @@
 //!
 //! Every test starts its own broker on an ephemeral port.
 
+mod common;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -706,18 +708,19 @@ async fn passive_declare_404_and_redeclare_406() {
 
 #[tokio::test]
 async fn unknown_delivery_tag_406() {
-    let (_b, _c, ch) = setup().await;
+    let (_b, c, ch) = setup().await;
+    let events = c.events_listener();
     ch.basic_ack(42, BasicAckOptions::default()).await.unwrap();
-    // The error arrives as channel.close: the next sync call fails.
-    let err = ch
+    // The error arrives as channel.close, after the ack has been sent.
+    assert_eq!(common::next_error_code(events).await, Some(406));
+    let after = ch
         .queue_declare(
             s("x"),
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .unwrap_err();
-    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
+        .await;
+    assert!(after.is_err(), "the channel is closed: {after:?}");
 }
 
 #[tokio::test]

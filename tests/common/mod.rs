@@ -443,3 +443,30 @@ macro_rules! on_both_brokers {
         }
     };
 }
+
+/// The reply code of the next error the broker reports on a connection's
+/// `events_listener()` (taken before the action that provokes it), within 10 s.
+///
+/// For errors raised by asynchronous methods (publish, ack): lapin reports
+/// those on the channel's next call only when that call is sent before the
+/// broker's `channel.close` arrives; otherwise the call fails with
+/// "channel closing" and the code is only on the connection's events.
+pub async fn next_error_code(
+    events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
+) -> Option<u16> {
+    use futures::StreamExt;
+    let mut events = std::pin::pin!(events);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+                    return Some(amqp.get_id());
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
