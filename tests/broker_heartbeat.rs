@@ -14,13 +14,11 @@ mod common;
 
 use std::time::Duration;
 
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, ProtocolVersion, WriteContext};
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
-use amq_protocol::types::FieldTable;
-use amq_protocol::uri::AMQPUri;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+
+use common::raw::{channel_open, Opts, Peer};
 
 /// The heartbeat interval the tests negotiate, in seconds.
 const HEARTBEAT: u16 = 1;
@@ -33,114 +31,12 @@ on_both_brokers!(
     the_broker_sends_heartbeats_at_the_negotiated_interval,
 );
 
-/// A raw AMQP peer: a socket and what it has read but not yet parsed.
-struct Peer {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Peer {
-    async fn send(&mut self, frame: AMQPFrame) {
-        let (bytes, _) = gen_frame(&frame)(WriteContext::from(Vec::new()))
-            .expect("frame encodes")
-            .into_inner();
-        self.sock.write_all(&bytes).await.expect("write to broker");
-    }
-
-    /// The next frame, or `None` once the broker has closed the socket.
-    async fn recv(&mut self) -> Option<AMQPFrame> {
-        loop {
-            if !self.buf.is_empty() {
-                match parse_frame(&self.buf[..]) {
-                    Ok((rest, frame)) => {
-                        let used = self.buf.len() - rest.len();
-                        self.buf.drain(..used);
-                        return Some(frame);
-                    }
-                    Err(e) if e.is_incomplete() => {}
-                    Err(e) => panic!("unparsable input from the broker: {e:?}"),
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match self.sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next method on channel 0 or `ch`, skipping heartbeats.
-    async fn method(&mut self) -> (u16, AMQPClass) {
-        loop {
-            match timeout(GUARD, self.recv()).await.expect("broker answers") {
-                Some(AMQPFrame::Method(ch, m)) => return (ch, m),
-                Some(AMQPFrame::Heartbeat) => continue,
-                Some(other) => panic!("unexpected frame {other:?}"),
-                None => panic!("broker closed the connection"),
-            }
-        }
-    }
-
-    /// Connects to the broker at `url` and opens the connection with a
-    /// `heartbeat`-second interval in tune-ok.
-    async fn open(url: &str, heartbeat: u16) -> Peer {
-        let uri: AMQPUri = url.parse().expect("an AMQP URL");
-        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let sock = TcpStream::connect(addr).await.expect("connect");
-        let mut peer = Peer {
-            sock,
-            buf: Vec::new(),
-        };
-        peer.send(AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))
-            .await;
-        let (_, start) = peer.method().await;
-        assert!(
-            matches!(
-                start,
-                AMQPClass::Connection(connection::AMQPMethod::Start(_))
-            ),
-            "{start:?}"
-        );
-        let user = &uri.authority.userinfo;
-        peer.send(AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
-                mechanism: "PLAIN".into(),
-                response: format!("\0{}\0{}", user.username, user.password).into(),
-                locale: "en_US".into(),
-            })),
-        ))
-        .await;
-        let (_, tune) = peer.method().await;
-        let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = tune else {
-            panic!("expected connection.tune, got {tune:?}");
-        };
-        peer.send(AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat,
-            })),
-        ))
-        .await;
-        peer.send(AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: uri.vhost.as_str().into(),
-            })),
-        ))
-        .await;
-        let (_, open_ok) = peer.method().await;
-        assert!(
-            matches!(
-                open_ok,
-                AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
-            ),
-            "{open_ok:?}"
-        );
-        peer
+/// The peer's options: a [`HEARTBEAT`]-second interval in tune-ok.
+fn opts() -> Opts {
+    Opts {
+        guard: GUARD,
+        heartbeat: HEARTBEAT,
+        ..Opts::default()
     }
 }
 
@@ -160,7 +56,7 @@ async fn keep_alive(peer: &mut Peer, period: Duration) -> Heard {
     let mut next_beat = start;
     while start.elapsed() < period && !heard.closed {
         if Instant::now() >= next_beat {
-            peer.send(AMQPFrame::Heartbeat).await;
+            peer.send(&AMQPFrame::Heartbeat).await;
             next_beat += Duration::from_millis(u64::from(HEARTBEAT) * 500);
         }
         let wait = next_beat.min(start + period);
@@ -179,7 +75,7 @@ async fn keep_alive(peer: &mut Peer, period: Duration) -> Heard {
 }
 
 async fn a_silent_peer_is_hung_up_on(url: String) {
-    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let mut peer = Peer::open(&url, opts()).await;
     let silent_since = Instant::now();
     // Read (the broker's own heartbeats may arrive) but never write.
     let hung_up = timeout(GUARD, async { while peer.recv().await.is_some() {} }).await;
@@ -197,7 +93,7 @@ async fn a_silent_peer_is_hung_up_on(url: String) {
 }
 
 async fn a_peer_sending_heartbeats_stays_connected(url: String) {
-    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let mut peer = Peer::open(&url, opts()).await;
     let period = Duration::from_secs(u64::from(HEARTBEAT) * 5);
     let heard = keep_alive(&mut peer, period).await;
     assert!(
@@ -205,11 +101,7 @@ async fn a_peer_sending_heartbeats_stays_connected(url: String) {
         "the broker hung up on a peer sending heartbeats: {heard:?}"
     );
     // And it is still served: a channel opens.
-    peer.send(AMQPFrame::Method(
-        1,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    ))
-    .await;
+    peer.send(&channel_open(1)).await;
     let (ch, open_ok) = peer.method().await;
     assert!(
         ch == 1 && matches!(open_ok, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
@@ -218,7 +110,7 @@ async fn a_peer_sending_heartbeats_stays_connected(url: String) {
 }
 
 async fn the_broker_sends_heartbeats_at_the_negotiated_interval(url: String) {
-    let mut peer = Peer::open(&url, HEARTBEAT).await;
+    let mut peer = Peer::open(&url, opts()).await;
     let interval = Duration::from_secs(u64::from(HEARTBEAT));
     let heard = keep_alive(&mut peer, interval * 4).await;
     assert!(!heard.closed, "{heard:?}");

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use warren::rpc::Context;
 
+pub mod raw;
+
 /// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
 pub fn rabbitmq_url() -> String {
     ensure_rabbitmq();

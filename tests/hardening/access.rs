@@ -7,16 +7,10 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{
-    gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext,
-};
-use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+use amq_protocol::protocol::{channel, connection, queue, AMQPClass};
 use amq_protocol::types::FieldTable;
-use amq_protocol::uri::AMQPUri;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
+use crate::common::raw::{connection_close, method, publish, Opts, Peer};
 use crate::common::unique;
 use crate::on_both_brokers;
 
@@ -29,206 +23,21 @@ on_both_brokers!(
     channel_flow_false_is_refused_with_540,
 );
 
-/// A raw AMQP 0-9-1 peer: a socket and what it has read but not parsed.
-struct Peer {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-fn encode(frames: &[AMQPFrame]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in frames {
-        let (bytes, _) = gen_frame(f)(WriteContext::from(Vec::new()))
-            .expect("frame encodes")
-            .into_inner();
-        out.extend_from_slice(&bytes);
+/// The peer's options: the hang guard, and a delivery's content frames
+/// skipped between methods.
+fn opts() -> Opts {
+    Opts {
+        guard: GUARD,
+        skip_content: true,
+        ..Opts::default()
     }
-    out
-}
-
-fn method(ch: u16, m: AMQPClass) -> AMQPFrame {
-    AMQPFrame::Method(ch, m)
-}
-
-fn channel_open(ch: u16) -> AMQPFrame {
-    method(
-        ch,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-}
-
-fn connection_close() -> AMQPFrame {
-    method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: 200,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        })),
-    )
-}
-
-/// A `basic.publish` of `body` with its content frames.
-fn publish(ch: u16, exchange: &str, routing_key: &str, body: &[u8]) -> [AMQPFrame; 3] {
-    [
-        method(
-            ch,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-                mandatory: false,
-                immediate: false,
-            })),
-        ),
-        AMQPFrame::Header(
-            ch,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: body.len() as u64,
-                properties: Default::default(),
-            },
-        ),
-        AMQPFrame::Body(ch, body.to_vec()),
-    ]
 }
 
 impl Peer {
-    /// Writes `frames` in one write, so the broker has them all at once.
-    async fn send(&mut self, frames: &[AMQPFrame]) {
-        self.sock
-            .write_all(&encode(frames))
-            .await
-            .expect("write to broker");
-    }
-
-    /// The next frame, or `None` once the broker has closed the socket.
-    async fn recv(&mut self) -> Option<AMQPFrame> {
-        loop {
-            if !self.buf.is_empty() {
-                match parse_frame(&self.buf[..]) {
-                    Ok((rest, frame)) => {
-                        let used = self.buf.len() - rest.len();
-                        self.buf.drain(..used);
-                        return Some(frame);
-                    }
-                    Err(e) if e.is_incomplete() => {}
-                    Err(e) => panic!("unparsable input from the broker: {e:?}"),
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match self.sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next method, skipping heartbeats; `None` at EOF.
-    async fn next_method(&mut self) -> Option<(u16, AMQPClass)> {
-        loop {
-            match timeout(GUARD, self.recv()).await.expect("broker answers") {
-                Some(AMQPFrame::Method(ch, m)) => return Some((ch, m)),
-                Some(AMQPFrame::Heartbeat) => continue,
-                Some(_) => continue, // content of a delivery
-                None => return None,
-            }
-        }
-    }
-
-    /// The next method; panics at EOF.
-    async fn method(&mut self) -> (u16, AMQPClass) {
-        self.next_method()
-            .await
-            .expect("broker closed the connection")
-    }
-
-    /// Connects to the broker at `url` (its user, password and vhost) and
-    /// opens the connection.
-    async fn open(url: &str) -> Peer {
-        let mut peer = Peer::login(url).await;
-        let (_, open_ok) = peer.method().await;
-        assert!(
-            matches!(
-                open_ok,
-                AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
-            ),
-            "expected connection.open-ok, got {open_ok:?}"
-        );
-        peer
-    }
-
-    /// The handshake up to and including connection.open (not its answer).
-    async fn login(url: &str) -> Peer {
-        let uri: AMQPUri = url.parse().expect("an AMQP URL");
-        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let sock = TcpStream::connect(addr).await.expect("connect");
-        let mut peer = Peer {
-            sock,
-            buf: Vec::new(),
-        };
-        peer.send(&[AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1())])
-            .await;
-        let (_, start) = peer.method().await;
-        assert!(
-            matches!(
-                start,
-                AMQPClass::Connection(connection::AMQPMethod::Start(_))
-            ),
-            "{start:?}"
-        );
-        let user = &uri.authority.userinfo;
-        peer.send(&[method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
-                mechanism: "PLAIN".into(),
-                response: format!("\0{}\0{}", user.username, user.password).into(),
-                locale: "en_US".into(),
-            })),
-        )])
-        .await;
-        let (_, tune) = peer.method().await;
-        let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = tune else {
-            panic!("expected connection.tune, got {tune:?}");
-        };
-        peer.send(&[
-            method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                    channel_max: tune.channel_max,
-                    frame_max: tune.frame_max,
-                    heartbeat: 0,
-                })),
-            ),
-            method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                    virtual_host: uri.vhost.as_str().into(),
-                })),
-            ),
-        ])
-        .await;
-        peer
-    }
-
-    /// Opens channel `ch`, asserting open-ok.
-    async fn open_channel(&mut self, ch: u16) {
-        self.send(&[channel_open(ch)]).await;
-        let got = self.method().await;
-        assert!(
-            matches!(
-                got,
-                (c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) if c == ch
-            ),
-            "expected channel.open-ok on {ch}, got {got:?}"
-        );
-    }
-
     /// Declares a server-named exclusive queue on `ch`: proof the
     /// connection is served.
     async fn declare_queue(&mut self, ch: u16) -> String {
-        self.send(&[method(
+        self.send_all(&[method(
             ch,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: "".into(),
@@ -251,7 +60,7 @@ impl Peer {
 
     /// Closes the connection cleanly.
     async fn close(mut self) {
-        self.send(&[connection_close()]).await;
+        self.send(&connection_close()).await;
         loop {
             match self.method().await {
                 (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => return,
@@ -270,7 +79,7 @@ impl Peer {
 /// close-ok for its own, and the connection lives on (warren used to
 /// forget the channel at the first close and fail the second with 504).
 async fn a_channel_close_crossing_the_brokers_close_is_answered(url: String) {
-    let mut peer = Peer::open(&url).await;
+    let mut peer = Peer::open(&url, opts()).await;
     peer.open_channel(1).await;
     let missing = unique("warren-missing");
     let mut frames = publish(1, &missing, "rk", b"lost").to_vec();
@@ -283,7 +92,7 @@ async fn a_channel_close_crossing_the_brokers_close_is_answered(url: String) {
             method_id: 0,
         })),
     ));
-    peer.send(&frames).await;
+    peer.send_all(&frames).await;
 
     let (ch, got) = peer.method().await;
     match got {
@@ -298,7 +107,7 @@ async fn a_channel_close_crossing_the_brokers_close_is_answered(url: String) {
         "expected channel.close-ok for the client's close, got {ch} {got:?}"
     );
     // The client's answer to the broker's close.
-    peer.send(&[method(
+    peer.send_all(&[method(
         1,
         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
     )])
@@ -317,9 +126,9 @@ async fn a_channel_close_crossing_the_brokers_close_is_answered(url: String) {
 /// saw EOF, reported as 501).
 async fn every_connection_close_of_a_racing_client_gets_close_ok(url: String) {
     const CLOSERS: usize = 32;
-    let mut peer = Peer::open(&url).await;
+    let mut peer = Peer::open(&url, opts()).await;
     peer.open_channel(1).await;
-    peer.send(&vec![connection_close(); CLOSERS]).await;
+    peer.send_all(&vec![connection_close(); CLOSERS]).await;
     let mut close_oks = 0;
     while close_oks < CLOSERS {
         match peer.next_method().await {
@@ -332,7 +141,7 @@ async fn every_connection_close_of_a_racing_client_gets_close_ok(url: String) {
     drop(peer);
 
     // A new client is served.
-    let mut next = Peer::open(&url).await;
+    let mut next = Peer::open(&url, opts()).await;
     next.open_channel(1).await;
     next.declare_queue(1).await;
     next.close().await;
@@ -348,9 +157,9 @@ async fn channel_flow_false_is_refused_with_540(url: String) {
             AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active })),
         )
     };
-    let mut peer = Peer::open(&url).await;
+    let mut peer = Peer::open(&url, opts()).await;
     peer.open_channel(1).await;
-    peer.send(&[flow(true)]).await;
+    peer.send_all(&[flow(true)]).await;
     let got = peer.method().await;
     assert!(
         matches!(
@@ -364,7 +173,7 @@ async fn channel_flow_false_is_refused_with_540(url: String) {
         ),
         "expected channel.flow-ok(active=true), got {got:?}"
     );
-    peer.send(&[flow(false)]).await;
+    peer.send_all(&[flow(false)]).await;
     match peer.method().await {
         (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
             assert_eq!(
@@ -375,13 +184,13 @@ async fn channel_flow_false_is_refused_with_540(url: String) {
         }
         other => panic!("expected connection.close 540, got {other:?}"),
     }
-    peer.send(&[method(
+    peer.send_all(&[method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
     )])
     .await;
 
-    let mut next = Peer::open(&url).await;
+    let mut next = Peer::open(&url, opts()).await;
     next.open_channel(1).await;
     next.declare_queue(1).await;
     next.close().await;
@@ -762,7 +571,7 @@ mod consumer_timeout {
     use amq_protocol::types::FieldTable;
     use warren::broker::Broker;
 
-    use super::{method, publish, Peer};
+    use super::{method, opts, publish, Peer};
 
     /// A delivery left unacknowledged past `consumer_timeout` closes its
     /// channel with 406 and RabbitMQ's text; the message is requeued, and
@@ -775,7 +584,7 @@ mod consumer_timeout {
             .start()
             .await
             .expect("start");
-        let mut peer = Peer::open(&broker.url()).await;
+        let mut peer = Peer::open(&broker.url(), opts()).await;
         peer.open_channel(1).await;
         let q = peer.declare_queue(1).await;
         let mut frames = publish(1, "", &q, b"slow").to_vec();
@@ -791,7 +600,7 @@ mod consumer_timeout {
                 arguments: FieldTable::default(),
             })),
         ));
-        peer.send(&frames).await;
+        peer.send_all(&frames).await;
 
         let close = loop {
             match peer.method().await {
@@ -808,14 +617,14 @@ mod consumer_timeout {
              value used: 1000 ms. This timeout value can be configured, see consumers doc \
              guide to learn more"
         );
-        peer.send(&[method(
+        peer.send_all(&[method(
             1,
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
         )])
         .await;
 
         peer.open_channel(2).await;
-        peer.send(&[method(
+        peer.send_all(&[method(
             2,
             AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
                 queue: q.as_str().into(),
@@ -840,7 +649,7 @@ mod signals {
 
     use amq_protocol::protocol::{connection, AMQPClass};
 
-    use super::{method, Peer, GUARD};
+    use super::{method, opts, Peer, GUARD};
 
     /// A port free a moment ago.
     fn free_port() -> u16 {
@@ -881,7 +690,7 @@ mod signals {
             }
             other => panic!("expected connection.close 320, got {other:?}"),
         }
-        peer.send(&[method(
+        peer.send_all(&[method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
         )])
@@ -921,7 +730,11 @@ mod signals {
             &[],
         );
         let _ = std::fs::remove_file(&file);
-        let mut peer = Peer::open(&format!("amqp://alice:pa%3Ass@127.0.0.1:{port}/%2f")).await;
+        let mut peer = Peer::open(
+            &format!("amqp://alice:pa%3Ass@127.0.0.1:{port}/%2f"),
+            opts(),
+        )
+        .await;
         peer.open_channel(1).await;
         stops_gracefully_on("TERM", child, peer).await;
     }
@@ -934,7 +747,7 @@ mod signals {
             &["--permission", "bob", "/", ".*", ".*", ".*"],
             &[("WARREN_BROKER_USER", "bob:pw")],
         );
-        let mut peer = Peer::open(&format!("amqp://bob:pw@127.0.0.1:{port}/%2f")).await;
+        let mut peer = Peer::open(&format!("amqp://bob:pw@127.0.0.1:{port}/%2f"), opts()).await;
         peer.open_channel(1).await;
         stops_gracefully_on("INT", child, peer).await;
     }

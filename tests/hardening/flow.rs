@@ -29,9 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amq_protocol::frame::WriteContext;
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion};
-use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{basic, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable as RawTable};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -41,11 +40,13 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
 use tokio::time::timeout;
 use warren::broker::core::MemoryWatermark;
 use warren::broker::Broker;
+
+use crate::common::raw::{encode, encode_all, next_frame, publish, Opts, Peer};
 
 /// Body size of the flood's messages.
 const BODY: usize = 4096;
@@ -267,146 +268,42 @@ async fn publish_confirmed(ch: Channel, queue: String, publisher: u32, count: u3
     confirmed
 }
 
-/// A raw AMQP 0-9-1 peer (no client library): frames by hand with
-/// amq-protocol's generator and parser.
-struct RawPeer {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-fn encode(frame: &AMQPFrame) -> Vec<u8> {
-    gen_frame(frame)(WriteContext::from(Vec::new()))
-        .expect("frame encodes")
-        .into_inner()
-        .0
-}
-
-impl RawPeer {
-    /// Connects, logs in as guest and opens channel 1. `capable`: announce
-    /// `connection.blocked` (and nothing else); `recv_buffer`: a small
-    /// SO_RCVBUF for a peer that will stop reading.
-    async fn open(port: u16, capable: bool, recv_buffer: Option<u32>) -> Self {
-        let socket = TcpSocket::new_v4().expect("socket");
-        if let Some(size) = recv_buffer {
-            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
-        }
-        let sock = socket
-            .connect(([127, 0, 0, 1], port).into())
-            .await
-            .expect("connect");
-        let mut peer = Self {
-            sock,
-            buf: Vec::new(),
-        };
-        peer.send(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))
-            .await;
-        peer.expect_method("connection.start").await;
-        let mut props = RawTable::default();
-        props.insert("product".into(), AMQPValue::LongString("raw peer".into()));
-        if capable {
-            let mut caps = RawTable::default();
-            caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
-            props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        }
-        peer.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response: "\0guest\0guest".into(),
-                locale: "en_US".into(),
-            })),
-        ))
-        .await;
-        peer.expect_method("connection.tune").await;
-        peer.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: 16,
-                frame_max: 131_072,
-                heartbeat: 0,
-            })),
-        ))
-        .await;
-        peer.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
-            })),
-        ))
-        .await;
-        peer.expect_method("connection.open-ok").await;
-        peer.send(&AMQPFrame::Method(
-            1,
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-        ))
-        .await;
-        peer.expect_method("channel.open-ok").await;
-        peer
+/// A raw peer (no client library) logged in as guest on the broker at
+/// `port`, with channel 1 open. `capable`: announce `connection.blocked`
+/// (and nothing else); `recv_buffer`: a small SO_RCVBUF for a peer that will
+/// stop reading.
+async fn raw_peer(port: u16, capable: bool, recv_buffer: Option<u32>) -> Peer {
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
     }
-
-    async fn send(&mut self, frame: &AMQPFrame) {
-        self.sock
-            .write_all(&encode(frame))
-            .await
-            .expect("write to broker");
+    let sock = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    let mut props = RawTable::default();
+    props.insert("product".into(), AMQPValue::LongString("raw peer".into()));
+    if capable {
+        let mut caps = RawTable::default();
+        caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
     }
-
-    /// The next frame, or `None` once the broker closed the socket.
-    async fn recv(&mut self) -> Option<AMQPFrame> {
-        next_frame(&mut self.sock, &mut self.buf).await
-    }
-
-    async fn expect_method(&mut self, what: &str) -> AMQPClass {
-        match timeout(Duration::from_secs(30), self.recv()).await {
-            Ok(Some(AMQPFrame::Method(_, m))) => m,
-            other => panic!("expected {what}, got {other:?}"),
-        }
-    }
-}
-
-async fn next_frame<R: AsyncReadExt + Unpin>(sock: &mut R, buf: &mut Vec<u8>) -> Option<AMQPFrame> {
-    loop {
-        if !buf.is_empty() {
-            match parse_frame(&buf[..]) {
-                Ok((rest, frame)) => {
-                    let used = buf.len() - rest.len();
-                    buf.drain(..used);
-                    return Some(frame);
-                }
-                Err(e) if e.is_incomplete() => {}
-                Err(e) => panic!("unparsable input from the broker: {e:?}"),
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// One message as raw frames: basic.publish, header, body.
-fn raw_publish(queue: &str, body: &[u8]) -> Vec<u8> {
-    let mut bytes = encode(&AMQPFrame::Method(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: queue.into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    ));
-    bytes.extend(encode(&AMQPFrame::Header(
-        1,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size: body.len() as u64,
-            properties: basic::AMQPProperties::default(),
+    let mut peer = Peer::new(
+        sock,
+        Opts {
+            guard: Duration::from_secs(30),
+            channel_max: Some(16),
+            frame_max: Some(131_072),
+            client_properties: props,
+            ..Opts::default()
         },
-    )));
-    bytes.extend(encode(&AMQPFrame::Body(1, body.to_vec())));
-    bytes
+    );
+    peer.start().await;
+    peer.log_in(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+        .await;
+    peer.open_ok().await;
+    peer.open_channel(1).await;
+    peer
 }
 
 /// What a raw publisher's socket received.
@@ -420,7 +317,7 @@ struct RawHeard {
 /// A raw publisher that does not announce `connection.blocked`: writes
 /// `count` messages, noting what the broker sends meanwhile.
 async fn raw_publisher(port: u16, queue: String, publisher: u32, count: u32) -> Arc<RawHeard> {
-    let peer = RawPeer::open(port, false, None).await;
+    let peer = raw_peer(port, false, None).await;
     let heard = Arc::new(RawHeard::default());
     let (mut rd, mut wr) = peer.sock.into_split();
     let mut buf = peer.buf;
@@ -439,7 +336,7 @@ async fn raw_publisher(port: u16, queue: String, publisher: u32, count: u32) -> 
     tokio::spawn(async move {
         for seq in 0..count {
             if wr
-                .write_all(&raw_publish(&queue, &body(publisher, seq)))
+                .write_all(&encode_all(&publish(1, "", &queue, &body(publisher, seq))))
                 .await
                 .is_err()
             {
@@ -733,7 +630,7 @@ async fn a_consumer_that_never_reads_pauses_only_its_own_deliveries() {
     declare(&ch, "served").await;
 
     // A no-ack consumer (no prefetch bounds it) that never reads its socket.
-    let mut slow = RawPeer::open(port, true, Some(4096)).await;
+    let mut slow = raw_peer(port, true, Some(4096)).await;
     slow.send(&AMQPFrame::Method(
         1,
         AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
@@ -747,7 +644,14 @@ async fn a_consumer_that_never_reads_pauses_only_its_own_deliveries() {
         })),
     ))
     .await;
-    slow.expect_method("basic.consume-ok").await;
+    let (_, consume_ok) = slow.method().await;
+    assert!(
+        matches!(
+            consume_ok,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+        ),
+        "expected basic.consume-ok, got {consume_ok:?}"
+    );
 
     // Its backlog, published with confirms (all routed and stored).
     let publisher = connect(&url).await;
@@ -853,7 +757,7 @@ async fn an_incomplete_body_counts_on_the_gauge_until_its_channel_goes() {
         .expect("broker starts");
     let memory = broker.core().memory().clone();
     let before = memory.tracked();
-    let mut peer = RawPeer::open(broker.local_addrs()[0].port(), false, None).await;
+    let mut peer = raw_peer(broker.local_addrs()[0].port(), false, None).await;
     let mut frames = encode(&AMQPFrame::Method(
         1,
         AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {

@@ -8,19 +8,15 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{
-    gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext,
-};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, ProtocolVersion};
 use amq_protocol::protocol::{
     basic, channel, connection, exchange, queue, AMQPClass, BasicProperties,
 };
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
-use amq_protocol::uri::AMQPUri;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::common::raw::{channel_open, encode, Opts, Peer};
 use crate::common::{embedded_broker, rabbitmq_url, repo, unique};
 
 /// Hang guard for anything the broker must do.
@@ -35,13 +31,6 @@ crate::on_both_brokers!(
 );
 
 // ---------------------------------------------------------------- helpers
-
-fn encode(frame: &AMQPFrame) -> Vec<u8> {
-    gen_frame(frame)(WriteContext::from(Vec::new()))
-        .expect("frame encodes")
-        .into_inner()
-        .0
-}
 
 /// A field table (length prefix included) whose containers nest `depth`
 /// deep, the table itself counting 1: key "d" → array → array → … → empty
@@ -131,10 +120,15 @@ fn guest_start_ok() -> AMQPFrame {
     start_ok(FieldTable::default(), "PLAIN", b"\0guest\0guest")
 }
 
-/// A raw AMQP peer: a socket and what it has read but not yet parsed.
-struct Peer {
-    sock: TcpStream,
-    buf: Vec<u8>,
+/// The peer's options: the hang guard, writes that outlive a broker that
+/// hung up, and `channel_max` in tune-ok (0: the broker's).
+fn opts(channel_max: u16) -> Opts {
+    Opts {
+        guard: GUARD,
+        tolerate_hangup: true,
+        channel_max: (channel_max != 0).then_some(channel_max),
+        ..Opts::default()
+    }
 }
 
 /// How the broker ended a connection.
@@ -147,136 +141,11 @@ enum Ended {
 }
 
 impl Peer {
-    /// Connects to the broker at `url`, sends the protocol header and reads
-    /// connection.start.
-    async fn connect(url: &str) -> Peer {
-        let uri: AMQPUri = url.parse().expect("an AMQP URL");
-        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let sock = TcpStream::connect(addr).await.expect("connect");
-        let mut peer = Peer {
-            sock,
-            buf: Vec::new(),
-        };
-        peer.send(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))
-            .await;
-        let start = peer.method().await;
-        assert!(
-            matches!(
-                start,
-                Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(_))))
-            ),
-            "{start:?}"
-        );
-        peer
-    }
-
-    /// Connects and opens the connection as guest, with `channel_max` (0:
-    /// the broker's) and the broker's frame_max in tune-ok.
-    async fn open(url: &str, channel_max: u16) -> Peer {
-        let mut peer = Peer::connect(url).await;
-        peer.send(&guest_start_ok()).await;
-        let tune = peer.method().await;
-        let Some((_, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)))) = tune else {
-            panic!("expected connection.tune, got {tune:?}");
-        };
-        peer.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: if channel_max == 0 {
-                    tune.channel_max
-                } else {
-                    channel_max
-                },
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            })),
-        ))
-        .await;
-        let vhost = url.parse::<AMQPUri>().expect("an AMQP URL").vhost;
-        peer.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: vhost.as_str().into(),
-            })),
-        ))
-        .await;
-        let open_ok = peer.method().await;
-        assert!(
-            matches!(
-                open_ok,
-                Some((0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))))
-            ),
-            "{open_ok:?}"
-        );
-        peer
-    }
-
-    /// Opens channel `ch`, expecting open-ok.
-    async fn open_channel(&mut self, ch: u16) {
-        self.send(&open(ch)).await;
-        let reply = self.method().await;
-        assert!(
-            matches!(
-                reply,
-                Some((c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) if c == ch
-            ),
-            "channel.open {ch}: {reply:?}"
-        );
-    }
-
-    async fn send(&mut self, frame: &AMQPFrame) {
-        self.send_raw(&encode(frame)).await;
-    }
-
-    /// Writes `bytes`; a broker that already hung up is not an error here
-    /// (what it answered is read afterwards).
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = timeout(GUARD, self.sock.write_all(bytes)).await;
-    }
-
-    /// The next frame, or `None` once the broker has closed the socket.
-    async fn recv(&mut self) -> Option<AMQPFrame> {
-        loop {
-            if !self.buf.is_empty() {
-                match parse_frame(&self.buf[..]) {
-                    Ok((rest, frame)) => {
-                        let used = self.buf.len() - rest.len();
-                        self.buf.drain(..used);
-                        return Some(frame);
-                    }
-                    Err(e) if e.is_incomplete() => {}
-                    Err(e) => panic!("unparsable input from the broker: {e:?}"),
-                }
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            match self.sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next method (skipping heartbeats), or `None` once the broker has
-    /// closed the socket. Content frames are returned as methods are not:
-    /// use [`Peer::recv`] for them.
-    async fn method(&mut self) -> Option<(u16, AMQPClass)> {
-        loop {
-            match timeout(GUARD, self.recv())
-                .await
-                .expect("the broker answers within the guard")?
-            {
-                AMQPFrame::Method(ch, m) => return Some((ch, m)),
-                AMQPFrame::Heartbeat => continue,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-
     /// How the broker ends this connection: the first connection.close it
     /// sends (other methods before it are skipped), or its hanging up.
     async fn ended(&mut self) -> Ended {
         loop {
-            match self.method().await {
+            match self.next_method().await {
                 None => return Ended::HungUp,
                 Some((0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
                     return Ended::Close(
@@ -301,13 +170,6 @@ impl Peer {
             Ended::HungUp => panic!("the broker hung up without connection.close"),
         }
     }
-}
-
-fn open(ch: u16) -> AMQPFrame {
-    AMQPFrame::Method(
-        ch,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
 }
 
 /// A new client (lapin) is served by the broker at `url`: it declares a
@@ -541,7 +403,7 @@ async fn prepare(peer: &mut Peer, case: &Case) {
             frame,
             AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
         ) {
-            let reply = peer.method().await;
+            let reply = peer.next_method().await;
             assert!(
                 matches!(reply, Some((1, _))),
                 "{}: prerequisite {frame:?} got {reply:?}",
@@ -558,7 +420,7 @@ async fn a_start_ok_nested_26000_deep_closes_only_that_connection() {
     // ~130 KB of arrays in client-properties: before any login, this took
     // the whole process down with a tokio worker's stack. Now the frame is
     // over the 4096 bytes allowed before tune.
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     let deep = with_depth(
         &start_ok(FieldTable::default(), "PLAIN", b"\0guest\0guest"),
         26_000,
@@ -568,7 +430,7 @@ async fn a_start_ok_nested_26000_deep_closes_only_that_connection() {
     assert_eq!(peer.closed_with().await, (501, 0, 0));
     // 800 levels fit in 4096 bytes and are still far too deep for the parser
     // on a 2 MiB stack: refused by depth, with the method's ids.
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     let deep = with_depth(&guest_start_ok(), 800);
     assert!(deep.len() <= 4096, "{}", deep.len());
     peer.send_raw(&deep).await;
@@ -584,7 +446,7 @@ async fn an_amqplain_response_nested_deep_is_refused() {
     // the broker parses for LOGIN and PASSWORD.
     let table = nested_table(800);
     let response = &table[4..];
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     peer.send(&start_ok(FieldTable::default(), "AMQPLAIN", response))
         .await;
     assert_eq!(peer.closed_with().await, (403, 10, 11));
@@ -613,7 +475,7 @@ async fn deep_tables_after_login_close_the_connection_with_502() {
         ids: (10, 10),
     });
     for case in all {
-        let mut peer = Peer::open(&url, 0).await;
+        let mut peer = Peer::open(&url, opts(0)).await;
         prepare(&mut peer, &case).await;
         // 20,000 levels in ~100 KB, within frame_max after tune.
         let deep = with_depth(&case.frame, 20_000);
@@ -647,7 +509,7 @@ async fn assert_accepted(peer: &mut Peer, case: &Case, depth: usize) {
             })),
         ))
         .await;
-        let got = peer.method().await;
+        let got = peer.next_method().await;
         assert!(
             matches!(
                 got,
@@ -668,7 +530,7 @@ async fn assert_accepted(peer: &mut Peer, case: &Case, depth: usize) {
         );
         return;
     }
-    let reply = peer.method().await;
+    let reply = peer.next_method().await;
     let ok = match &reply {
         Some((1, AMQPClass::Exchange(m))) => matches!(
             m,
@@ -693,7 +555,7 @@ async fn table_depth_100_is_served_and_101_is_refused_with_502() {
     let broker = embedded_broker().await;
     let url = broker.url();
     for case in cases() {
-        let mut peer = Peer::open(&url, 0).await;
+        let mut peer = Peer::open(&url, opts(0)).await;
         prepare(&mut peer, &case).await;
         peer.send_raw(&with_depth(&case.frame, MAX_DEPTH)).await;
         assert_accepted(&mut peer, &case, MAX_DEPTH).await;
@@ -711,10 +573,10 @@ async fn table_depth_100_is_served_and_101_is_refused_with_502() {
         );
     }
     // In client-properties, before login.
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     peer.send_raw(&with_depth(&guest_start_ok(), MAX_DEPTH))
         .await;
-    let tune = peer.method().await;
+    let tune = peer.next_method().await;
     assert!(
         matches!(
             tune,
@@ -722,7 +584,7 @@ async fn table_depth_100_is_served_and_101_is_refused_with_502() {
         ),
         "{tune:?}"
     );
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     peer.send_raw(&with_depth(&guest_start_ok(), MAX_DEPTH + 1))
         .await;
     assert_eq!(peer.closed_with().await, (502, 10, 11));
@@ -757,14 +619,14 @@ fn refused_before_tune(url: &str, ended: &Ended) {
 }
 
 async fn a_frame_over_4096_bytes_before_tune_is_refused(url: String) {
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     peer.send_raw(&start_ok_of_size(5000)).await;
     refused_before_tune(&url, &peer.ended().await);
     // Within 4096 bytes, the same login is served (RabbitMQ lets frames
     // reach frame_max + 8; warren keeps to frame_max).
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     peer.send_raw(&start_ok_of_size(4096 - 8)).await;
-    let tune = peer.method().await;
+    let tune = peer.next_method().await;
     assert!(
         matches!(
             tune,
@@ -776,7 +638,7 @@ async fn a_frame_over_4096_bytes_before_tune_is_refused(url: String) {
 }
 
 async fn a_frame_header_declaring_over_4096_bytes_before_tune_is_refused_at_once(url: String) {
-    let mut peer = Peer::connect(&url).await;
+    let mut peer = Peer::connect(&url, opts(0)).await;
     // Only the 7-byte header of a 100 KB method frame (under the 128 KiB
     // frame_max a tuned connection may use): the broker must refuse it from
     // the header, not wait for (and buffer) the payload.
@@ -793,10 +655,10 @@ async fn a_frame_header_declaring_over_4096_bytes_before_tune_is_refused_at_once
 // ------------------------------------------------------------ channel_max
 
 async fn a_channel_past_channel_max_is_refused_with_530(url: String) {
-    let mut peer = Peer::open(&url, 2).await;
+    let mut peer = Peer::open(&url, opts(2)).await;
     peer.open_channel(1).await;
     peer.open_channel(2).await;
-    peer.send(&open(3)).await;
+    peer.send(&channel_open(3)).await;
     let (code, ..) = peer.closed_with().await;
     assert_eq!(code, 530, "a third channel with channel_max 2");
     served(&url).await;
@@ -808,9 +670,9 @@ async fn a_channel_past_channel_max_is_refused_with_530(url: String) {
 async fn channel_2048_is_refused_with_530_at_the_default_channel_max() {
     let broker = embedded_broker().await;
     let url = broker.url();
-    let mut peer = Peer::open(&url, 0).await;
+    let mut peer = Peer::open(&url, opts(0)).await;
     peer.open_channel(2047).await;
-    peer.send(&open(2048)).await;
+    peer.send(&channel_open(2048)).await;
     assert_eq!(peer.closed_with().await, (530, 20, 10));
     served(&url).await;
 }
@@ -821,18 +683,18 @@ async fn channel_2048_is_refused_with_530_at_the_default_channel_max() {
 async fn a_message_over_max_message_size_closes_its_channel_with_406() {
     let broker = embedded_broker().await;
     let url = broker.url();
-    let mut peer = Peer::open(&url, 0).await;
+    let mut peer = Peer::open(&url, opts(0)).await;
     peer.open_channel(1).await;
     let q = unique("big");
     peer.send(&declare_queue(1, &q, FieldTable::default()))
         .await;
-    assert!(peer.method().await.is_some());
+    assert!(peer.next_method().await.is_some());
     // Declared one byte over the default 16 MiB; no body byte is sent.
     let over = 16 * 1024 * 1024 + 1;
     peer.send(&publish(1, &q)).await;
     peer.send(&header(1, over, BasicProperties::default()))
         .await;
-    let reply = peer.method().await;
+    let reply = peer.next_method().await;
     let Some((1, AMQPClass::Channel(channel::AMQPMethod::Close(close)))) = reply else {
         panic!("expected channel.close, got {reply:?}");
     };
@@ -855,7 +717,7 @@ async fn a_message_over_max_message_size_closes_its_channel_with_406() {
     peer.open_channel(2).await;
     peer.send(&declare_queue(2, &q, FieldTable::default()))
         .await;
-    let reply = peer.method().await;
+    let reply = peer.next_method().await;
     assert!(
         matches!(
             reply,
@@ -926,7 +788,7 @@ async fn max_message_size_is_configurable() {
 async fn a_body_past_its_declared_size_closes_the_connection_with_501() {
     let broker = embedded_broker().await;
     let url = broker.url();
-    let mut peer = Peer::open(&url, 0).await;
+    let mut peer = Peer::open(&url, opts(0)).await;
     peer.open_channel(1).await;
     peer.send(&publish(1, "nowhere")).await;
     peer.send(&header(1, 5, BasicProperties::default())).await;
@@ -948,13 +810,13 @@ async fn a_connection_past_max_connections_is_refused_with_530() {
         .await
         .expect("start the embedded broker");
     let url = broker.url();
-    let first = Peer::open(&url, 0).await;
-    let mut second = Peer::open(&url, 0).await;
+    let first = Peer::open(&url, opts(0)).await;
+    let mut second = Peer::open(&url, opts(0)).await;
     // The third is counted from accept and refused at connection.open, as
     // RabbitMQ's node connection limit.
-    let mut third = Peer::connect(&url).await;
+    let mut third = Peer::connect(&url, opts(0)).await;
     third.send(&guest_start_ok()).await;
-    let tune = third.method().await;
+    let tune = third.next_method().await;
     let Some((_, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)))) = tune else {
         panic!("expected connection.tune, got {tune:?}");
     };
