@@ -26,6 +26,7 @@ fn request(codec: Codec) -> Request {
         msg_id: Some(new_id()),
         reply_q: Some(format!("reply_{}", new_id())),
         timeout: None,
+        deadline: None,
         unique_id: Some(new_id()),
         context: ContextMap::new(),
     }

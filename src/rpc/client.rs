@@ -5,7 +5,7 @@
 //! directly with hand-built arguments.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -144,7 +144,11 @@ impl Client {
         let timeout = options.effective_timeout();
         let replies = self.reply_queue().await?;
         let msg_id = new_id();
-        let request = self.request(options, method, args, Some((&msg_id, replies.name())))?;
+        let mut request = self.request(options, method, args, Some((&msg_id, replies.name())))?;
+        // The deadline travels so a server can drop the request if it is
+        // dequeued after the caller gave up; a timeout too large for the
+        // clock is no deadline.
+        request.deadline = SystemTime::now().checked_add(timeout);
         self.declare_control_exchange(&target.exchange).await?;
         let message = self.outgoing(
             target.exchange.clone(),
@@ -191,6 +195,7 @@ impl Client {
             msg_id: reply.map(|(id, _)| id.to_owned()),
             reply_q: reply.map(|(_, q)| q.to_owned()),
             timeout: None,
+            deadline: None,
             unique_id: Some(new_id()),
             context: options.context.values().clone(),
         })

@@ -33,6 +33,12 @@ impl Context {
         CURRENT.try_with(Context::clone).unwrap_or_default()
     }
 
+    /// Time left before the deadline of the request this task is serving,
+    /// without cloning its context (every call asks).
+    pub(crate) fn current_remaining() -> Option<Duration> {
+        CURRENT.try_with(Context::remaining).ok().flatten()
+    }
+
     /// Runs `future` with `self` as its [`Context::current`].
     pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
         CURRENT.scope(self, future).await
@@ -74,6 +80,27 @@ impl Context {
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Resolves when the deadline passes; never, if there is none. A long
+    /// server method can race its work against it to stop once its caller
+    /// has given up:
+    ///
+    /// ```no_run
+    /// # async fn work() {}
+    /// # async fn f() {
+    /// let ctx = warren::rpc::Context::current();
+    /// tokio::select! {
+    ///     _ = work() => {}
+    ///     _ = ctx.deadline_passed() => { /* the caller stopped waiting */ }
+    /// }
+    /// # }
+    /// ```
+    pub async fn deadline_passed(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => std::future::pending().await,
+        }
     }
 
     pub(crate) fn from_wire(values: ContextMap, deadline: Option<Instant>) -> Self {

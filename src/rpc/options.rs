@@ -78,12 +78,17 @@ impl CallOptions {
         self
     }
 
-    /// The time a call may wait: the timeout, or less if the context's
-    /// deadline comes first.
+    /// The time a call may wait: the timeout, or less if the deadline of
+    /// these options' context, or of the request being served
+    /// ([`Context::current`], when called inside a server method), comes
+    /// first. A call made while serving a request thus inherits what is left
+    /// of its caller's budget; a task spawned with `tokio::spawn` does not
+    /// carry the current context, so work meant to outlive the request can
+    /// escape it that way.
     pub fn effective_timeout(&self) -> Duration {
-        match self.context.remaining() {
-            Some(left) => left.min(self.timeout),
-            None => self.timeout,
-        }
+        [self.context.remaining(), Context::current_remaining()]
+            .into_iter()
+            .flatten()
+            .fold(self.timeout, Duration::min)
     }
 }

@@ -181,8 +181,14 @@ pub struct Request {
     /// For a call: the queue to reply to.
     pub reply_q: Option<String>,
     /// oslo's call-monitor timeout in seconds: when set, the server sends
-    /// keepalive replies.
+    /// keepalive replies. Peer data: may be absurd, infinite or NaN.
     pub timeout: Option<f64>,
+    /// When the caller stops waiting, as wall-clock time. MessagePack
+    /// carries it as `_deadline` (milliseconds since the Unix epoch), so a
+    /// server can drop a request that waited in a queue past it; oslo's JSON
+    /// envelope has no such field (oslo peers rely on the AMQP `expiration`
+    /// property) and ignores it.
+    pub deadline: Option<std::time::SystemTime>,
     /// A unique id per message, used to drop duplicates.
     pub unique_id: Option<String>,
     /// The request context.

@@ -5,6 +5,8 @@
 //! values so the server can hand them, still encoded, to the method that
 //! knows their types.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 use serde_bytes::Bytes;
 
@@ -25,6 +27,8 @@ struct RequestOut<'a> {
     reply_q: Option<&'a str>,
     #[serde(rename = "_timeout", skip_serializing_if = "Option::is_none")]
     timeout: Option<f64>,
+    #[serde(rename = "_deadline", skip_serializing_if = "Option::is_none")]
+    deadline: Option<u64>,
     #[serde(rename = "_unique_id", skip_serializing_if = "Option::is_none")]
     unique_id: Option<&'a str>,
     #[serde(rename = "_context", skip_serializing_if = "ContextMap::is_empty")]
@@ -44,6 +48,8 @@ struct RequestIn<'a> {
     reply_q: Option<String>,
     #[serde(rename = "_timeout")]
     timeout: Option<f64>,
+    #[serde(rename = "_deadline")]
+    deadline: Option<u64>,
     #[serde(rename = "_unique_id")]
     unique_id: Option<String>,
     #[serde(rename = "_context", default)]
@@ -106,6 +112,7 @@ pub(super) fn encode_request(request: &Request) -> Result<Vec<u8>, Error> {
         msg_id: request.msg_id.as_deref(),
         reply_q: request.reply_q.as_deref(),
         timeout: request.timeout,
+        deadline: request.deadline.map(to_epoch_ms),
         unique_id: request.unique_id.as_deref(),
         context: &request.context,
     };
@@ -127,9 +134,20 @@ pub(super) fn decode_request(body: &[u8]) -> Result<Request, Error> {
         msg_id: r.msg_id,
         reply_q: r.reply_q,
         timeout: r.timeout,
+        // A deadline past what `SystemTime` can hold is no deadline.
+        deadline: r
+            .deadline
+            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
         unique_id: r.unique_id,
         context: r.context,
     })
+}
+
+/// A wall-clock time as `_deadline` carries it; times before the epoch (a
+/// clock set far back) become 0, i.e. already passed.
+fn to_epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(super) fn encode_reply(reply: &Reply) -> Result<Vec<u8>, Error> {

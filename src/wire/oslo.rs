@@ -172,6 +172,7 @@ pub(super) fn decode_request(body: &[u8]) -> Result<Request, Error> {
         msg_id: r.msg_id,
         reply_q: r.reply_q,
         timeout: r.timeout,
+        deadline: None,
         unique_id: r.unique_id,
         context: r.context,
     })

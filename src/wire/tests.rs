@@ -28,6 +28,7 @@ fn health_check(codec: Codec) -> Request {
         msg_id: Some("6e0509d917394247affb6b6d6b9979ef".into()),
         reply_q: Some("reply_b9d558bd91624d409a1d84080137cd84".into()),
         timeout: None,
+        deadline: None,
         unique_id: Some("b036b19a474643f9970d1bdcd53f907b".into()),
         context: ContextMap::new(),
     }
