@@ -7,9 +7,9 @@
 //! that dies mid-call leaves the request to another server).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -122,6 +122,7 @@ impl ServerBuilder {
             connection: connection.clone(),
             service,
             in_flight: AtomicUsize::new(0),
+            expired: AtomicU64::new(0),
             idle: Notify::new(),
             recent: Mutex::new(VecDeque::with_capacity(DUPLICATE_WINDOW)),
             plan,
@@ -149,6 +150,8 @@ struct Shared {
     connection: Connection,
     service: DispatchService,
     in_flight: AtomicUsize,
+    /// Requests dropped unexecuted because their deadline had passed.
+    expired: AtomicU64,
     idle: Notify,
     recent: Mutex<VecDeque<String>>,
     plan: Plan,
@@ -247,6 +250,12 @@ impl ServerHandle {
         self.shared.in_flight.load(Ordering::Acquire)
     }
 
+    /// The requests dropped (acknowledged, not executed, not answered)
+    /// because their caller's deadline had passed when they were dequeued.
+    pub fn expired(&self) -> u64 {
+        self.shared.expired.load(Ordering::Relaxed)
+    }
+
     /// Stops taking requests, finishes (and replies to) the ones in flight,
     /// then closes the consumers and deletes this server's fanout queue.
     pub async fn shutdown(mut self) -> Result<(), Error> {
@@ -311,10 +320,10 @@ async fn consume(
                     shared.in_flight.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
                     tokio::spawn(async move {
+                        // Released on drop, so that even a panic outside
+                        // the dispatch guard cannot wedge `shutdown`.
+                        let _in_flight = InFlight(&shared);
                         handle(&shared, delivery).await;
-                        if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            shared.idle.notify_waiters();
-                        }
                     });
                 }
                 Some(Err(e)) => {
@@ -329,6 +338,56 @@ async fn consume(
             }
         }
     }
+}
+
+/// One request in flight; counted down on drop, waking `shutdown` at zero.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The shortest and longest keepalive periods a caller's `_timeout` can ask
+/// for: `_timeout` is peer data and may be tiny (a keepalive flood, or a zero
+/// period that `tokio::time::interval` refuses), huge, or infinite.
+const KEEPALIVE_PERIODS: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+
+/// How often to send oslo keepalives for a `_timeout` (half of it, as oslo
+/// does, clamped); none for a missing, zero, negative or NaN timeout.
+fn keepalive_period(timeout: Option<f64>) -> Option<Duration> {
+    let half = timeout.filter(|t| *t > 0.0)? / 2.0;
+    let (shortest, longest) = KEEPALIVE_PERIODS;
+    // `try_from` fails on values past `Duration::MAX`, infinity included.
+    let period = Duration::try_from_secs_f64(half).unwrap_or(longest);
+    Some(period.clamp(shortest, longest))
+}
+
+/// The instant a request's caller stops waiting, from the AMQP `expiration`
+/// (relative, restarted at dequeue) and warren's `_deadline` (wall clock,
+/// so it also counts time spent queued); the earlier of the two. `Err` when
+/// the wall-clock deadline has already passed. Values too large for the
+/// clock mean no deadline rather than an overflow panic.
+fn request_deadline(
+    expiration: Option<&str>,
+    deadline: Option<SystemTime>,
+) -> Result<Option<Instant>, ()> {
+    let now = Instant::now();
+    let relative = expiration
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .and_then(|ms| now.checked_add(Duration::from_millis(ms)));
+    let absolute = match deadline {
+        None => None,
+        Some(deadline) => match deadline.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => now.checked_add(left),
+            _ => return Err(()),
+        },
+    };
+    Ok(relative.into_iter().chain(absolute).min())
 }
 
 /// Where a reply goes: queue and correlation id.
@@ -346,11 +405,6 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }),
         _ => None,
     };
-    let deadline = props
-        .expiration
-        .as_deref()
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
     // Answer in the caller's codec when known, else MessagePack.
     let (codec, decoded) = match Codec::for_message(props.content_type.as_deref(), &delivery.body) {
         Ok(codec) => (codec, codec.decode_request(&delivery.body)),
@@ -361,6 +415,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             tracing::warn!(error = %e, "undecodable request");
             (plain_address, Err(Failure::decode(e.to_string())))
         }
+        Ok(request) if request_deadline(props.expiration.as_deref(), request.deadline).is_err() => {
+            // The caller gave up while the request sat in the queue:
+            // executing it would be wasted (or, worse, a surprise) and no
+            // one reads the reply.
+            shared.expired.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
+            (None, Ok(Vec::new()))
+        }
         Ok(request) if shared.seen_before(request.unique_id.as_deref()) => {
             tracing::debug!(method = %request.method, "dropping a duplicate request");
             (None, Ok(Vec::new()))
@@ -370,10 +432,11 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
                 _ => plain_address,
             };
-            let keepalive = request
-                .timeout
-                .filter(|t| *t > 0.0)
-                .map(|t| Duration::from_secs_f64(t / 2.0));
+            let keepalive = keepalive_period(request.timeout);
+            // Checked above; a deadline reached since then is not dropped
+            // (the method can watch `Context::deadline_passed`).
+            let deadline = request_deadline(props.expiration.as_deref(), request.deadline)
+                .unwrap_or_else(|()| Some(Instant::now()));
             let request = Request {
                 method: request.method,
                 args: request.args,
@@ -498,4 +561,44 @@ async fn send_reply(
             body,
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_period_is_clamped_for_any_timeout_a_peer_sends() {
+        let (shortest, longest) = KEEPALIVE_PERIODS;
+        assert_eq!(keepalive_period(Some(60.0)), Some(Duration::from_secs(30)));
+        for absurd in [1e300, f64::INFINITY, f64::MAX] {
+            assert_eq!(keepalive_period(Some(absurd)), Some(longest), "{absurd}");
+        }
+        for tiny in [1e-300, f64::MIN_POSITIVE, 0.001] {
+            assert_eq!(keepalive_period(Some(tiny)), Some(shortest), "{tiny}");
+        }
+        for none in [
+            None,
+            Some(0.0),
+            Some(-1.0),
+            Some(f64::NAN),
+            Some(f64::NEG_INFINITY),
+        ] {
+            assert_eq!(keepalive_period(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn request_deadline_never_overflows_and_spots_a_passed_deadline() {
+        let max = u64::MAX.to_string();
+        // Far off (or none where the clock cannot hold it), never a panic.
+        assert!(request_deadline(Some(&max), None).is_ok());
+        assert_eq!(request_deadline(Some("soon"), None), Ok(None));
+        assert!(matches!(request_deadline(Some("60000"), None), Ok(Some(_))));
+        let past = SystemTime::now() - Duration::from_secs(1);
+        assert_eq!(request_deadline(Some("60000"), Some(past)), Err(()));
+        let far = SystemTime::now() + Duration::from_secs(3600);
+        let near = request_deadline(Some("1000"), Some(far)).unwrap().unwrap();
+        assert!(near <= Instant::now() + Duration::from_secs(1));
+    }
 }
