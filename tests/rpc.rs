@@ -30,6 +30,9 @@ conformance!(
     a_call_cannot_be_fanout,
     server_answers_each_caller_in_its_own_codec,
     several_endpoints_share_a_target_by_version_and_namespace,
+    absurd_timeouts_are_answered_and_the_server_still_stops,
+    a_request_dequeued_after_its_deadline_is_dropped_and_acked,
+    a_call_inside_a_server_method_inherits_the_remaining_budget,
 );
 
 /// A second endpoint on the same topic, in its own namespace and version.
@@ -354,4 +357,205 @@ async fn several_endpoints_share_a_target_by_version_and_namespace(backend: Back
         .await
         .unwrap_err();
     assert!(err.is_no_such_method(), "{err:?}");
+}
+
+/// A raw MessagePack request for `method` on the test's topic, as a peer
+/// could write it (the transport, not the client, so any field can be set).
+fn raw_request(
+    s: &Setup,
+    codec: Codec,
+    method: &str,
+    args: serde_json::Value,
+    reply_q: Option<&str>,
+    timeout: Option<f64>,
+    deadline: Option<std::time::SystemTime>,
+) -> warren::transport::Outgoing {
+    let request = warren::wire::Request {
+        method: method.into(),
+        args: warren::wire::Args::encode(codec, &args).unwrap(),
+        namespace: None,
+        version: Some("1.0".into()),
+        msg_id: reply_q.map(|_| warren::wire::new_id()),
+        reply_q: reply_q.map(str::to_owned),
+        timeout,
+        deadline,
+        unique_id: Some(warren::wire::new_id()),
+        context: Default::default(),
+    };
+    warren::transport::Outgoing {
+        exchange: warren::rpc::DEFAULT_EXCHANGE.into(),
+        routing_key: s.topic.clone(),
+        mandatory: false,
+        confirm: true,
+        properties: warren::transport::Properties {
+            content_type: Some(codec.content_type().into()),
+            correlation_id: request.msg_id.clone(),
+            ..Default::default()
+        },
+        body: codec.encode_request(&request).unwrap(),
+    }
+}
+
+/// A reply queue of the test's own, consumed without acks.
+async fn reply_queue(s: &Setup) -> (String, Box<dyn warren::transport::Subscription>) {
+    let name = unique("raw-replies");
+    let transport = s.connection.transport();
+    transport
+        .declare_queue(&s.connection.topology().transient_queue(&name))
+        .await
+        .unwrap();
+    let subscription = transport
+        .consume(&warren::transport::ConsumeSpec {
+            queue: name.clone(),
+            prefetch: 0,
+            no_ack: true,
+        })
+        .await
+        .unwrap();
+    (name, subscription)
+}
+
+/// Issue #12, case 1: `_timeout` is peer data. 1e300 and infinity used to
+/// reach `Duration::from_secs_f64` and panic outside the dispatch guard: no
+/// reply, no ack, and `in_flight` stuck at 1 so `shutdown` never returned.
+/// Each absurd value must get its answer, the server must keep serving, and
+/// shut down.
+async fn absurd_timeouts_are_answered_and_the_server_still_stops(backend: Backend) {
+    let s = setup(backend).await;
+    let server = s.serve("s1").await;
+    let (reply_q, mut replies) = reply_queue(&s).await;
+    // MessagePack carries any f64; oslo's JSON carries the finite ones
+    // (serde_json writes infinity and NaN as null).
+    let absurd = [1e300, f64::INFINITY, f64::NAN, f64::MAX, 1e-300, -1.0]
+        .map(|t| (Codec::MsgPack, t))
+        .into_iter()
+        .chain([(Codec::OsloJson, 1e300), (Codec::OsloJson, f64::MAX)]);
+    for (codec, timeout) in absurd {
+        let message = raw_request(
+            &s,
+            codec,
+            "add",
+            serde_json::json!({"a": 1, "b": 2}),
+            Some(&reply_q),
+            Some(timeout),
+            None,
+        );
+        s.connection.transport().publish(message).await.unwrap();
+        // Keepalives (`ending: false`) may come first; the hang guard is
+        // the only timeout.
+        let reply = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let delivery = replies.next().await.expect("reply stream").unwrap();
+                let reply = codec.decode_reply(&delivery.body).unwrap();
+                if reply.ending {
+                    return reply;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no reply for _timeout = {timeout} in {codec:?}"));
+        let value: i64 = codec
+            .decode_value(&reply.outcome.expect("a result"))
+            .unwrap();
+        assert_eq!(value, 3, "_timeout = {timeout} in {codec:?}");
+    }
+    assert_eq!(s.client().add(40, 2).await.unwrap(), 42);
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+}
+
+/// A request whose `_deadline` passed before a server dequeued it is not
+/// executed, not answered, but acknowledged (and counted). The server has
+/// room for one unacknowledged request only, so an expired request left
+/// unacked would also block the cast after it.
+async fn a_request_dequeued_after_its_deadline_is_dropped_and_acked(backend: Backend) {
+    let mut s = setup(backend).await;
+    let server = calc("s1", &s.records)
+        .builder()
+        .topic(&s.topic)
+        .prefetch(1)
+        .serve(&s.connection, "s1")
+        .await
+        .unwrap();
+    let past = std::time::SystemTime::now() - Duration::from_secs(1);
+    for args in [7, 8] {
+        let message = raw_request(
+            &s,
+            Codec::MsgPack,
+            "record",
+            serde_json::json!({ "value": args }),
+            None,
+            None,
+            Some(past),
+        );
+        s.connection.transport().publish(message).await.unwrap();
+    }
+    // A live cast after the expired ones: once it is recorded, the server
+    // has been through (and acked) the two before it.
+    s.client().record(9).await.unwrap();
+    let got = drain(&mut s.recorded, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        got,
+        vec![("s1".to_owned(), 9)],
+        "expired requests never ran"
+    );
+    assert_eq!(server.expired(), 2);
+    // A call still carries a deadline in the future and runs.
+    assert!(s.client().has_deadline().await.unwrap());
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    assert!(s.recorded.try_recv().is_err(), "nothing else ran");
+    // Nothing is left for another server: the queue is empty.
+    let mut leftover = s
+        .connection
+        .transport()
+        .consume(&warren::transport::ConsumeSpec {
+            queue: s.topic.clone(),
+            prefetch: 0,
+            no_ack: true,
+        })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_millis(500), leftover.next()).await;
+    assert!(next.is_err(), "the queue ends empty");
+}
+
+/// Reports the budget a call made inside its method would get.
+#[warren::service(topic = "budget", version = "1.0")]
+pub trait Budget {
+    /// `effective_timeout()` of fresh call options (default 60 s), in ms.
+    async fn inner_call_budget_ms(&self) -> u64;
+}
+
+struct BudgetImpl;
+
+impl Budget for BudgetImpl {
+    async fn inner_call_budget_ms(&self) -> u64 {
+        let options = CallOptions::new(Target::new("elsewhere"));
+        u64::try_from(options.effective_timeout().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A call made while serving a request gets what is left of its caller's
+/// deadline, not a fresh default timeout.
+async fn a_call_inside_a_server_method_inherits_the_remaining_budget(backend: Backend) {
+    let s = setup(backend).await;
+    let _server = BudgetServer::new(BudgetImpl)
+        .builder()
+        .topic(&s.topic)
+        .serve(&s.connection, "s1")
+        .await
+        .unwrap();
+    let budget = BudgetClient::new(&s.connection)
+        .topic(&s.topic)
+        .timeout(Duration::from_secs(5))
+        .inner_call_budget_ms()
+        .await
+        .unwrap();
+    assert!(budget <= 5_000, "inherited {budget} ms of a 5 s call");
+    assert!(budget > 0, "some budget is left");
 }
