@@ -107,3 +107,30 @@ impl Context {
         Context { deadline, values }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn deadline_passed_resolves_once_the_deadline_passes_and_never_without_one() {
+        let passed = Context::new().with_deadline(Instant::now());
+        // The timer fires on its driver's next tick; the timeout is a hang guard.
+        tokio::time::timeout(Duration::from_secs(10), passed.deadline_passed())
+            .await
+            .expect("resolves");
+        let far = Context::new().with_deadline(Instant::now() + Duration::from_secs(3600));
+        assert!(far.deadline_passed().now_or_never().is_none());
+        assert!(Context::new().deadline_passed().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_current_remaining_budget_is_the_served_requests() {
+        assert_eq!(Context::current_remaining(), None);
+        let ctx = Context::new().with_deadline(Instant::now() + Duration::from_secs(5));
+        let left = ctx.scope(async { Context::current_remaining() }).await;
+        assert!(left.is_some_and(|d| d <= Duration::from_secs(5)));
+    }
+}
