@@ -555,7 +555,11 @@ async fn send_reply(
         .publish(Outgoing {
             exchange: String::new(),
             routing_key: address.queue.clone(),
-            mandatory: true,
+            // A reply whose caller is gone (its queue deleted) is dropped
+            // by the broker. oslo.messaging publishes replies mandatory only
+            // to log that it abandoned one; without confirms on the reply
+            // channels the return would only pile up in lapin.
+            mandatory: false,
             confirm: false,
             properties,
             body,

@@ -302,7 +302,12 @@ impl Transport for AmqpTransport {
         };
         let channel = pool.channel(&live.connection).await?;
         let options = BasicPublishOptions {
-            mandatory: message.mandatory,
+            // A return is only read back through a publisher confirm. On a
+            // channel without confirms lapin would keep every returned
+            // message until `wait_for_confirms` (never called there) and log
+            // each, body included, at WARN: an unbounded leak when replies
+            // go to callers that are gone.
+            mandatory: message.mandatory && message.confirm,
             immediate: false,
         };
         let confirm = channel

@@ -101,7 +101,10 @@ pub struct Outgoing {
     pub exchange: String,
     /// The routing key.
     pub routing_key: String,
-    /// Ask the broker to return the message if no queue takes it.
+    /// Ask the broker to return the message if no queue takes it. A return
+    /// is only reported with `confirm` (as a failed publish); without it the
+    /// AMQP transport publishes non-mandatory, since nothing would read the
+    /// return.
     pub mandatory: bool,
     /// Wait for the broker's publisher confirm before returning.
     pub confirm: bool,
