@@ -65,7 +65,14 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
         topology.transient_ttl_ms = (seconds > 0).then(|| seconds.saturating_mul(1000));
     }
     let transport: Arc<dyn Transport> = match url.scheme {
-        Scheme::Amqp | Scheme::Rabbit => Arc::new(AmqpTransport::connect(&url.amqp_uris()?).await?),
+        Scheme::Amqp | Scheme::Rabbit => Arc::new(
+            AmqpTransport::connect_with_timeout(
+                &url.amqp_uris()?,
+                url.connection_timeout()?
+                    .unwrap_or(crate::transport::amqp::DEFAULT_CONNECTION_TIMEOUT),
+            )
+            .await?,
+        ),
         Scheme::Embedded => crate::embedded::transport(&url).await?,
     };
     Ok(Connection {

@@ -15,9 +15,18 @@
 //! [`epoch`](Transport::epoch) moves on so the RPC layer knows to declare its
 //! topology again. An operation made while no host answers fails at once with
 //! a transport error; nothing waits for the broker to come back.
+//!
+//! "At once" includes a host that accepts TCP but never speaks AMQP (a
+//! black-holed or hung node): each host gets [`DEFAULT_CONNECTION_TIMEOUT`]
+//! (or the URL's `connection_timeout`) for the TCP connect, the handshake and
+//! opening the publishing channels, then the next host is tried. Operations
+//! that queued behind a reconnection which failed share its error instead of
+//! starting another one, so a burst of operations waits for one round over
+//! the hosts, not one round each.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -38,6 +47,10 @@ use crate::Error;
 
 /// Publishing channels per pool.
 const PUBLISH_CHANNELS: usize = 4;
+
+/// How long one host gets to accept the TCP connection, complete the AMQP
+/// handshake and open the publishing channels, unless the URL says otherwise.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Channels used round-robin for one kind of publish.
 struct Pool {
@@ -80,10 +93,15 @@ fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
 /// A connection to an AMQP 0-9-1 server, re-established when lost.
 pub struct AmqpTransport {
     uris: Vec<String>,
+    timeout: Duration,
     live: RwLock<Arc<Live>>,
     /// Serializes reconnecting, so a burst of failing operations opens one
-    /// new connection, not one each.
-    reconnecting: tokio::sync::Mutex<()>,
+    /// new connection, not one each. It holds the error of the last failed
+    /// round, so operations that waited for that round fail with its error
+    /// rather than each waiting for a round of their own.
+    reconnecting: tokio::sync::Mutex<Option<String>>,
+    /// Reconnection rounds that failed so far.
+    failed_rounds: AtomicU64,
     epoch: AtomicU64,
     closed: AtomicBool,
 }
@@ -106,43 +124,69 @@ impl std::fmt::Debug for AmqpTransport {
 }
 
 impl Live {
-    /// Connects to the first reachable URI, trying them in order (fail-over).
-    async fn connect(uris: &[String]) -> Result<Self, Error> {
+    /// Connects to the first reachable URI, trying them in order (fail-over),
+    /// giving each `timeout`.
+    async fn connect(uris: &[String], timeout: Duration) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
-            let properties =
-                ConnectionProperties::default().with_connection_name(LongString::from("warren"));
-            match lapin::Connection::connect(uri, properties).await {
-                Ok(connection) => {
+            match tokio::time::timeout(timeout, Live::connect_one(uri)).await {
+                Ok(Ok(live)) => {
                     tracing::debug!(uri = %redact(uri), "connected");
-                    return Ok(Live {
-                        confirmed: Pool::open(&connection, true).await?,
-                        unconfirmed: Pool::open(&connection, false).await?,
-                        connection,
-                        uri: uri.clone(),
-                    });
+                    return Ok(live);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(uri = %redact(uri), error = %e, "cannot connect, trying the next host");
-                    last = Some(transport_error(
-                        format!("cannot connect to {}", redact(uri)),
-                        e,
-                    ));
+                    last = Some(e);
+                }
+                Err(_) => {
+                    tracing::warn!(uri = %redact(uri), ?timeout, "no answer, trying the next host");
+                    last = Some(Error::transport(format!(
+                        "cannot connect to {}: no AMQP answer within {timeout:?} (connection_timeout)",
+                        redact(uri)
+                    )));
                 }
             }
         }
         Err(last.unwrap_or_else(|| Error::config("transport URL names no host")))
     }
+
+    /// One host, unbounded: the caller's timer bounds it. lapin's own
+    /// `connection_timeout` URI option only applies to its blocking connect,
+    /// not to the asynchronous one `Connection::connect` uses, and nothing
+    /// in lapin bounds the handshake.
+    async fn connect_one(uri: &str) -> Result<Self, Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from("warren"));
+        let connection = lapin::Connection::connect(uri, properties)
+            .await
+            .map_err(|e| transport_error(format!("cannot connect to {}", redact(uri)), e))?;
+        Ok(Live {
+            confirmed: Pool::open(&connection, true).await?,
+            unconfirmed: Pool::open(&connection, false).await?,
+            connection,
+            uri: uri.to_owned(),
+        })
+    }
 }
 
 impl AmqpTransport {
-    /// Connects to the first reachable URI, trying them in order (fail-over).
+    /// Connects to the first reachable URI, trying them in order (fail-over),
+    /// giving each host [`DEFAULT_CONNECTION_TIMEOUT`].
     pub async fn connect(uris: &[String]) -> Result<Self, Error> {
-        let live = Live::connect(uris).await?;
+        Self::connect_with_timeout(uris, DEFAULT_CONNECTION_TIMEOUT).await
+    }
+
+    /// Connects to the first reachable URI, trying them in order (fail-over),
+    /// giving each host `timeout` for the TCP connect, the AMQP handshake and
+    /// opening channels; reconnections use the same bound.
+    pub async fn connect_with_timeout(uris: &[String], timeout: Duration) -> Result<Self, Error> {
+        let live = Live::connect(uris, timeout).await?;
         Ok(AmqpTransport {
             uris: uris.to_vec(),
+            timeout,
             live: RwLock::new(Arc::new(live)),
-            reconnecting: tokio::sync::Mutex::new(()),
+            reconnecting: tokio::sync::Mutex::new(None),
+            failed_rounds: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         })
@@ -162,14 +206,28 @@ impl AmqpTransport {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::transport("the connection was closed"));
         }
-        let _one_at_a_time = self.reconnecting.lock().await;
+        // The round of failed reconnections seen before queueing: if another
+        // one fails while this waits, its error is this operation's too.
+        let seen = self.failed_rounds.load(Ordering::Acquire);
+        let mut last_error = self.reconnecting.lock().await;
         let current = self.current();
         if current.connection.status().connected() {
             return Ok(current);
         }
-        let fresh = Arc::new(Live::connect(&self.uris).await.map_err(|e| {
-            Error::transport(format!("connection lost and not re-established: {e}")).with_source(e)
-        })?);
+        if self.failed_rounds.load(Ordering::Acquire) != seen {
+            if let Some(error) = last_error.as_ref() {
+                return Err(Error::transport(error.clone()));
+            }
+        }
+        let fresh = match Live::connect(&self.uris, self.timeout).await {
+            Ok(live) => Arc::new(live),
+            Err(e) => {
+                let message = format!("connection lost and not re-established: {e}");
+                *last_error = Some(message.clone());
+                self.failed_rounds.fetch_add(1, Ordering::AcqRel);
+                return Err(Error::transport(message).with_source(e));
+            }
+        };
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(uri = %redact(&fresh.uri), epoch, "reconnected");

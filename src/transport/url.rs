@@ -80,6 +80,35 @@ impl TransportUrl {
         }
     }
 
+    /// How long one host gets to connect (TCP, AMQP handshake, channels)
+    /// before the next is tried: `connection_timeout` in milliseconds, as in
+    /// RabbitMQ's URI spec, or kombu's `connect_timeout` in seconds (which
+    /// `rabbit://` URLs written for oslo.messaging may carry); `None` when
+    /// neither is given.
+    pub fn connection_timeout(&self) -> Result<Option<std::time::Duration>, Error> {
+        let invalid = |key: &str, value: &str| {
+            Error::config(format!("option {key}={value} is not a positive number"))
+        };
+        let timeout = if let Some(ms) = self.option("connection_timeout") {
+            let ms: u64 = ms.parse().map_err(|_| invalid("connection_timeout", ms))?;
+            std::time::Duration::from_millis(ms)
+        } else if let Some(secs) = self.option("connect_timeout") {
+            let parsed: f64 = secs.parse().map_err(|_| invalid("connect_timeout", secs))?;
+            // Bounded before conversion: `from_secs_f64` panics on
+            // non-finite or huge values.
+            if !parsed.is_finite() || parsed <= 0.0 || parsed > 86_400.0 {
+                return Err(invalid("connect_timeout", secs));
+            }
+            std::time::Duration::from_secs_f64(parsed)
+        } else {
+            return Ok(None);
+        };
+        if timeout.is_zero() {
+            return Err(Error::config("connection_timeout must be positive"));
+        }
+        Ok(Some(timeout))
+    }
+
     /// One `amqp://` URI per host, in fail-over order, as lapin reads them
     /// (`rabbit_login_method` becomes lapin's `auth_mechanism`).
     pub fn amqp_uris(&self) -> Result<Vec<String>, Error> {
@@ -272,6 +301,29 @@ mod tests {
         let url: TransportUrl = "amqp://u:p@[::1]:5999/%2f".parse().unwrap();
         assert_eq!(url.amqp_uris().unwrap(), vec!["amqp://u:p@[::1]:5999/%2f"]);
         assert_eq!("".parse::<TransportUrl>().unwrap().scheme, Scheme::Embedded);
+    }
+
+    #[test]
+    fn connection_timeout_in_ms_or_kombu_seconds() {
+        use std::time::Duration;
+        let timeout = |url: &str| url.parse::<TransportUrl>().unwrap().connection_timeout();
+        assert_eq!(timeout("amqp://h/").unwrap(), None);
+        assert_eq!(
+            timeout("amqp://h/?connection_timeout=250").unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            timeout("rabbit://h/?connect_timeout=1.5").unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in ["0", "-1", "soon", "inf", "NaN", "1e300"] {
+            assert!(timeout(&format!("rabbit://h/?connect_timeout={bad}"))
+                .unwrap_err()
+                .is_config());
+        }
+        assert!(timeout("amqp://h/?connection_timeout=0")
+            .unwrap_err()
+            .is_config());
     }
 
     #[test]
