@@ -1,0 +1,243 @@
+//! Bounded resources under failure (issue #12): replies to callers that are
+//! gone do not pile up, and a host that accepts TCP but never speaks AMQP
+//! fails a connection within its `connection_timeout` instead of stalling
+//! it, with the next host of the URL tried.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::mpsc;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Generous bound on anything that could hang; not a timing claim.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Counts lapin's "Server returned us a message" events: lapin emits one
+/// for each `basic.return` it completes and, on a channel without
+/// confirms, keeps that message until `wait_for_confirms`. The count is
+/// therefore exactly the number of returned messages lapin has taken on.
+struct ReturnCounter;
+
+static RETURNS: AtomicU64 = AtomicU64::new(0);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ReturnCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if metadata.target() == "lapin::returned_messages"
+            && *metadata.level() == tracing::Level::WARN
+        {
+            RETURNS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn count_returns() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::registry().with(ReturnCounter);
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    });
+}
+
+const BOUNCED: usize = 20_000;
+
+/// 20,000 well-formed calls (to `record`, so the test sees each handled)
+/// whose reply queue does not exist, published raw: the server answers each
+/// (the broker drops the reply), keeps serving,
+/// and no returned reply is held anywhere (bound: zero returned messages
+/// taken on by lapin; before the fix, one per request, about 1 KiB each
+/// with its log line).
+async fn replies_to_missing_queues_are_not_kept(url: String) {
+    // One at a time, so the process-wide count is this test's own.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _alone = ONE_AT_A_TIME.lock().await;
+    count_returns();
+    let connection = warren::connect(&url).await.expect("connect");
+    let topic = unique("calc");
+    let (records, mut recorded) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .expect("serve");
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+    assert_eq!(client.add(1, 1).await.expect("first call"), 2);
+
+    let raw = lapin::Connection::connect(&url, Default::default())
+        .await
+        .expect("raw connection");
+    let channel = raw.create_channel().await.expect("raw channel");
+    let gone = unique("reply_gone");
+    let before = RETURNS.load(Ordering::Relaxed);
+    for i in 0..BOUNCED {
+        let inner = serde_json::json!({
+            "method": "record",
+            "args": {"value": i},
+            "version": "1.0",
+            "_msg_id": uuid::Uuid::new_v4().simple().to_string(),
+            "_reply_q": gone,
+            "_timeout": null,
+            "_unique_id": uuid::Uuid::new_v4().simple().to_string(),
+        });
+        let body = serde_json::json!({
+            "oslo.version": "2.0",
+            "oslo.message": inner.to_string(),
+        })
+        .to_string();
+        channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(topic.as_str()),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_content_type(ShortString::from("application/json")),
+            )
+            .await
+            .expect("publish a request");
+    }
+
+    // Every request was handled (each one records before its reply goes).
+    let handled = drain(&mut recorded, BOUNCED, HANG_GUARD).await;
+    assert_eq!(
+        handled.len(),
+        BOUNCED,
+        "the server stopped handling requests"
+    );
+
+    // Still serving. Each reply goes out on one of the server's publishing
+    // channels after the bounced ones queued there, so a return for any of
+    // those would have reached lapin before these answers.
+    for i in 0..16 {
+        assert_eq!(
+            client.add(i, 1).await.expect("a call after the flood"),
+            i + 1
+        );
+    }
+    let returned = RETURNS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        returned, 0,
+        "lapin took on {returned} returned replies of {BOUNCED} bounced"
+    );
+}
+
+on_both_brokers!(replies_to_missing_queues_are_not_kept);
+
+/// A listener that accepts connections and never says a word (a
+/// black-holed or hung broker), keeping them open.
+fn black_hole() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+async fn connect_within_guard(url: &str) -> Result<warren::Connection, warren::Error> {
+    tokio::time::timeout(HANG_GUARD, warren::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("{url}: connect hung past the guard"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_host_fails_the_connection_with_a_transport_error() {
+    let hole = black_hole();
+    for url in [
+        format!("amqp://guest:guest@{hole}/%2f?connection_timeout=300"),
+        format!("rabbit://guest:guest@{hole}/?connect_timeout=0.3"),
+        // The default (a few seconds) applies without the option.
+        format!("amqp://guest:guest@{hole}/%2f"),
+    ] {
+        let err = connect_within_guard(&url)
+            .await
+            .expect_err("nothing answers");
+        assert!(err.is_transport(), "{url}: {err:?}");
+    }
+}
+
+/// Serves `Calc` through `url` and answers one call.
+async fn answers(url: &str) {
+    let connection = connect_within_guard(url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let topic = unique("calc");
+    let (records, _) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .expect("serve");
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+    assert_eq!(client.add(2, 3).await.expect("call"), 5, "{url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_after_a_black_holed_one_takes_over() {
+    let hole = black_hole();
+    let broker = embedded_broker().await;
+    let good = broker.local_addrs()[0];
+    answers(&format!(
+        "amqp://guest:guest@{hole},guest:guest@{good}/%2f?connection_timeout=300"
+    ))
+    .await;
+    answers(&format!(
+        "rabbit://guest:guest@{hole},guest:guest@127.0.0.1:5672/?connection_timeout=300"
+    ))
+    .await;
+}
+
+/// After the connection is lost, reconnecting meets only a black-holed
+/// host: calls fail with a transport error instead of stalling, several at
+/// once included, and the next ones too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_to_a_black_holed_host_fails_calls_instead_of_stalling() {
+    let hole = black_hole();
+    let broker = embedded_broker().await;
+    let good = broker.local_addrs()[0];
+    let url = format!("amqp://guest:guest@{good},guest:guest@{hole}/%2f?connection_timeout=300");
+    let connection = connect_within_guard(&url).await.expect("connect");
+    let topic = unique("calc");
+    let (records, _) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .expect("serve");
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(600));
+    assert_eq!(client.add(1, 1).await.expect("call"), 2);
+    broker.shutdown().await;
+
+    for _ in 0..2 {
+        let calls = (0..4).map(|i| {
+            let client = client.clone();
+            async move { client.add(i, 1).await }
+        });
+        let results = tokio::time::timeout(HANG_GUARD, futures::future::join_all(calls))
+            .await
+            .expect("calls stalled on the reconnection");
+        for result in results {
+            let err = result.expect_err("no broker answers");
+            assert!(err.is_transport(), "{err:?}");
+        }
+    }
+}
