@@ -129,37 +129,75 @@ impl Live {
     async fn connect(uris: &[String], timeout: Duration) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
-            match tokio::time::timeout(timeout, Live::connect_one(uri)).await {
-                Ok(Ok(live)) => {
+            match Live::connect_one(uri, timeout).await {
+                Ok(live) => {
                     tracing::debug!(uri = %redact(uri), "connected");
                     return Ok(live);
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(uri = %redact(uri), error = %e, "cannot connect, trying the next host");
                     last = Some(e);
-                }
-                Err(_) => {
-                    tracing::warn!(uri = %redact(uri), ?timeout, "no answer, trying the next host");
-                    last = Some(Error::transport(format!(
-                        "cannot connect to {}: no AMQP answer within {timeout:?} (connection_timeout)",
-                        redact(uri)
-                    )));
                 }
             }
         }
         Err(last.unwrap_or_else(|| Error::config("transport URL names no host")))
     }
 
-    /// One host, unbounded: the caller's timer bounds it. lapin's own
-    /// `connection_timeout` URI option only applies to its blocking connect,
-    /// not to the asynchronous one `Connection::connect` uses, and nothing
-    /// in lapin bounds the handshake.
-    async fn connect_one(uri: &str) -> Result<Self, Error> {
+    /// One host, within `timeout`. lapin bounds neither the handshake nor
+    /// (on its asynchronous path) the TCP connect, and dropping its connect
+    /// future leaves its I/O thread waiting on the socket for as long as
+    /// the peer keeps it open: on a timeout the socket is shut down here,
+    /// which ends that thread.
+    async fn connect_one(uri: &str, timeout: Duration) -> Result<Self, Error> {
+        let socket: Arc<Mutex<Option<std::net::TcpStream>>> = Arc::default();
+        match tokio::time::timeout(timeout, Live::open(uri, socket.clone())).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Some(stream) = lock(&socket).take() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                Err(Error::transport(format!(
+                    "cannot connect to {}: no AMQP answer within {timeout:?} (connection_timeout)",
+                    redact(uri)
+                )))
+            }
+        }
+    }
+
+    /// Connects to one host, leaving a handle on its socket in `socket`.
+    async fn open(
+        uri: &str,
+        socket: Arc<Mutex<Option<std::net::TcpStream>>>,
+    ) -> Result<Self, Error> {
+        let cannot =
+            |e: lapin::Error| transport_error(format!("cannot connect to {}", redact(uri)), e);
+        let parsed: lapin::uri::AMQPUri = uri
+            .parse()
+            .map_err(|e| Error::config(format!("invalid AMQP URI {}: {e}", redact(uri))))?;
+        let runtime = lapin::runtime::default_runtime().map_err(cannot)?;
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from("warren"));
-        let connection = lapin::Connection::connect(uri, properties)
-            .await
-            .map_err(|e| transport_error(format!("cannot connect to {}", redact(uri)), e))?;
+        let connection = lapin::Connection::connector(
+            parsed,
+            runtime,
+            async move |uri, runtime| {
+                use lapin::tcp::AMQPUriTcpExt;
+                let stream = uri
+                    .connect_with_config_async(lapin::tcp::TLSConfig::default(), &runtime)
+                    .await
+                    .map_err(lapin::Error::from)?;
+                if let lapin::AsyncTcpStream::Plain(plain) = &stream {
+                    use std::os::fd::AsFd;
+                    if let Ok(fd) = plain.get_ref().as_fd().try_clone_to_owned() {
+                        *lock(&socket) = Some(std::net::TcpStream::from(fd));
+                    }
+                }
+                Ok(stream)
+            },
+            properties,
+        )
+        .await
+        .map_err(cannot)?;
         Ok(Live {
             confirmed: Pool::open(&connection, true).await?,
             unconfirmed: Pool::open(&connection, false).await?,
