@@ -241,3 +241,42 @@ async fn reconnecting_to_a_black_holed_host_fails_calls_instead_of_stalling() {
         }
     }
 }
+
+/// A connection given up on is closed, not left to lapin's I/O thread for
+/// as long as the silent peer keeps it open (one thread and socket per
+/// reconnection attempt otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_given_up_on_is_closed() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole = listener.local_addr().expect("local addr");
+    let (closed, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        // The guard, not a timing claim: a read that times out means the
+        // client kept the connection open.
+        let _ = stream.set_read_timeout(Some(HANG_GUARD));
+        let mut buf = [0u8; 64];
+        let outcome = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) => continue,
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        let _ = closed.send(outcome);
+    });
+    let err = connect_within_guard(&format!(
+        "amqp://guest:guest@{hole}/%2f?connection_timeout=300"
+    ))
+    .await
+    .expect_err("nothing answers");
+    assert!(err.is_transport(), "{err:?}");
+    let outcome = tokio::task::spawn_blocking(move || seen.recv())
+        .await
+        .expect("join")
+        .expect("the listener thread reports");
+    assert_eq!(outcome, Ok(()), "the abandoned connection was left open");
+}
