@@ -181,10 +181,12 @@ struct Tx {
     bytes: usize,
 }
 
-/// The most a transaction may buffer before `tx.commit` (twice the largest
-/// message). Past it the publish fails with 406 and the channel closes,
-/// dropping the buffer: one client's open transaction cannot hold the
-/// memory alarm on (and with it every publisher) indefinitely.
+/// The most a transaction may buffer before `tx.commit` (twice RabbitMQ 3.x's
+/// default max_message_size of 128 MiB; warren's own default is 16 MiB, so a
+/// transaction holds at least 16 of the largest messages). Past it the publish
+/// fails with 406 and the channel closes, dropping the buffer: one client's
+/// open transaction cannot hold the memory alarm on (and with it every
+/// publisher) indefinitely.
 pub const MAX_TX_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
