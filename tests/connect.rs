@@ -89,3 +89,42 @@ async fn calls_fail_with_a_transport_error_once_the_broker_is_gone() {
     let err = client.record(1).await.unwrap_err();
     assert!(err.is_transport(), "{err:?}");
 }
+
+/// Closing a connection ends its subscriptions as expected (`None`), not as
+/// a failure: a failure is what servers recover from and what the reply
+/// consumer logs at WARN (every `warren bench` against RabbitMQ did, at exit).
+async fn closing_ends_subscriptions_cleanly(url: String) {
+    let connection = warren::connect(&url).await.expect("connect");
+    let queue = unique("closing");
+    let transport = connection.transport();
+    transport
+        .declare_queue(&warren::transport::QueueSpec {
+            name: queue.clone(),
+            durable: false,
+            auto_delete: false,
+            exclusive: true,
+            expires_ms: None,
+            quorum: false,
+        })
+        .await
+        .expect("declare");
+    let mut subscription = transport
+        .consume(&warren::transport::ConsumeSpec {
+            queue,
+            prefetch: 0,
+            no_ack: true,
+        })
+        .await
+        .expect("consume");
+    connection.close().await.expect("close");
+    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("the subscription ends");
+    assert!(
+        next.is_none(),
+        "ended as a failure: {:?}",
+        next.map(|d| d.err())
+    );
+}
+
+on_both_brokers!(closing_ends_subscriptions_cleanly);

@@ -103,7 +103,9 @@ pub struct AmqpTransport {
     /// Reconnection rounds that failed so far.
     failed_rounds: AtomicU64,
     epoch: AtomicU64,
-    closed: AtomicBool,
+    /// Set by [`Transport::close`]; shared with subscriptions, whose end is
+    /// then expected rather than a failure.
+    closed: Arc<AtomicBool>,
 }
 
 /// One established connection and its publishing channels.
@@ -226,7 +228,7 @@ impl AmqpTransport {
             reconnecting: tokio::sync::Mutex::new(None),
             failed_rounds: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -458,6 +460,7 @@ impl Transport for AmqpTransport {
             no_ack: spec.no_ack,
             ended: false,
             cancelled: false,
+            transport_closed: self.closed.clone(),
         }))
     }
 
@@ -486,6 +489,9 @@ struct AmqpSubscription {
     ended: bool,
     /// Set by [`Subscription::cancel`]: an end of stream is expected.
     cancelled: bool,
+    /// The transport's closed flag: after [`Transport::close`] an end of
+    /// stream is expected too.
+    transport_closed: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -496,13 +502,17 @@ impl Subscription for AmqpSubscription {
         }
         let delivery = match self.consumer.next().await {
             Some(Ok(d)) => d,
+            Some(Err(_)) | None if self.transport_closed.load(Ordering::Acquire) => {
+                self.ended = true;
+                return None;
+            }
             Some(Err(e)) => {
                 self.ended = true;
                 return Some(Err(transport_error("consumer failed", e)));
             }
             // The stream ends when we cancel, when the broker cancels (the
             // queue was deleted) or when the connection is lost; only the
-            // first is expected.
+            // first is expected (besides closing the transport, above).
             None => {
                 self.ended = true;
                 if self.cancelled {
