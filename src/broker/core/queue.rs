@@ -336,15 +336,6 @@ impl Queue {
         now.checked_add(Duration::from_millis(ttl))
     }
 
-    /// Offer a published message to the queue (stores it and dispatches), then run
-    /// what that dead-letters.
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> EnqueueResult {
-        let mut dead = DeadLetters::new();
-        let result = self.enqueue_into(msg, &mut dead);
-        self.dead_letter(dead);
-        result
-    }
-
     /// Offer a message to the queue (stores it and dispatches), pushing what that
     /// dead-letters onto `dead` for the caller to run once it holds no queue lock.
     pub(crate) fn enqueue_into(
