@@ -169,25 +169,6 @@ async fn a_black_holed_host_fails_the_connection_with_a_transport_error() {
     }
 }
 
-/// Serves `Calc` through `url` and answers one call.
-async fn answers(url: &str) {
-    let connection = connect_within_guard(url)
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let topic = unique("calc");
-    let (records, _) = mpsc::unbounded_channel();
-    let _server = calc("s1", &records)
-        .builder()
-        .topic(&topic)
-        .serve(&connection, "s1")
-        .await
-        .expect("serve");
-    let client = CalcClient::new(&connection)
-        .topic(&topic)
-        .timeout(Duration::from_secs(20));
-    assert_eq!(client.add(2, 3).await.expect("call"), 5, "{url}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_after_a_black_holed_one_takes_over() {
     let hole = black_hole();

@@ -7,24 +7,6 @@ use std::time::Duration;
 use common::*;
 use tokio::sync::mpsc;
 
-async fn answers(url: &str) {
-    let connection = warren::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let topic = unique("calc");
-    let (records, _) = mpsc::unbounded_channel();
-    let _server = calc("s1", &records)
-        .builder()
-        .topic(&topic)
-        .serve(&connection, "s1")
-        .await
-        .unwrap();
-    let client = CalcClient::new(&connection)
-        .topic(&topic)
-        .timeout(Duration::from_secs(20));
-    assert_eq!(client.add(2, 3).await.unwrap(), 5, "{url}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqplain_and_plain_logins_work_on_both_brokers() {
     let broker = embedded_broker().await;

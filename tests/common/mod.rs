@@ -381,6 +381,27 @@ impl Backend {
     }
 }
 
+/// Connects to `url`, serves `Calc` there and answers one call: the URL
+/// works end to end. A connect still hanging after 60 s fails the test.
+pub async fn answers(url: &str) {
+    let connection = tokio::time::timeout(Duration::from_secs(60), warren::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("{url}: connect hung"))
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let topic = unique("calc");
+    let (records, _) = mpsc::unbounded_channel();
+    let _server = calc("s1", &records)
+        .builder()
+        .topic(&topic)
+        .serve(&connection, "s1")
+        .await
+        .expect("serve");
+    let client = CalcClient::new(&connection)
+        .topic(&topic)
+        .timeout(Duration::from_secs(20));
+    assert_eq!(client.add(2, 3).await.expect("call"), 5, "{url}");
+}
+
 /// A broker of this test's own on a free port (dropped with the runtime).
 pub async fn embedded_broker() -> warren::broker::BrokerHandle {
     warren::broker::Broker::builder()
