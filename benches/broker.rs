@@ -168,10 +168,21 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The `warren` command next to this benchmark (`cargo build --release -p
+/// warren-cli` builds it).
+fn warren_bin() -> std::path::PathBuf {
+    let name = format!("warren{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(&name)))
+        .filter(|bin| bin.is_file())
+        .unwrap_or_else(|| panic!("build the broker first: cargo build --release -p warren-cli"))
+}
+
 /// `warren broker` as a process of its own, so its memory is its own.
 async fn spawn_broker() -> (std::process::Child, String) {
     let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+    let child = std::process::Command::new(warren_bin())
         .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -73,7 +73,15 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
             )
             .await?,
         ),
+        #[cfg(feature = "embedded")]
         Scheme::Embedded => crate::embedded::transport(&url).await?,
+        #[cfg(not(feature = "embedded"))]
+        Scheme::Embedded => {
+            return Err(Error::config(
+                "embedded:// (and an empty URL) needs warren's `embedded` feature, \
+                 which this build turned off: give an amqp:// or rabbit:// URL",
+            ))
+        }
     };
     Ok(Connection {
         transport,
@@ -100,6 +108,7 @@ impl Connection {
 
     /// An in-process connection to `broker` (no socket): what `embedded://`
     /// uses for the process-wide broker, for any broker of this process.
+    #[cfg(feature = "embedded")]
     pub fn in_process(broker: &crate::broker::BrokerHandle) -> Result<Self, Error> {
         let transport =
             crate::transport::local::LocalTransport::connect(broker.core(), "/", broker.user())?;

@@ -8,11 +8,14 @@
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
 //! - [`notify`]: oslo-style notifications (notifier and listener);
-//! - [`broker`]: the embedded AMQP 0-9-1 broker.
+//! - `broker`: the embedded AMQP 0-9-1 broker (crate `warren-broker`,
+//!   re-exported with the default `embedded` feature).
 #![warn(missing_docs)]
 
-pub mod broker;
+#[cfg(feature = "embedded")]
+pub use warren_broker as broker;
 mod connection;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
 pub mod notify;

@@ -7,6 +7,7 @@
 //! and `embedded://` URLs that pick one.
 
 pub mod amqp;
+#[cfg(feature = "embedded")]
 pub mod local;
 pub(crate) mod recovery;
 pub mod url;
@@ -40,8 +41,11 @@ pub struct Properties {
 /// naming the value.
 pub fn short(value: &str) -> Result<ShortString, Error> {
     ShortString::try_new(value).map_err(|_| {
-        let mut head = value.to_owned();
-        crate::broker::core::error::truncate_utf8(&mut head, 32);
+        let mut cut = value.len().min(32);
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let head = &value[..cut];
         Error::config(format!(
             "{head:?}… is {} bytes long; AMQP names and properties hold at most 255",
             value.len()

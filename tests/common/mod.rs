@@ -206,6 +206,28 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `warren` command (crate `warren-cli`), for tests that run
+/// `warren broker` as a process of its own.
+///
+/// `cargo test --workspace` builds it before any test runs (the cli crate
+/// has integration tests, so cargo builds its binary); a narrower run
+/// (`cargo test -p warren --test NAME`) needs `cargo build -p warren-cli`
+/// first, which the panic below says.
+pub fn warren_bin() -> PathBuf {
+    let name = format!("warren{}", std::env::consts::EXE_SUFFIX);
+    // target/<profile>/deps/<test binary> -> target/<profile>/warren
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(&name)));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "the `warren` binary is not built next to this test: run \
+             `cargo build -p warren-cli` (or `cargo test --workspace`, which builds it)"
+        ),
+    }
+}
+
 /// A Python with pika and oslo.messaging: `$WARREN_PYTHON`, else a venv
 /// under `target/` that this creates once (from PyPI) when missing.
 pub fn python() -> PathBuf {

@@ -661,7 +661,7 @@ mod signals {
     /// environment, and waits until it accepts connections.
     fn spawn_broker(extra: &[&str], env: &[(&str, &str)]) -> (std::process::Child, u16) {
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        let mut cmd = Command::new(crate::common::warren_bin());
         cmd.args(["broker", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .envs(env.iter().copied())

@@ -77,7 +77,7 @@ impl BrokerProcess {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        let child = Command::new(crate::common::warren_bin())
             .args([
                 "broker",
                 "--listen",

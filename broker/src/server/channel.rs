@@ -9,9 +9,9 @@ use amq_protocol::protocol::{
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::core::error::codes;
-use crate::broker::core::memory::Charge;
-use crate::broker::core::{AmqpError, CoreChannel};
+use crate::core::error::codes;
+use crate::core::memory::Charge;
+use crate::core::{AmqpError, CoreChannel};
 
 use super::outbound::Outbound;
 use super::writer::Outgoing;
@@ -215,11 +215,11 @@ impl ServerChannel {
 
     fn soft_or_hard(&mut self, e: AmqpError, out: &Outbound) -> Result<After, AmqpError> {
         match e.scope {
-            crate::broker::core::ErrorScope::Channel => {
+            crate::core::ErrorScope::Channel => {
                 self.fail(out, &e);
                 Ok(After::Nothing)
             }
-            crate::broker::core::ErrorScope::Connection => Err(e),
+            crate::core::ErrorScope::Connection => Err(e),
         }
     }
 
@@ -551,10 +551,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::{Outgoing, ServerChannel};
-    use crate::broker::core::permission::Permissions;
-    use crate::broker::core::Core;
-    use crate::broker::server::outbound::Outbound;
-    use crate::broker::server::writer::ServerSink;
+    use crate::core::permission::Permissions;
+    use crate::core::Core;
+    use crate::server::outbound::Outbound;
+    use crate::server::writer::ServerSink;
     use amq_protocol::frame::AMQPFrame;
     use amq_protocol::protocol::{basic, channel, AMQPClass, BasicProperties};
 

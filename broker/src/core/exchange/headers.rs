@@ -6,7 +6,7 @@
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::{Binding, Destination};
-use crate::broker::core::AmqpError;
+use crate::core::AmqpError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MatchMode {
@@ -80,7 +80,7 @@ pub fn validate_binding(args: &FieldTable) -> Result<(), AmqpError> {
         ))),
         None => Err(AmqpError::precondition(format!(
             "Invalid x-match field type (value {}); expected longstr",
-            crate::broker::core::value_display(v)
+            crate::core::value_display(v)
         ))),
     }
 }

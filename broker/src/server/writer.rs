@@ -16,7 +16,7 @@ use amq_protocol::types::generation::{
 use amq_protocol::types::ShortString;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::broker::core::{ChannelEvent, ChannelSink, GetOk, Message};
+use crate::core::{ChannelEvent, ChannelSink, GetOk, Message};
 
 use super::outbound::Outbound;
 

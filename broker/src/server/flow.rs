@@ -19,7 +19,7 @@ use std::sync::Arc;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{connection, AMQPClass};
 
-use crate::broker::core::MemoryMonitor;
+use crate::core::MemoryMonitor;
 
 /// The reason RabbitMQ gives in `connection.blocked` for a memory alarm.
 pub(crate) const LOW_ON_MEMORY: &str = "low on memory";

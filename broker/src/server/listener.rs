@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::core::Core;
+use crate::core::Core;
 
 use super::limits::Admission;
 

@@ -409,8 +409,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::broker::core::permission::Permissions;
-    use crate::broker::core::{Core, CoreChannel, CoreConnection};
+    use crate::core::permission::Permissions;
+    use crate::core::{Core, CoreChannel, CoreConnection};
 
     /// Runs `f` on a thread with a 256 KiB stack. Rerouting by recursion took a few
     /// stack frames per hop, so the long chains below overflowed it (aborting the
@@ -546,7 +546,7 @@ mod tests {
                     entry_str(e, "reason").unwrap_or_default(),
                     e.inner()
                         .get("count")
-                        .and_then(crate::broker::core::value_as_i64)
+                        .and_then(crate::core::value_as_i64)
                         .unwrap_or(-1),
                 )
             })

@@ -28,7 +28,7 @@ use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::broker::core::{lock, ChannelEvent};
+use crate::core::{lock, ChannelEvent};
 
 use super::writer::Outgoing;
 
@@ -285,7 +285,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::broker::core::{Delivery, Message};
+    use crate::core::{Delivery, Message};
 
     fn delivery(size: usize) -> Outgoing {
         Outgoing::Event(

@@ -15,8 +15,8 @@
 
 use amq_protocol::types::AMQPType;
 
-use crate::broker::core::error::codes;
-use crate::broker::core::AmqpError;
+use crate::core::error::codes;
+use crate::core::AmqpError;
 
 /// How deeply field tables and arrays may nest, the outermost table counting
 /// as 1 (the limit rabbitmq-c applies to what it decodes).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use warren::broker::core::PasswordHash;
+use warren_broker::core::PasswordHash;
 
 /// `warren broker` options.
 #[derive(Args)]
@@ -47,10 +47,10 @@ pub struct BrokerArgs {
     /// (`0.4`, RabbitMQ 3.x's default; RAM or the cgroup limit). `0` blocks
     /// every publisher.
     #[arg(long, value_name = "SIZE", default_value = "0.4")]
-    memory_high_watermark: warren::broker::core::MemoryWatermark,
+    memory_high_watermark: warren_broker::core::MemoryWatermark,
     /// Largest message body clients may publish, in bytes (RabbitMQ's
     /// max_message_size; at most 536870912).
-    #[arg(long, value_name = "BYTES", default_value_t = warren::broker::server::limits::MAX_MESSAGE_SIZE)]
+    #[arg(long, value_name = "BYTES", default_value_t = warren_broker::server::limits::MAX_MESSAGE_SIZE)]
     max_message_size: u64,
     /// Most client connections open at once (RabbitMQ's max_connections);
     /// unlimited when unset.
@@ -70,7 +70,7 @@ fn name_and_secret<'a>(
 }
 
 pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut builder = warren::broker::Broker::builder();
+    let mut builder = warren_broker::Broker::builder();
     for addr in args.listen {
         builder = builder.listen(addr);
     }

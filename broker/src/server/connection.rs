@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::broker::core::error::codes;
-use crate::broker::core::{AmqpError, Core, CoreConnection};
+use crate::core::error::codes;
+use crate::core::{AmqpError, Core, CoreConnection};
 
 use super::channel::{After, ServerChannel};
 use super::flow::Flow;

@@ -1,4 +1,9 @@
-//! The embedded AMQP 0-9-1 broker.
+//! warren-broker: an AMQP 0-9-1 broker, embeddable in a process or run
+//! standalone (`warren broker`).
+//!
+//! It is the broker behind the `warren` RPC library's zero-setup default, and
+//! stands on its own: any AMQP 0-9-1 client (lapin, pika, kombu,
+//! oslo.messaging) can use it over TCP. It knows nothing of RPC.
 //!
 //! [`core`] holds the socket-free broker model (usable in-process); [`server`] speaks
 //! AMQP 0-9-1 over TCP on top of it. [`Broker::builder`] starts both.
@@ -307,7 +312,7 @@ impl BrokerHandle {
     /// `amqp://user:pass@host:port/%2f` for the first listener and first
     /// user (`amqp://user@…` when that user was given by its hash);
     /// `embedded://` for a broker without a listener (reach it with
-    /// [`crate::Connection::in_process`]).
+    /// `warren::Connection::in_process`).
     pub fn url(&self) -> String {
         let (u, p) = &self.inner.first_user;
         let login = match p {

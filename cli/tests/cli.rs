@@ -1,0 +1,139 @@
+//! The `warren` command as a user runs it: `warren bench` measures calls
+//! through a `warren broker` process over TCP, and bad arguments are refused
+//! with a message and clap's exit code.
+//!
+//! Being an integration test of this crate also makes `cargo test
+//! --workspace` build the `warren` binary, which the broker tests of the
+//! `warren` crate run as a process (see `tests/common::warren_bin`).
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// `warren broker` on a free loopback port, killed on drop.
+struct BrokerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl BrokerProcess {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(WARREN)
+            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("warren broker starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "warren broker does not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BrokerProcess { child, port }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `warren args…`, killing it after two minutes (a hang guard).
+fn warren(args: &[&str]) -> Output {
+    let mut child = Command::new(WARREN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("warren runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for warren") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("warren {args:?} still runs after two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout).expect("read stdout");
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr).expect("read stderr");
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn bench_counts_every_call_through_a_broker_process() {
+    let broker = BrokerProcess::start();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
+    let json = std::env::temp_dir().join(format!("warren-cli-bench-{}.json", std::process::id()));
+    let out = warren(&[
+        "bench",
+        "--url",
+        &url,
+        "--count",
+        "500",
+        "--warmup",
+        "0",
+        "--in-flight",
+        "8",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "warren bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    let _ = std::fs::remove_file(&json);
+    let run = &report[0];
+    assert_eq!(run["completed"], 500, "{report}");
+    assert_eq!(run["errors"], 0, "{report}");
+    assert_eq!(run["timeouts"], 0, "{report}");
+    assert_eq!(
+        run["received"], 500,
+        "the bench's own server saw each call: {report}"
+    );
+}
+
+#[test]
+fn an_unknown_flag_is_refused_with_clap_exit_code_2() {
+    let out = warren(&["broker", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn a_bad_memory_watermark_is_refused_before_listening() {
+    let out = warren(&[
+        "broker",
+        "--listen",
+        "127.0.0.1:0",
+        "--memory-high-watermark",
+        "lots",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lots"), "{err}");
+}
