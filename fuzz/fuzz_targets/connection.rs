@@ -10,7 +10,7 @@ use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use warren::broker::core::permission::Permissions;
+use warren_broker::core::permission::Permissions;
 
 /// tokio's default worker thread stack size.
 const WORKER_STACK: usize = 2 * 1024 * 1024;
@@ -88,13 +88,13 @@ fuzz_target!(|data: &[u8]| {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async {
-                let core = warren::broker::core::Core::new(
+                let core = warren_broker::core::Core::new(
                     &[("guest".to_owned(), "guest".to_owned())],
                     &[],
                 );
                 // Users may use nothing until granted, as in RabbitMQ.
                 core.set_permissions("guest", "/", all_permissions());
-                warren::broker::server::serve_bytes(core, &input).await;
+                warren_broker::server::serve_bytes(core, &input).await;
             });
         })
         .expect("a broker thread");
