@@ -2,6 +2,38 @@
 //!
 //! Annotate a trait with [`service`] and get a typed client stub and a server
 //! dispatcher speaking AMQP 0-9-1 the way OpenStack's oslo.messaging does.
+//! With no broker configured, everything runs on the broker embedded in the
+//! process:
+//!
+//! ```
+//! #[warren::service(topic = "greeter", version = "1.0")]
+//! pub trait Greeter {
+//!     async fn hello(&self, name: String) -> String;
+//! }
+//!
+//! struct English;
+//!
+//! impl Greeter for English {
+//!     async fn hello(&self, name: String) -> String {
+//!         format!("Hello, {name}!")
+//!     }
+//! }
+//!
+//! # #[cfg(feature = "embedded")]
+//! #[tokio::main]
+//! async fn main() -> Result<(), warren::Error> {
+//!     // "" or embedded:// is the broker in this process; amqp:// and
+//!     // rabbit:// URLs reach RabbitMQ (or any AMQP 0-9-1 server).
+//!     let connection = warren::connect("embedded://").await?;
+//!     let server = GreeterServer::new(English).serve(&connection, "greeter-1").await?;
+//!     let greeter = GreeterClient::new(&connection);
+//!     assert_eq!(greeter.hello("world".into()).await?, "Hello, world!");
+//!     server.shutdown().await?;
+//!     connection.close().await
+//! }
+//! # #[cfg(not(feature = "embedded"))]
+//! # fn main() {}
+//! ```
 //!
 //! - [`rpc`]: clients, servers, targets, contexts — what a service author
 //!   touches;

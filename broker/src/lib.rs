@@ -5,6 +5,31 @@
 //! stands on its own: any AMQP 0-9-1 client (lapin, pika, kombu,
 //! oslo.messaging) can use it over TCP. It knows nothing of RPC.
 //!
+//! ```
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Port 0: any free port, so many brokers can run side by side.
+//! let broker = warren_broker::Broker::builder()
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .user("app", "s3cret")
+//!     .start()
+//!     .await?;
+//! println!("AMQP clients connect to {}", broker.url());
+//!
+//! // Any AMQP 0-9-1 client can now log in; the broker opens with
+//! // connection.start (a method frame, type 1, on channel 0).
+//! let mut socket = tokio::net::TcpStream::connect(broker.local_addrs()[0]).await?;
+//! socket.write_all(b"AMQP\x00\x00\x09\x01").await?;
+//! let mut header = [0u8; 7];
+//! socket.read_exact(&mut header).await?;
+//! assert_eq!((header[0], header[1], header[2]), (1, 0, 0));
+//! broker.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [`core`] holds the socket-free broker model (usable in-process); [`server`] speaks
 //! AMQP 0-9-1 over TCP on top of it. [`Broker::builder`] starts both.
 //!
