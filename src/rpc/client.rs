@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use super::reply_queue::ReplyQueue;
 use super::target::fanout_exchange;
-use super::CallOptions;
+use super::{CallOptions, Outcome};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
-use crate::wire::{new_id, Args, Codec, Failure, Reply, Request};
+use crate::wire::{new_id, Args, Codec, Reply, Request};
 use crate::{Connection, Error};
 
 /// An RPC client: one reply queue, reused by all its calls. Cheap to clone.
@@ -42,9 +42,6 @@ impl std::fmt::Debug for Client {
             .finish_non_exhaustive()
     }
 }
-
-/// A call's raw result: the encoded value, or the server's failure.
-type RawOutcome = (Codec, Result<Vec<u8>, Failure>);
 
 impl Client {
     /// A client on `connection`, using the connection's codec.
@@ -76,10 +73,8 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        match self.call_raw(options, method, args).await? {
-            (codec, Ok(value)) => codec.decode_value(&value),
-            (_, Err(failure)) => Err(Error::from_failure(failure)),
-        }
+        let args = Args::encode(self.inner.codec, args)?;
+        self.call_args(options, method, args).await?.value()
     }
 
     /// Calls a method returning `Result<T, E>`: the service's own error
@@ -95,13 +90,8 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        match self.call_raw(options, method, args).await? {
-            (codec, Ok(value)) => Ok(Ok(codec.decode_value(&value)?)),
-            (codec, Err(failure)) => match &failure.data {
-                Some(data) => Ok(Err(codec.decode_value(data)?)),
-                None => Err(Error::from_failure(failure)),
-            },
-        }
+        let args = Args::encode(self.inner.codec, args)?;
+        self.call_args(options, method, args).await?.fallible()
     }
 
     /// Sends `method` without waiting for a result; returns once the broker
@@ -111,8 +101,19 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
+        let args = Args::encode(self.inner.codec, args)?;
+        self.cast_args(options, method, args).await
+    }
+
+    /// [`Client::cast`] with the arguments already encoded.
+    pub(crate) async fn cast_args(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: Args,
+    ) -> Result<(), Error> {
         let target = &options.target;
-        let request = self.request(options, method, args, None)?;
+        let request = self.request(options, method, args, None);
         let (exchange, routing_key) = if target.fanout {
             let exchange = fanout_exchange(&target.topic);
             let spec = self.inner.connection.topology().fanout_exchange(&exchange);
@@ -126,15 +127,13 @@ impl Client {
         self.inner.connection.transport().publish(message).await
     }
 
-    async fn call_raw<A>(
+    /// A call with the arguments already encoded: its reply, still encoded.
+    pub(crate) async fn call_args(
         &self,
         options: &CallOptions,
         method: &str,
-        args: &A,
-    ) -> Result<RawOutcome, Error>
-    where
-        A: Serialize + ?Sized,
-    {
+        args: Args,
+    ) -> Result<Outcome, Error> {
         let target = &options.target;
         if target.fanout {
             return Err(Error::config(format!(
@@ -144,7 +143,7 @@ impl Client {
         let timeout = options.effective_timeout();
         let replies = self.reply_queue().await?;
         let msg_id = new_id();
-        let mut request = self.request(options, method, args, Some((&msg_id, replies.name())))?;
+        let mut request = self.request(options, method, args, Some((&msg_id, replies.name())));
         // The deadline travels so a server can drop the request if it is
         // dequeued after the caller gave up; a timeout too large for the
         // clock is no deadline.
@@ -174,22 +173,19 @@ impl Client {
             }
         };
         let (codec, Reply { outcome, .. }) = reply;
-        Ok((codec, outcome))
+        Ok(Outcome::new(codec, outcome))
     }
 
-    fn request<A>(
+    fn request(
         &self,
         options: &CallOptions,
         method: &str,
-        args: &A,
+        args: Args,
         reply: Option<(&str, &str)>,
-    ) -> Result<Request, Error>
-    where
-        A: Serialize + ?Sized,
-    {
-        Ok(Request {
+    ) -> Request {
+        Request {
             method: method.to_owned(),
-            args: Args::encode(self.inner.codec, args)?,
+            args,
             namespace: options.target.namespace.clone(),
             version: options.target.version.clone(),
             msg_id: reply.map(|(id, _)| id.to_owned()),
@@ -198,7 +194,7 @@ impl Client {
             deadline: None,
             unique_id: Some(new_id()),
             context: options.context.values().clone(),
-        })
+        }
     }
 
     fn outgoing(

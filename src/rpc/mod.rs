@@ -2,7 +2,10 @@
 //!
 //! [`Client`] makes calls and casts to a [`Target`]; [`ServerBuilder`] serves
 //! [`Dispatch`] endpoints on one. `#[warren::service]` generates typed stubs
-//! and dispatchers on top of both. Everything here reaches the broker only
+//! and dispatchers on top of both: a request enum implementing
+//! [`ServiceRequest`], a client that derefs to the generic [`Stub`] (one call
+//! path, the per-call options, the `tower::Service`), and a server
+//! implementing [`Dispatch`]. Everything here reaches the broker only
 //! through [`crate::transport::Transport`].
 
 mod client;
@@ -12,8 +15,10 @@ mod exception;
 mod options;
 mod reply_queue;
 mod server;
+mod stub;
 mod target;
 mod topology;
+mod variant;
 mod version;
 
 pub use client::Client;
@@ -24,6 +29,9 @@ pub use exception::RemoteException;
 pub use exception::{ClassOf, ViaRemoteException, ViaTypeName};
 pub use options::{CallOptions, DEFAULT_TIMEOUT};
 pub use server::{DispatchService, ServerBuilder, ServerHandle, DEFAULT_PREFETCH};
+#[doc(hidden)]
+pub use stub::mismatched_response;
+pub use stub::{Method, Outcome, ServiceRequest, Stub};
 pub use target::{fanout_exchange, server_queue, Target, DEFAULT_EXCHANGE};
 pub(crate) use topology::declare_topic_queues;
 pub use topology::{Topology, DEFAULT_TRANSIENT_TTL_MS};
