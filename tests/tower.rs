@@ -326,3 +326,93 @@ async fn server_load_shed_and_concurrency_limit_layers() {
         "served again once the slot is free"
     );
 }
+
+/// The per-call options are the library stub's, and the `tower::Service`
+/// path is the typed methods' path: options set on the client (a named
+/// server, a context, fanout) apply to requests sent through tower, through
+/// the generated client and through `warren::rpc::Stub` itself alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_call_options_apply_on_the_tower_path() {
+    let s = setup().await;
+    let (records, mut recorded) = mpsc::unbounded_channel();
+    let mut servers = Vec::new();
+    for name in ["s1", "s2"] {
+        servers.push(
+            calc(name, &records)
+                .builder()
+                .topic(&s.topic)
+                .serve(&s.connection, name)
+                .await
+                .unwrap(),
+        );
+    }
+    let to_s2 = s
+        .client()
+        .to_server("s2")
+        .context(Context::new().with("k", "v"));
+    for _ in 0..4 {
+        let who = to_s2.clone().oneshot(CalcRequest::Whoami {}).await.unwrap();
+        assert!(matches!(&who, CalcResponse::Whoami(name) if name == "s2"));
+    }
+    let seen = to_s2
+        .clone()
+        .oneshot(CalcRequest::ContextValue { key: "k".into() })
+        .await
+        .unwrap();
+    assert!(matches!(seen, CalcResponse::ContextValue(Some(v)) if v == "v"));
+
+    // The service's own error travels typed through the tower path too.
+    let divided = to_s2
+        .clone()
+        .oneshot(CalcRequest::Divide { a: 1, b: 0 })
+        .await
+        .unwrap();
+    assert!(matches!(
+        divided,
+        CalcResponse::Divide(Err(CalcError::DivideByZero(1)))
+    ));
+
+    // The library stub alone is the same service.
+    let stub: warren::rpc::Stub<CalcRequest> = (*to_s2).clone();
+    assert_eq!(stub.options().target.server.as_deref(), Some("s2"));
+    let mut svc = ServiceBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .service(stub);
+    let who = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(CalcRequest::Whoami {})
+        .await
+        .unwrap();
+    assert!(matches!(&who, CalcResponse::Whoami(name) if name == "s2"));
+
+    // A fanout cast through tower reaches both servers.
+    let sent = s
+        .client()
+        .fanout()
+        .oneshot(CalcRequest::Record { value: 7 })
+        .await
+        .unwrap();
+    assert!(matches!(sent, CalcResponse::Record));
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let record = tokio::time::timeout(Duration::from_secs(20), recorded.recv())
+            .await
+            .expect("both servers get the fanout cast")
+            .unwrap();
+        got.push(record);
+    }
+    got.sort();
+    assert_eq!(got, [("s1".to_owned(), 7), ("s2".to_owned(), 7)]);
+
+    // A call cannot be fanout, on the tower path as on the typed one.
+    let err = s
+        .client()
+        .fanout()
+        .oneshot(CalcRequest::Add { a: 1, b: 1 })
+        .await
+        .err()
+        .expect("a fanout call is refused");
+    assert!(err.is_config(), "{err:?}");
+}

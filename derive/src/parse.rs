@@ -8,28 +8,18 @@ use syn::{
     TraitItem, TraitItemFn, Type,
 };
 
-/// Names the generated client or server already use for their own methods.
-const RESERVED: &[&str] = &[
-    "new",
-    "from_client",
-    "client",
-    "options",
-    "to_server",
-    "timeout",
-    "version",
-    "namespace",
-    "topic",
-    "exchange",
-    "fanout",
-    "with_options",
-    "context",
-    "builder",
-    "serve",
-    "layer",
-    "call",
-    "poll_ready",
-    "clone",
-    "inner",
+/// Method names the generated client cannot take, and why. Everything else
+/// is free: the per-call options (`timeout`, `version`, …) live on
+/// `warren::rpc::Stub`, which the client derefs to, so a method of the same
+/// name merely hides one on the client (it stays reachable as
+/// `Stub::timeout(&client, ..)`).
+const RESERVED: &[(&str, &str)] = &[
+    ("new", "`<Trait>Client::new(&connection)` makes the client"),
+    ("clone", "`client.clone()` must clone the client"),
+    (
+        "call",
+        "`client.call(request)` is the client's generic path (`Stub::call`, `tower::Service::call`)",
+    ),
 ];
 
 /// The `#[service(...)]` arguments.
@@ -112,6 +102,21 @@ impl Service {
                 ),
             }
         }
+        for (i, method) in methods.iter().enumerate() {
+            let v = crate::emit::variant(&method.name);
+            if let Some(first) = methods[..i]
+                .iter()
+                .find(|m| crate::emit::variant(&m.name) == v)
+            {
+                errors.push(
+                    method.name.span(),
+                    format!(
+                        "`{}` and `{}` would both be the request variant `{v}`: rename one",
+                        first.name, method.name
+                    ),
+                );
+            }
+        }
         errors.finish()?;
         let config = config
             .ok_or_else(|| syn::Error::new(Span::call_site(), "invalid service attributes"))?;
@@ -147,6 +152,13 @@ fn parse_config(attr: TokenStream, errors: &mut Errors) -> Option<Config> {
             exchange = Some(meta.value()?.parse::<LitStr>()?);
         } else if meta.path.is_ident("derive") {
             meta.parse_nested_meta(|nested| {
+                let last = nested.path.segments.last().map(|s| s.ident.to_string());
+                if let Some(serde @ ("Serialize" | "Deserialize")) = last.as_deref() {
+                    return Err(syn::Error::new_spanned(
+                        &nested.path,
+                        format!("the request enum already derives serde's `{serde}` (its variants are the methods' arguments on the wire)"),
+                    ));
+                }
                 derives.push(nested.path);
                 Ok(())
             })?;
@@ -210,11 +222,8 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
             name.span(),
             format!("`{name_str}`: methods whose names start with `_` are never dispatched (oslo.messaging rule)"),
         );
-    } else if RESERVED.contains(&name_str.as_str()) {
-        errors.push(
-            name.span(),
-            format!("`{name_str}` is reserved: the generated client or server has a method of that name"),
-        );
+    } else if let Some((_, why)) = RESERVED.iter().find(|(n, _)| *n == name_str) {
+        errors.push(name.span(), format!("`{name_str}` is reserved: {why}"));
     }
     if sig.asyncness.is_none() {
         errors.push(

@@ -34,7 +34,43 @@ impl Engine for MyEngine {
     async fn stack_deleted(&self, _id: StackId) {}
 }
 
+/// Option names are free: a method named like one hides the option on the
+/// client, where `Stub`'s stays reachable.
+#[warren::service(topic = "options", version = "1.0")]
+pub trait Options {
+    async fn timeout(&self) -> u32;
+    async fn version(&self) -> String;
+    async fn to_server(&self, server: String);
+}
+
+struct MyOptions;
+
+impl Options for MyOptions {
+    async fn timeout(&self) -> u32 {
+        60
+    }
+    async fn version(&self) -> String {
+        "1.0".into()
+    }
+    async fn to_server(&self, _server: String) {}
+}
+
+#[allow(dead_code)]
+async fn options(client: &OptionsClient) -> Result<u32, warren::Error> {
+    let shorter: OptionsClient = warren::rpc::Stub::timeout(client, std::time::Duration::from_secs(1));
+    let version: String = shorter.version().await?;
+    assert_eq!(version, "1.0");
+    shorter.to_server("s1".into()).await?;
+    shorter.timeout().await
+}
+
+#[allow(dead_code)]
+fn engine_options(client: &EngineClient) -> EngineClient {
+    client.to_server("s1").timeout(std::time::Duration::from_secs(1)).version("1.2")
+}
+
 fn main() {
+    let _options = OptionsServer::new(MyOptions);
     let _server = EngineServer::new(MyEngine);
     let _request = EngineRequest::StackDeleted { id: StackId(7) }.clone();
 }
