@@ -10,6 +10,8 @@ extern crate proc_macro;
 
 mod emit;
 mod parse;
+#[cfg(test)]
+mod snapshot;
 
 use proc_macro::TokenStream;
 
