@@ -406,6 +406,13 @@ async fn per_call_options_apply_on_the_tower_path() {
     got.sort();
     assert_eq!(got, [("s1".to_owned(), 7), ("s2".to_owned(), 7)]);
 
+    // Typed stubs made from one rpc::Client share its reply queue.
+    let shared = warren::rpc::Client::new(&s.connection);
+    let one: CalcClient = shared.stub::<CalcRequest>().topic(&s.topic);
+    let other: CalcClient = shared.stub::<CalcRequest>().topic(&s.topic);
+    assert_eq!(one.add(2, 3).await.unwrap(), 5);
+    assert_eq!(other.add(3, 4).await.unwrap(), 7);
+
     // A call cannot be fanout, on the tower path as on the typed one.
     let err = s
         .client()

@@ -1,10 +1,14 @@
 //! The `#[warren::service]` attribute macro.
 //!
-//! It turns an annotated trait into a typed client stub (`<Trait>Client`), a
-//! server dispatcher (`<Trait>Server`), and request/response enums
-//! (`<Trait>Request`, `<Trait>Response`) for `tower`. This crate only parses,
-//! validates and emits: everything the generated code calls is public API of
-//! the `warren` crate. Use it through `warren::service`.
+//! It turns an annotated trait into a request enum (`<Trait>Request`, one
+//! variant per method with the arguments as fields: what travels and what
+//! the server dispatches), a response enum (`<Trait>Response`), a typed
+//! client (`<Trait>Client`, a thin newtype over `warren::rpc::Stub`, which
+//! holds the per-call options and the one call path, also its
+//! `tower::Service`) and a server dispatcher (`<Trait>Server`). This crate
+//! only parses, validates and emits: everything the generated code calls is
+//! public API of the `warren` crate. Use it through `warren::service`.
+//! `snapshots/greeter.rs` is the expansion of a small service.
 
 extern crate proc_macro;
 
@@ -28,7 +32,9 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Attributes: `topic` and `version` (required), `namespace`, `exchange`,
-/// and `derive(...)` for the generated request enum.
+/// and `derive(...)` for the generated request enum (which derives serde's
+/// traits itself). Method names `new`, `clone` and `call` are reserved for
+/// the client; any other name is free.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     match parse::Service::parse(attr.into(), item.into()) {

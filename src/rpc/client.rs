@@ -1,8 +1,8 @@
 //! The client side of RPC: calls (request/reply with a timeout) and casts
 //! (fire-and-forget, optionally fanout), over any transport.
 //!
-//! Generated `<Trait>Client` stubs wrap a [`Client`]; it can also be used
-//! directly with hand-built arguments.
+//! Generated `<Trait>Client`s are [`Stub`]s over a [`Client`]; it can also
+//! be used directly with hand-built arguments.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::reply_queue::ReplyQueue;
 use super::target::fanout_exchange;
-use super::{CallOptions, Outcome};
+use super::{CallOptions, Outcome, ServiceRequest, Stub};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
 use crate::wire::{new_id, Args, Codec, Reply, Request};
@@ -55,6 +55,13 @@ impl Client {
                 declared: DeclaredOnce::default(),
             }),
         }
+    }
+
+    /// A typed client of the service whose request enum is `R` (a
+    /// generated `<Trait>Client`), sharing this client's reply queue:
+    /// `client.stub::<EngineRequest>()` is an `EngineClient`.
+    pub fn stub<R: ServiceRequest>(&self) -> R::Client {
+        R::Client::from(Stub::from_client(self.clone()))
     }
 
     /// The codec requests are written in.
