@@ -6,6 +6,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, ToTokens};
+use syn::ext::IdentExt;
 use syn::{Ident, LitStr, TraitItem};
 
 use crate::parse::{Method, Output, Service};
@@ -42,9 +43,10 @@ impl Names {
     }
 }
 
-/// `health_check` → `HealthCheck`.
+/// `health_check` → `HealthCheck` (and `r#type` → `Type`).
 pub fn variant(name: &Ident) -> Ident {
     let pascal: String = name
+        .unraw()
         .to_string()
         .split('_')
         .filter(|part| !part.is_empty())
@@ -110,8 +112,8 @@ fn emit_request(service: &Service, names: &Names) -> TokenStream {
     let derive = (!derives.is_empty()).then(|| quote!(#[derive(#(#derives),*)]));
     let variants = service.methods.iter().map(|m| {
         let v = variant(&m.name);
-        let method = m.name.to_string();
-        let doc = format!(" A request for [`{trait_name}::{method}`].");
+        let method = &m.wire;
+        let doc = format!(" A request for [`{trait_name}::{}`].", m.name);
         let fields = m.args.iter().map(|a| {
             let (name, ty) = (&a.name, &a.ty);
             quote!(#name: #ty)
@@ -127,10 +129,10 @@ fn emit_request(service: &Service, names: &Names) -> TokenStream {
     let (topic, version) = (&config.topic, &config.version);
     let exchange = lit_option(&config.exchange);
     let namespace = lit_option(&config.namespace);
-    let method_names = service.methods.iter().map(|m| m.name.to_string());
+    let method_names = service.methods.iter().map(|m| &m.wire);
     let arms = service.methods.iter().map(|m| {
         let v = variant(&m.name);
-        let method = m.name.to_string();
+        let method = &m.wire;
         let kind = match &m.output {
             Output::Value(_) => quote! {
                 call(#method, |reply| reply.value().map(#response::#v))
@@ -212,7 +214,7 @@ fn emit_client(service: &Service, names: &Names) -> TokenStream {
     let methods = service.methods.iter().map(|m| {
         let attrs = &m.attrs;
         let name = &m.name;
-        let method = name.to_string();
+        let method = &m.wire;
         let v = variant(name);
         let params = m.args.iter().map(|a| {
             let (name, ty) = (&a.name, &a.ty);
@@ -371,5 +373,29 @@ fn emit_server(service: &Service, names: &Names) -> TokenStream {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use crate::parse::Service;
+
+    #[test]
+    fn a_raw_method_name_travels_without_its_prefix() {
+        let service = Service::parse(
+            quote!(topic = "t", version = "1.0"),
+            quote!(
+                pub trait T {
+                    async fn r#type(&self) -> u32;
+                }
+            ),
+        )
+        .unwrap();
+        let out = super::emit(&service).to_string();
+        assert!(out.contains("\"type\""), "{out}");
+        assert!(!out.contains("\"r#type\""), "{out}");
+        assert!(out.contains("Type {"), "{out}");
     }
 }

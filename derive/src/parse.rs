@@ -2,6 +2,7 @@
 //! reported, each spanned on the offending item, before giving up.
 
 use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, Pat, PathArguments, ReturnType,
@@ -49,6 +50,8 @@ pub struct Arg {
 pub struct Method {
     pub attrs: Vec<Attribute>,
     pub name: Ident,
+    /// The name on the wire (oslo's `method`): `name` without `r#`.
+    pub wire: String,
     pub args: Vec<Arg>,
     pub output: Output,
 }
@@ -216,7 +219,7 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
     let sig = &f.sig;
     let name = sig.ident.clone();
     let before = errors.0.is_some();
-    let name_str = name.to_string();
+    let name_str = name.unraw().to_string();
     if name_str.starts_with('_') {
         errors.push(
             name.span(),
@@ -324,6 +327,7 @@ fn parse_method(f: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
     Some(Method {
         attrs,
         name,
+        wire: name_str,
         args,
         output,
     })

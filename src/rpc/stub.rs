@@ -60,6 +60,19 @@ pub struct Method<T> {
     kind: Kind<T>,
 }
 
+impl<T> std::fmt::Debug for Method<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            Kind::Call(_) => "call",
+            Kind::Cast(_) => "cast",
+        };
+        f.debug_struct("Method")
+            .field("name", &self.name)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
 enum Kind<T> {
     Call(fn(Outcome) -> Result<T, Error>),
     Cast(T),

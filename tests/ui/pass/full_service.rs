@@ -41,6 +41,7 @@ pub trait Options {
     async fn timeout(&self) -> u32;
     async fn version(&self) -> String;
     async fn to_server(&self, server: String);
+    async fn r#type(&self) -> String;
 }
 
 struct MyOptions;
@@ -53,6 +54,9 @@ impl Options for MyOptions {
         "1.0".into()
     }
     async fn to_server(&self, _server: String) {}
+    async fn r#type(&self) -> String {
+        "options".into()
+    }
 }
 
 #[allow(dead_code)]
