@@ -167,9 +167,12 @@ impl Client {
         self.inner.connection.transport().publish(message).await?;
         let reply = match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => reply?,
+            // The request went out; the reply queue's consumer ended
+            // (the connection broke, or the client closed) before the reply.
             Ok(Err(_)) => {
-                return Err(Error::transport(format!(
-                    "{method}: the reply consumer stopped (connection lost?)"
+                return Err(Error::outcome_unknown(format!(
+                    "{method}: the connection was lost after the request was sent; \
+                     the server may or may not have run it"
                 )))
             }
             Err(_) => {

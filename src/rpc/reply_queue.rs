@@ -107,6 +107,14 @@ async fn consume(mut subscription: Box<dyn Subscription>, pending: Arc<Table>, q
             Ok(delivery) => route(&pending, &queue, delivery),
             Err(e) => {
                 tracing::warn!(%queue, error = %e, "reply consumer failed");
+                // Every waiting call sent its request: say why no reply comes.
+                let waiting: Vec<_> = lock(&pending).drain().collect();
+                for (msg_id, waiter) in waiting {
+                    let _ = waiter.send(Err(Error::outcome_unknown(format!(
+                        "call {msg_id}: the reply queue {queue} was lost with its \
+                         connection ({e}); the server may or may not have run the call"
+                    ))));
+                }
                 break;
             }
         }
