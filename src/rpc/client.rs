@@ -10,13 +10,16 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::reply_queue::ReplyQueue;
+use super::reply_queue::{Registration, ReplyQueue, ReplyResult};
 use super::target::fanout_exchange;
 use super::{CallOptions, Outcome, ServiceRequest, Stub};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
 use crate::wire::{new_id, Args, Codec, Reply, Request};
 use crate::{Connection, Error};
+
+/// A call's place in its reply queue's table, and where its reply arrives.
+type Registered = (Registration, tokio::sync::oneshot::Receiver<ReplyResult>);
 
 /// An RPC client: one reply queue, reused by all its calls. Cheap to clone.
 #[derive(Clone)]
@@ -148,8 +151,8 @@ impl Client {
             )));
         }
         let timeout = options.effective_timeout();
-        let replies = self.reply_queue().await?;
         let msg_id = new_id();
+        let (replies, (_registration, reply)) = self.register(&msg_id).await?;
         let mut request = self.request(options, method, args, Some((&msg_id, replies.name())));
         // The deadline travels so a server can drop the request if it is
         // dequeued after the caller gave up; a timeout too large for the
@@ -163,7 +166,6 @@ impl Client {
             Some(timeout),
             false,
         )?;
-        let (_registration, reply) = replies.register(msg_id);
         self.inner.connection.transport().publish(message).await?;
         let reply = match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => reply?,
@@ -248,6 +250,21 @@ impl Client {
     fn live_reply_queue(&self) -> Option<Arc<ReplyQueue>> {
         let slot = self.inner.replies.read().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().filter(|q| q.is_alive()).cloned()
+    }
+
+    /// Registers call `msg_id` on a live reply queue (a fresh one if the
+    /// last one's consumer stopped, even between the check and the
+    /// registration), before anything is sent.
+    async fn register(&self, msg_id: &str) -> Result<(Arc<ReplyQueue>, Registered), Error> {
+        for _ in 0..2 {
+            let queue = self.reply_queue().await?;
+            if let Some(registration) = queue.register(msg_id.to_owned()) {
+                return Ok((queue, registration));
+            }
+        }
+        Err(Error::transport(
+            "the reply queue stopped twice while a call registered (connection lost?)",
+        ))
     }
 
     async fn reply_queue(&self) -> Result<Arc<ReplyQueue>, Error> {
