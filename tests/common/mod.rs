@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use warren::rpc::Context;
 
+pub mod cluster;
 pub mod raw;
 
 /// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
