@@ -6,7 +6,6 @@
 //! the prefetch count per queue, and acknowledged once handled (so a server
 //! that dies mid-call leaves the request to another server).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use super::dispatch::{Dispatch, Endpoints, Request, Response};
+use super::duplicates::{Duplicates, DEFAULT_DUPLICATE_WINDOW};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
 use super::topology::declare_topic_queues;
 use super::Context;
@@ -31,6 +31,10 @@ pub type DispatchService = BoxCloneSyncService<Request, Response, BoxError>;
 /// Requests in flight per queue unless set: the prefetch count.
 pub const DEFAULT_PREFETCH: u16 = 64;
 
+/// How long [`ServerHandle::shutdown`] lets requests in flight finish
+/// unless set: Kubernetes' default termination grace period.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
 type LayerFn = Box<dyn FnOnce(DispatchService) -> DispatchService + Send>;
 
 /// Builds a server: endpoints, middleware, prefetch; then [`serve`](Self::serve).
@@ -40,6 +44,8 @@ pub struct ServerBuilder {
     prefetch: u16,
     topic: Option<String>,
     exchange: Option<String>,
+    duplicate_window: Duration,
+    grace_period: Duration,
 }
 
 impl ServerBuilder {
@@ -51,7 +57,27 @@ impl ServerBuilder {
             prefetch: DEFAULT_PREFETCH,
             topic: None,
             exchange: None,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            grace_period: DEFAULT_GRACE_PERIOD,
         }
+    }
+
+    /// How long a request id (`_unique_id`) is remembered, so that the same
+    /// request delivered again within it is acknowledged and dropped rather
+    /// than executed twice (default [`DEFAULT_DUPLICATE_WINDOW`]; an id is
+    /// also kept until its request's deadline).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// How long [`ServerHandle::shutdown`] waits for requests in flight
+    /// (default [`DEFAULT_GRACE_PERIOD`]); those still running then are
+    /// cancelled and left unacknowledged, so the broker gives them to
+    /// another server.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
     }
 
     /// Adds another endpoint on the same target; endpoints are tried in the
@@ -118,13 +144,16 @@ impl ServerBuilder {
         plan.declare(connection).await?;
 
         let (stop, stopped) = watch::channel(false);
+        let (abort, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             connection: connection.clone(),
             service,
             in_flight: AtomicUsize::new(0),
             expired: AtomicU64::new(0),
             idle: Notify::new(),
-            recent: Mutex::new(VecDeque::with_capacity(DUPLICATE_WINDOW)),
+            duplicates: Mutex::new(Duplicates::new(self.duplicate_window)),
+            grace_period: self.grace_period,
+            abort,
             plan,
         });
         let mut loops = Vec::new();
@@ -153,7 +182,11 @@ struct Shared {
     /// Requests dropped unexecuted because their deadline had passed.
     expired: AtomicU64,
     idle: Notify,
-    recent: Mutex<VecDeque<String>>,
+    duplicates: Mutex<Duplicates>,
+    grace_period: Duration,
+    /// Turns true when the grace period is over: handlers still running
+    /// stop where they are.
+    abort: watch::Sender<bool>,
     plan: Plan,
 }
 
@@ -207,23 +240,15 @@ impl Plan {
     }
 }
 
-/// oslo.messaging drops a request whose `_unique_id` is among the last 16.
-const DUPLICATE_WINDOW: usize = 16;
-
 impl Shared {
-    /// Whether this request id was seen among the recent ones (remembering
-    /// it if not).
-    fn seen_before(&self, unique_id: Option<&str>) -> bool {
+    /// Whether this request id was taken within the duplicate window
+    /// (remembering it, until the window ends or `deadline`, if not).
+    fn seen_before(&self, unique_id: Option<&str>, deadline: Option<Instant>) -> bool {
         let Some(id) = unique_id else { return false };
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.iter().any(|seen| seen == id) {
-            return true;
-        }
-        if recent.len() == DUPLICATE_WINDOW {
-            recent.pop_front();
-        }
-        recent.push_back(id.to_owned());
-        false
+        self.duplicates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen_before(id, deadline)
     }
 }
 
@@ -256,9 +281,19 @@ impl ServerHandle {
         self.shared.expired.load(Ordering::Relaxed)
     }
 
-    /// Stops taking requests, finishes (and replies to) the ones in flight,
-    /// then closes the consumers and deletes this server's fanout queue.
-    pub async fn shutdown(mut self) -> Result<(), Error> {
+    /// Stops taking requests, finishes (and replies to) the ones in flight
+    /// within the grace period ([`ServerBuilder::grace_period`]), then
+    /// closes the consumers and deletes this server's fanout queue.
+    /// Requests still running when the grace period ends are cancelled
+    /// unanswered and unacknowledged: closing the consumers' channels gives
+    /// them back to the broker for another server.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let grace = self.shared.grace_period;
+        self.shutdown_within(grace).await
+    }
+
+    /// [`shutdown`](Self::shutdown) with a grace period of `grace`.
+    pub async fn shutdown_within(mut self, grace: Duration) -> Result<(), Error> {
         let _ = self.stop.send(true);
         let mut subscriptions = Vec::new();
         for handle in std::mem::take(&mut self.loops) {
@@ -267,12 +302,16 @@ impl ServerHandle {
                 Err(e) => tracing::warn!(error = %e, "consumer task failed"),
             }
         }
-        loop {
-            let idle = self.shared.idle.notified();
-            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            idle.await;
+        if tokio::time::timeout(grace, self.idle()).await.is_err() {
+            let left = self.shared.in_flight.load(Ordering::Acquire);
+            tracing::warn!(
+                requests = left,
+                ?grace,
+                "grace period over: cancelling the requests still running; \
+                 the broker gives them to another server"
+            );
+            let _ = self.shared.abort.send(true);
+            self.idle().await;
         }
         for subscription in subscriptions {
             subscription.close().await?;
@@ -282,6 +321,19 @@ impl ServerHandle {
             .transport()
             .delete_queue(&self.shared.plan.fanout_queue)
             .await
+    }
+}
+
+impl ServerHandle {
+    /// Resolves when no request is in flight.
+    async fn idle(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 
@@ -319,11 +371,16 @@ async fn consume(
                 Some(Ok(delivery)) => {
                     shared.in_flight.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
+                    let mut abort = shared.abort.subscribe();
                     tokio::spawn(async move {
                         // Released on drop, so that even a panic outside
                         // the dispatch guard cannot wedge `shutdown`.
                         let _in_flight = InFlight(&shared);
-                        handle(&shared, delivery).await;
+                        tokio::select! {
+                            () = handle(&shared, delivery) => {}
+                            // Past the grace period: dropped unacknowledged.
+                            _ = abort.wait_for(|abort| *abort) => {}
+                        }
                     });
                 }
                 Some(Err(e)) => {
@@ -423,7 +480,14 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
             (None, Ok(Vec::new()))
         }
-        Ok(request) if shared.seen_before(request.unique_id.as_deref()) => {
+        Ok(request)
+            if shared.seen_before(
+                request.unique_id.as_deref(),
+                request_deadline(props.expiration.as_deref(), request.deadline)
+                    .ok()
+                    .flatten(),
+            ) =>
+        {
             tracing::debug!(method = %request.method, "dropping a duplicate request");
             (None, Ok(Vec::new()))
         }
