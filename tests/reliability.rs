@@ -15,7 +15,35 @@ use tokio::sync::mpsc;
 on_both_brokers!(
     a_request_delivered_twice_is_executed_once,
     a_call_outliving_the_grace_period_is_answered_by_another_server,
+    a_request_that_keeps_killing_servers_is_set_aside,
 );
+
+/// The poison guard where RabbitMQ counts deliveries itself (quorum
+/// queues' `x-delivery-count`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_keeps_killing_servers_is_set_aside_on_quorum_queues() {
+    // A vhost of its own: quorum topology declares `openstack` durable,
+    // which the shared vhost has as transient.
+    let (_vhost, url) = rabbitmq_vhost();
+    let url = format!("{url}?rabbit_quorum_queue=true");
+    a_request_that_keeps_killing_servers_is_set_aside(url).await
+}
+
+/// A service whose one method never returns, and says when it started.
+#[warren::service(topic = "fragile", version = "1.0")]
+pub trait Fragile {
+    /// Handles the request that kills its server.
+    async fn crash(&self) -> u64;
+}
+
+struct FragileImpl(mpsc::UnboundedSender<()>);
+
+impl Fragile for FragileImpl {
+    async fn crash(&self) -> u64 {
+        let _ = self.0.send(());
+        std::future::pending().await
+    }
+}
 
 /// oslo.messaging's 2.0 envelope of a cast of `record(value)` with the
 /// request id `unique_id`, as a Python peer sends it.
@@ -150,4 +178,96 @@ async fn a_call_outliving_the_grace_period_is_answered_by_another_server(url: St
         .expect("s2 answers the call s1 gave up");
     assert_eq!(answer, 3_000);
     second.shutdown().await.expect("s2 shuts down");
+}
+
+/// A request that kills every server handling it (here: its connection
+/// goes, unacknowledged, while the method runs) is redelivered; with a
+/// delivery limit of 2 the third redelivery is not executed but moved to
+/// `<topic>.poison`, and the caller is told so.
+async fn a_request_that_keeps_killing_servers_is_set_aside(url: String) {
+    const LIMIT: u32 = 2;
+    let topic = unique("fragile");
+    let caller = warren::connect(&url).await.expect("connect the caller");
+    let client = FragileClient::new(&caller)
+        .topic(&topic)
+        .timeout(Duration::from_secs(120));
+    let mut call = None;
+    let guard = Duration::from_secs(60);
+    let mut lingering = Vec::new();
+    for crash in 0..=LIMIT {
+        let connection = warren::connect(&url).await.expect("connect a server");
+        let (started, mut running) = mpsc::unbounded_channel();
+        let server = FragileServer::new(FragileImpl(started))
+            .builder()
+            .topic(&topic)
+            .delivery_limit(LIMIT)
+            .serve(&connection, &format!("s{crash}"))
+            .await
+            .expect("serve");
+        if call.is_none() {
+            // Once the first server declared the queues.
+            let client = client.clone();
+            call = Some(tokio::spawn(async move { client.crash().await }));
+        }
+        tokio::time::timeout(guard, running.recv())
+            .await
+            .unwrap_or_else(|_| panic!("server {crash} never ran the request"));
+        // The request "kills" this server: its connection goes, the
+        // request unacknowledged.
+        connection
+            .close()
+            .await
+            .expect("close the server's connection");
+        lingering.push(server);
+    }
+    let connection = warren::connect(&url)
+        .await
+        .expect("connect the last server");
+    let (started, mut running) = mpsc::unbounded_channel();
+    let _last = FragileServer::new(FragileImpl(started))
+        .builder()
+        .topic(&topic)
+        .delivery_limit(LIMIT)
+        .serve(&connection, "last")
+        .await
+        .expect("serve");
+    let call = call.expect("the call was made");
+    let err = tokio::time::timeout(guard, call)
+        .await
+        .expect("the caller hears within the guard")
+        .expect("the call's task")
+        .expect_err("the poison request is refused");
+    let failure = err
+        .remote()
+        .unwrap_or_else(|| panic!("a remote failure: {err:?}"));
+    assert_eq!(failure.class, warren::rpc::POISON_FAILURE_CLASS, "{err:?}");
+    assert!(
+        running.try_recv().is_err(),
+        "the last server did not run the request"
+    );
+
+    // The request waits in the poison queue for someone to look at it.
+    let amqp = lapin::Connection::connect(
+        url.split('?').next().expect("a URL"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("lapin connects");
+    let channel = amqp.create_channel().await.expect("channel");
+    let poison = format!("{topic}.poison");
+    let got = channel
+        .basic_get(
+            poison.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+        .expect("the request is in the poison queue");
+    let body = String::from_utf8_lossy(&got.delivery.data).into_owned();
+    assert!(body.contains("crash"), "the request itself: {body}");
+    channel
+        .queue_delete(poison.as_str().into(), Default::default())
+        .await
+        .expect("delete the poison queue");
+    let _ = amqp.close(200, "OK".into()).await;
 }

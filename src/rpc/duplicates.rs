@@ -64,6 +64,13 @@ impl Duplicates {
         false
     }
 
+    /// Whether `id` is remembered (without taking it).
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.until
+            .get(id)
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
     /// Forgets ids from the oldest on while they have expired.
     fn forget_expired(&mut self, now: Instant) {
         while let Some(oldest) = self.order.front() {

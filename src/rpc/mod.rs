@@ -31,7 +31,8 @@ pub use exception::RemoteException;
 pub use exception::{ClassOf, ViaRemoteException, ViaTypeName};
 pub use options::{CallOptions, DEFAULT_TIMEOUT};
 pub use server::{
-    DispatchService, ServerBuilder, ServerHandle, DEFAULT_GRACE_PERIOD, DEFAULT_PREFETCH,
+    DispatchService, ServerBuilder, ServerHandle, DEFAULT_DELIVERY_LIMIT, DEFAULT_GRACE_PERIOD,
+    DEFAULT_PREFETCH, POISON_FAILURE_CLASS,
 };
 #[doc(hidden)]
 pub use stub::mismatched_response;

@@ -21,7 +21,7 @@ use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANG
 use super::topology::declare_topic_queues;
 use super::Context;
 use crate::transport::recovery::resubscribe;
-use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, Subscription};
+use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, QueueSpec, Subscription};
 use crate::wire::{new_id, Codec, Failure, Reply, WARREN_MODULE};
 use crate::{BoxError, Connection, Error};
 
@@ -30,6 +30,15 @@ pub type DispatchService = BoxCloneSyncService<Request, Response, BoxError>;
 
 /// Requests in flight per queue unless set: the prefetch count.
 pub const DEFAULT_PREFETCH: u16 = 64;
+
+/// How many times a request may be delivered again before the poison
+/// guard sets it aside unless set: RabbitMQ's default `x-delivery-limit`
+/// for quorum queues.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// The failure class a caller receives for a request the poison guard set
+/// aside ([`Error::remote`](crate::Error::remote)'s `class`).
+pub const POISON_FAILURE_CLASS: &str = "PoisonRequest";
 
 /// How long [`ServerHandle::shutdown`] lets requests in flight finish
 /// unless set: Kubernetes' default termination grace period.
@@ -46,6 +55,8 @@ pub struct ServerBuilder {
     exchange: Option<String>,
     duplicate_window: Duration,
     grace_period: Duration,
+    delivery_limit: u32,
+    poison_queue: Option<String>,
 }
 
 impl ServerBuilder {
@@ -59,7 +70,31 @@ impl ServerBuilder {
             exchange: None,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             grace_period: DEFAULT_GRACE_PERIOD,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            poison_queue: None,
         }
+    }
+
+    /// The poison guard: a request delivered again more than `limit` times
+    /// (each time, presumably, because handling it killed a server) is not
+    /// executed again but moved to the poison queue, and its caller gets a
+    /// [`POISON_FAILURE_CLASS`] failure (default [`DEFAULT_DELIVERY_LIMIT`]).
+    ///
+    /// Deliveries are counted by the broker on quorum queues
+    /// (`x-delivery-count`, RabbitMQ's and warren's); elsewhere a server
+    /// that receives a redelivered request publishes it again to the same
+    /// queue with the count in its `x-warren-delivery-count` header, with
+    /// a publisher confirm, before acknowledging the original.
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    /// Where the poison guard moves requests (default `<topic>.poison`, a
+    /// durable queue declared when first needed).
+    pub fn poison_queue(mut self, queue: impl Into<String>) -> Self {
+        self.poison_queue = Some(queue.into());
+        self
     }
 
     /// How long a request id (`_unique_id`) is remembered, so that the same
@@ -133,6 +168,9 @@ impl ServerBuilder {
             service = layer(service);
         }
 
+        let poison_queue = self
+            .poison_queue
+            .unwrap_or_else(|| format!("{topic}.poison"));
         let plan = Plan {
             own_queue: server_queue(&topic, server),
             fanout: fanout_exchange(&topic),
@@ -153,6 +191,8 @@ impl ServerBuilder {
             idle: Notify::new(),
             duplicates: Mutex::new(Duplicates::new(self.duplicate_window)),
             grace_period: self.grace_period,
+            delivery_limit: self.delivery_limit,
+            poison_queue,
             abort,
             plan,
         });
@@ -184,6 +224,8 @@ struct Shared {
     idle: Notify,
     duplicates: Mutex<Duplicates>,
     grace_period: Duration,
+    delivery_limit: u32,
+    poison_queue: String,
     /// Turns true when the grace period is over: handlers still running
     /// stop where they are.
     abort: watch::Sender<bool>,
@@ -243,6 +285,13 @@ impl Plan {
 impl Shared {
     /// Whether this request id was taken within the duplicate window
     /// (remembering it, until the window ends or `deadline`, if not).
+    fn is_known(&self, id: &str) -> bool {
+        self.duplicates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
     fn seen_before(&self, unique_id: Option<&str>, deadline: Option<Instant>) -> bool {
         let Some(id) = unique_id else { return false };
         self.duplicates
@@ -372,12 +421,13 @@ async fn consume(
                     shared.in_flight.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
                     let mut abort = shared.abort.subscribe();
+                    let queue = queue.clone();
                     tokio::spawn(async move {
                         // Released on drop, so that even a panic outside
                         // the dispatch guard cannot wedge `shutdown`.
                         let _in_flight = InFlight(&shared);
                         tokio::select! {
-                            () = handle(&shared, delivery) => {}
+                            () = handle(&shared, &queue, delivery) => {}
                             // Past the grace period: dropped unacknowledged.
                             _ = abort.wait_for(|abort| *abort) => {}
                         }
@@ -453,7 +503,68 @@ struct ReplyAddress {
     msg_id: String,
 }
 
-async fn handle(shared: &Shared, delivery: Delivery) {
+/// Publishes a redelivered request again to `queue` with its delivery count
+/// raised, for the poison guard to see next time (the broker does not
+/// count on this queue); `false` if that failed, so the caller handles
+/// the original instead.
+async fn count_redelivery(shared: &Shared, queue: &str, delivery: &Delivery) -> bool {
+    let mut properties = delivery.properties.clone();
+    properties.delivery_count = Some(properties.deliveries_before().saturating_add(1));
+    let copy = Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        mandatory: false,
+        confirm: true,
+        properties,
+        body: delivery.body.clone(),
+    };
+    match shared.connection.transport().publish(copy).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "cannot count a redelivery; handling the request");
+            false
+        }
+    }
+}
+
+/// Moves a request delivered too many times to the poison queue; `Err`
+/// (and the request stays unacknowledged) if it cannot be stored there.
+async fn set_aside(shared: &Shared, delivery: &Delivery) -> Result<(), Error> {
+    let transport = shared.connection.transport();
+    transport
+        .declare_queue(&QueueSpec {
+            name: shared.poison_queue.clone(),
+            durable: true,
+            quorum: shared.connection.topology().quorum,
+            ..QueueSpec::default()
+        })
+        .await?;
+    transport
+        .publish(Outgoing {
+            exchange: String::new(),
+            routing_key: shared.poison_queue.clone(),
+            mandatory: false,
+            confirm: true,
+            properties: delivery.properties.clone(),
+            body: delivery.body.clone(),
+        })
+        .await
+}
+
+/// Where to reply: warren's and oslo's `_reply_q` + `_msg_id`, else the
+/// plain AMQP `reply_to` + `correlation_id`.
+fn reply_address(
+    reply_q: Option<String>,
+    msg_id: Option<String>,
+    plain: Option<ReplyAddress>,
+) -> Option<ReplyAddress> {
+    match (reply_q, msg_id) {
+        (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
+        _ => plain,
+    }
+}
+
+async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
     let props = &delivery.properties;
     let plain_address = match (&props.reply_to, &props.correlation_id) {
         (Some(queue), Some(msg_id)) => Some(ReplyAddress {
@@ -480,6 +591,50 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
             (None, Ok(Vec::new()))
         }
+        Ok(request) if props.deliveries_before() > shared.delivery_limit => {
+            let count = props.deliveries_before();
+            if let Err(e) = set_aside(shared, &delivery).await {
+                // Not acknowledged: the broker keeps it (and redelivers it).
+                tracing::error!(method = %request.method, error = %e, "cannot move a poison request aside");
+                return;
+            }
+            tracing::warn!(
+                method = %request.method,
+                deliveries = count,
+                poison_queue = %shared.poison_queue,
+                "a request delivered more often than the delivery limit was set aside, not executed"
+            );
+            let address = reply_address(request.reply_q, request.msg_id, plain_address);
+            let failure = Failure::new(
+                POISON_FAILURE_CLASS,
+                WARREN_MODULE,
+                format!(
+                    "{} was delivered {count} times before, more than the limit of {}; \
+                     it was moved to queue {} and not executed again",
+                    request.method, shared.delivery_limit, shared.poison_queue
+                ),
+            );
+            (address, Err(failure))
+        }
+        Ok(request)
+            if delivery.redelivered
+                && props.broker_delivery_count.is_none()
+                && !request
+                    .unique_id
+                    .as_deref()
+                    .is_some_and(|id| shared.is_known(id)) =>
+        {
+            // Possibly the request that killed a server: count it and let
+            // the copy come round, unless the copy cannot be published.
+            if count_redelivery(shared, queue, &delivery).await {
+                if let Err(e) = delivery.acker.ack().await {
+                    tracing::warn!(error = %e, "cannot ack a counted redelivery");
+                }
+                return;
+            }
+            let _ = shared.seen_before(request.unique_id.as_deref(), None);
+            execute(shared, codec, request, plain_address, props).await
+        }
         Ok(request)
             if shared.seen_before(
                 request.unique_id.as_deref(),
@@ -491,45 +646,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             tracing::debug!(method = %request.method, "dropping a duplicate request");
             (None, Ok(Vec::new()))
         }
-        Ok(request) => {
-            let address = match (request.reply_q, request.msg_id) {
-                (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
-                _ => plain_address,
-            };
-            let keepalive = keepalive_period(request.timeout);
-            // Checked above; a deadline reached since then is not dropped
-            // (the method can watch `Context::deadline_passed`).
-            let deadline = request_deadline(props.expiration.as_deref(), request.deadline)
-                .unwrap_or_else(|()| Some(Instant::now()));
-            let request = Request {
-                method: request.method,
-                args: request.args,
-                context: Context::from_wire(request.context, deadline),
-                version: request.version,
-                namespace: request.namespace,
-            };
-            let dispatch = shared.service.clone().oneshot(request);
-            let response = match (keepalive, &address) {
-                // Boxed: only oslo callers ask for keepalives, and the timer
-                // would otherwise enlarge every request's task.
-                (Some(period), Some(address)) => {
-                    Box::pin(with_keepalives(
-                        &shared.connection,
-                        codec,
-                        address,
-                        period,
-                        dispatch,
-                    ))
-                    .await
-                }
-                _ => dispatch.await,
-            };
-            let outcome = match response {
-                Ok(response) => response.into_outcome(),
-                Err(e) => Err(middleware_failure(e)),
-            };
-            (address, outcome)
-        }
+        Ok(request) => execute(shared, codec, request, plain_address, props).await,
     };
     if let Some(address) = address {
         let reply = Reply {
@@ -545,6 +662,50 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     if let Err(e) = delivery.acker.ack().await {
         tracing::warn!(error = %e, "cannot ack request");
     }
+}
+
+/// Runs a request through the dispatch stack: where to reply, and what.
+async fn execute(
+    shared: &Shared,
+    codec: Codec,
+    request: crate::wire::Request,
+    plain_address: Option<ReplyAddress>,
+    props: &Properties,
+) -> (Option<ReplyAddress>, Result<Vec<u8>, Failure>) {
+    let address = reply_address(request.reply_q, request.msg_id, plain_address);
+    let keepalive = keepalive_period(request.timeout);
+    // Checked above; a deadline reached since then is not dropped
+    // (the method can watch `Context::deadline_passed`).
+    let deadline = request_deadline(props.expiration.as_deref(), request.deadline)
+        .unwrap_or_else(|()| Some(Instant::now()));
+    let request = Request {
+        method: request.method,
+        args: request.args,
+        context: Context::from_wire(request.context, deadline),
+        version: request.version,
+        namespace: request.namespace,
+    };
+    let dispatch = shared.service.clone().oneshot(request);
+    let response = match (keepalive, &address) {
+        // Boxed: only oslo callers ask for keepalives, and the timer
+        // would otherwise enlarge every request's task.
+        (Some(period), Some(address)) => {
+            Box::pin(with_keepalives(
+                &shared.connection,
+                codec,
+                address,
+                period,
+                dispatch,
+            ))
+            .await
+        }
+        _ => dispatch.await,
+    };
+    let outcome = match response {
+        Ok(response) => response.into_outcome(),
+        Err(e) => Err(middleware_failure(e)),
+    };
+    (address, outcome)
 }
 
 /// Runs `dispatch`, sending oslo's `ending: false` keepalive replies every

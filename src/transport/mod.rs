@@ -35,6 +35,52 @@ pub struct Properties {
     pub delivery_mode: Option<u8>,
     /// Message priority.
     pub priority: Option<u8>,
+    /// How many times warren's servers saw this request delivered before
+    /// (the [`WARREN_DELIVERY_COUNT`] header they set when they publish a
+    /// redelivered request again; see the server's poison guard).
+    pub delivery_count: Option<u32>,
+    /// How many times the broker delivered the message before, where it
+    /// counts (quorum queues' `x-delivery-count` header). Read only.
+    pub broker_delivery_count: Option<u32>,
+}
+
+impl Properties {
+    /// Earlier deliveries, by whichever count is known (the larger).
+    pub fn deliveries_before(&self) -> u32 {
+        self.delivery_count
+            .max(self.broker_delivery_count)
+            .unwrap_or(0)
+    }
+}
+
+/// The header in which warren's servers count a request's earlier
+/// deliveries on queues whose broker does not (see the server's poison
+/// guard).
+pub const WARREN_DELIVERY_COUNT: &str = "x-warren-delivery-count";
+
+/// The count in header `name`, if present and an integer.
+fn header_count(p: &BasicProperties, name: &str) -> Option<u32> {
+    p.headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .and_then(|(_, v)| count_of(v))
+}
+
+/// A count header's value, whichever integer type the broker used.
+fn count_of(value: &AMQPValue) -> Option<u32> {
+    let n: i128 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        _ => return None,
+    };
+    Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
 
 /// An AMQP short string (at most 255 bytes), or a configuration error
@@ -58,7 +104,14 @@ impl Properties {
     /// long for an AMQP short string is a configuration error.
     pub fn to_amqp(&self) -> Result<BasicProperties, Error> {
         let p = self;
-        let mut out = BasicProperties::default().with_headers(FieldTable::default());
+        let mut headers = FieldTable::default();
+        if let Some(count) = p.delivery_count {
+            headers.insert(
+                WARREN_DELIVERY_COUNT.into(),
+                AMQPValue::LongLongInt(count.into()),
+            );
+        }
+        let mut out = BasicProperties::default().with_headers(headers);
         if let Some(v) = &p.content_type {
             out = out.with_content_type(short(v)?);
         }
@@ -94,6 +147,8 @@ impl Properties {
             expiration: text(p.expiration()),
             delivery_mode: *p.delivery_mode(),
             priority: *p.priority(),
+            delivery_count: header_count(p, WARREN_DELIVERY_COUNT),
+            broker_delivery_count: header_count(p, "x-delivery-count"),
         }
     }
 }
