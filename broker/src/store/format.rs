@@ -266,14 +266,19 @@ pub(super) fn decode(kind: u8, payload: &[u8]) -> Result<Record<'_>, &'static st
     Ok(match kind {
         kind::PUBLISH => {
             let n = c.u16()? as usize;
-            let mut qs = Vec::with_capacity(n);
-            for _ in 0..n {
-                qs.push((c.u64()?, 0));
-            }
+            let queues = if n == 1 {
+                QueueSet::One((c.u64()?, 0))
+            } else {
+                let mut qs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    qs.push((c.u64()?, 0));
+                }
+                QueueSet::from_vec(qs)
+            };
             let ml = c.u32()? as usize;
             let meta = c.take(ml)?;
             Record::Publish {
-                queues: QueueSet::from_vec(qs),
+                queues,
                 meta,
                 body: c.0,
             }

@@ -16,7 +16,7 @@ use super::format::{
 use super::fsutil::{self, io_err};
 use super::writer::Head;
 use super::{
-    DefClass, DefEntry, Entry, Lsn, MsgId, Place, QueueId, QueueSet, Recovered,
+    DefClass, DefEntry, Entry, IdMap, Lsn, MsgId, Place, QueueId, QueueSet, Recovered,
     RecoveredDefinition, RecoveredMessage, SegStats, StoreError, StoreOptions, TornTail,
     MAX_BATCH_BYTES,
 };
@@ -24,7 +24,7 @@ use super::{
 /// The state [`super::Store::open`] starts from.
 pub(super) struct Opened {
     pub next_lsn: Lsn,
-    pub msgs: HashMap<MsgId, Entry>,
+    pub msgs: IdMap<Entry>,
     pub defs: HashMap<(DefClass, Box<[u8]>), DefEntry>,
     pub segs: BTreeMap<u64, SegStats>,
     pub spares: VecDeque<(u64, File)>,
@@ -47,7 +47,7 @@ type RDef = (Lsn, Place, Vec<u8>);
 
 #[derive(Default)]
 struct Replay {
-    msgs: HashMap<MsgId, RMsg>,
+    msgs: IdMap<RMsg>,
     defs: HashMap<(DefClass, Box<[u8]>), RDef>,
     purges: HashMap<QueueId, Lsn>,
     segs: BTreeMap<u64, SegStats>,
@@ -487,7 +487,7 @@ pub(super) fn recover(dir: &Path, opts: &StoreOptions) -> Result<Opened, StoreEr
         })
         .collect();
     live.sort_unstable_by_key(|(id, _)| *id);
-    let mut index = HashMap::with_capacity(live.len());
+    let mut index = IdMap::with_capacity_and_hasher(live.len(), Default::default());
     let mut messages = Vec::with_capacity(live.len());
     for (id, m) in live {
         if let Some(s) = segs.get_mut(&m.place.seq) {
