@@ -657,7 +657,12 @@ fn measure_group_commit_throughput() {
             std::fs::create_dir_all(dir.path()).expect("dir");
             let (s, _) = open(dir.path(), StoreOptions::default());
             let s = Arc::new(s);
-            let per = (if appenders == 64 { 64_000 } else { 2_000 * appenders } / appenders).max(1);
+            let per = (if appenders == 64 {
+                64_000
+            } else {
+                2_000 * appenders
+            } / appenders)
+                .max(1);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -764,7 +769,11 @@ fn measure_recovery_of_a_million_messages() {
         .env(MILLION_DIR, dir.path())
         .output()
         .expect("run child");
-    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "{}",
