@@ -14,7 +14,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         if st.closing {
             return;
         }
-        if st.spares.is_empty() && st.failed.is_none() {
+        if st.spares.len() < super::SPARES && st.failed.is_none() {
             let seq = st.next_spare_seq;
             drop(st);
             let made = fsutil::prepare_segment(&shared.dir, seq, shared.opts.segment_size);
@@ -23,6 +23,7 @@ pub(super) fn run(shared: Arc<Shared>) {
                 Ok(f) => {
                     st.spares.push_back((seq, f));
                     st.next_spare_seq = seq + 1;
+                    st.prepared_upto = st.prepared_upto.max(seq);
                     if st.disk_full {
                         st.disk_full = false;
                         shared.disk_full_tx.send_replace(false);
@@ -49,7 +50,10 @@ pub(super) fn run(shared: Arc<Shared>) {
         if st.closing {
             return;
         }
-        let wait = if st.spares.is_empty() {
+        if st.spares.len() < super::SPARES && !st.disk_full && st.failed.is_none() {
+            continue;
+        }
+        let wait = if st.spares.len() < super::SPARES {
             Duration::from_millis(200)
         } else {
             Duration::from_secs(1)

@@ -326,14 +326,12 @@ pub(super) fn recover(dir: &Path, opts: &StoreOptions) -> Result<Opened, StoreEr
             }
             Err(reason) => return Err(corrupt(0, reason, data.len())),
         }
-        if let Some(&(prev, _, _)) = data_segs.last() {
-            if seq != prev + 1 && !opts.repair {
-                return Err(corrupt(
-                    0,
-                    "a segment before this one is missing",
-                    data.len(),
-                ));
-            }
+        if idx >= 2 && seq != seqs[idx - 2] + 1 && !opts.repair {
+            return Err(corrupt(
+                0,
+                "a segment before this one is missing",
+                data.len(),
+            ));
         }
         let s = scan(&data, seq, &mut last_lsn, &mut replay);
         let nonzero_end = data

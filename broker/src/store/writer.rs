@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::format::{kind, le32, le64, RECORD_HEADER, SEGMENT_HEADER};
-use super::{DefClass, Lsn, Mark, Pending, Place, SegStats, Shared, State, WriteFailure};
+use super::{
+    DefClass, Lsn, Mark, Pending, Place, SegStats, Shared, State, StoreError, WriteFailure,
+};
 
 /// The segment being appended to.
 pub(super) struct Head {
@@ -215,11 +217,26 @@ fn rotate(shared: &Shared, head: &mut Head) -> Result<(), WriteFailure> {
         if let Some(e) = &st.failed {
             return Err(WriteFailure::Io(e.clone()));
         }
-        if st.closing && st.disk_full {
-            return Err(WriteFailure::DiskFull(super::fsutil::segment_path(
-                &shared.dir,
-                head.seq + 1,
-            )));
+        if st.maintenance_done {
+            // Closing, and the maintenance thread has exited: make the segment here.
+            drop(st);
+            let seq = head.seq + 1;
+            return match super::fsutil::prepare_segment(&shared.dir, seq, shared.opts.segment_size)
+            {
+                Ok(file) => {
+                    let mut st = shared.lock();
+                    st.segs.insert(seq, SegStats::default());
+                    st.prepared_upto = st.prepared_upto.max(seq);
+                    *head = Head {
+                        seq,
+                        file,
+                        offset: SEGMENT_HEADER as u64,
+                    };
+                    Ok(())
+                }
+                Err(StoreError::DiskFull { path }) => Err(WriteFailure::DiskFull(path)),
+                Err(e) => Err(WriteFailure::Io(Arc::new(io::Error::other(e.to_string())))),
+            };
         }
         shared.maint_wake.notify_one();
         st = shared
