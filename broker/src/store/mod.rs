@@ -50,12 +50,16 @@
 //! id order, with their queues and delivery counts) and definitions ([`Recovered`]).
 //! The log ends at the first all-zero header. A bad checksum, a record past the end of
 //! the file, an LSN that does not increase, or data after the zero end is *damage*.
-//! Damage is a **torn tail** only if it lies in the newest segment holding data and
-//! every non-zero byte after it lies within one write slice (`max_batch_bytes`, or the
-//! damaged record's own length when its header checks: records bigger than a slice
-//! are written header first, synced, then payload). Only a torn tail can hold
-//! unsynced, hence unconfirmed, data: it is logged, reported in
-//! [`Recovered::torn_tail`], zeroed and overwritten. Any other damage is
+//! Damage is a **torn tail** only if (1) it lies in the newest segment holding data,
+//! (2) every non-zero byte after it lies within one write slice (`max_batch_bytes`,
+//! or the damaged record's own length when its header checks: records bigger than a
+//! slice are written header first, synced, then payload), and (3) either the damaged
+//! record shows unwritten space (files are zero-filled, so a sector that never reached
+//! the disk reads as zeros; or the file ends inside it) or no valid record follows it
+//! (it is the last record). Only a torn tail can hold unsynced, hence unconfirmed,
+//! data: it is logged, reported in [`Recovered::torn_tail`], zeroed and overwritten.
+//! (A flipped bit in the length of one of the last records, pointing into the zero
+//! tail, is indistinguishable from a tear.) Any other damage is
 //! [`StoreError::Corrupt`]: reported, never read as data (a `repair` option truncates
 //! there instead, logging everything it drops).
 //!
@@ -111,9 +115,9 @@
 //! append: with publishers keeping 1,000 confirms in flight, 4 appenders confirmed
 //! 400,000 × 128 B in 0.45–10 s depending on the disk's contention (2,010 records per
 //! fdatasync), so the fsync stream, not this code, bounds confirmed throughput.
-//! Recovery of 1,000,000 unacked 128 B messages (256 MiB in 4 segments): 0.74 s of
-//! CPU (2.96 s wall on the loaded VM), 393 MiB peak RSS, 309 MiB after (the caller's
-//! copy of every message plus the index). Measurements: `cargo test --release -p
+//! Recovery of 1,000,000 unacked 128 B messages (182 MB of records in 6 segments):
+//! 0.74–0.82 s of CPU (2.96–3.17 s wall on the loaded VM), 393 MiB peak RSS, 309 MiB
+//! after (the caller's copy of every message plus the index). Measurements: `cargo test --release -p
 //! warren-broker --lib store::tests::measure -- --ignored --nocapture --test-threads 1`.
 //!
 //! # Limits
