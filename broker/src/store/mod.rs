@@ -97,24 +97,27 @@
 //! A broker's write pattern is an append-only log that is mostly deleted soon after:
 //! a KV store adds page overhead, tombstones or compaction for every ack, and still
 //! needs this group-commit plumbing for confirms (one commit per fsync). redb 3.1,
-//! measured in the same sitting on the same disk (2-core VM, load average 12 from
-//! other builds, so fsyncs took ~4 ms instead of ~50 µs; `Durability::Immediate`):
+//! measured in the same sittings on the same disk (2-core VM, load average 12–14 from
+//! other builds, fsync p50 from 85 µs to 4 ms from minute to minute, so ranges over
+//! two or three runs; redb through a throwaway harness outside the tree, with
+//! `Durability::Immediate`), confirmed appends per second:
 //!
 //! | | this log | redb |
 //! |---|---|---|
-//! | 1 appender, 16 B / 4 KiB, one commit each | 285–1,381 / 369–576 per s | 182 / 140 per s |
-//! | 64 appenders (≈36 per fsync) / redb 36 per commit, 16 B | 6,900–7,800 per s | 5,500 per s |
-//! | same, 4 KiB | 11,500–21,200 per s | 4,100 per s |
+//! | 1 appender, 16 B, one fsync / commit each | 285–5,078 | 182–199 |
+//! | 1 appender, 4 KiB | 369–4,387 | 140–147 |
+//! | 64 appenders (≈35 per fsync) / redb 36 per commit, 16 B | 6,892–9,200 | 5,497–6,197 |
+//! | same, 4 KiB | 11,487–21,190 | 4,133–4,258 |
+//! | 128 B, 1,000 in flight / redb 2,000 per commit | 107k–144k (1 appender), 272k–893k (4) | 128k–157k |
 //! | bytes on disk per 4 KiB body | ≈4.1 KiB (+ preallocation) | ≈8.2 KiB |
-//! | deleting (acking) | one small record, segment unlinked later | B-tree removal per message (4,960/s) |
+//! | deleting (acking) | one small record, segment unlinked later | a B-tree removal each (5k–8k/s, 36 per commit) |
 //!
 //! redb 4.x needs Rust 1.90 (warren: 1.85); fjall (LSM: tombstone churn, Rust 1.90) and
 //! sled (1.0 still alpha) were not measured. LavinMQ's per-queue mmap'd segments sync
 //! badly (per-file syncs or `syncfs`), RabbitMQ's CQv2 does not fsync before
-//! confirming; ra's shared WAL is the model here. Store CPU cost is ≈0.5–1 µs per
-//! append: with publishers keeping 1,000 confirms in flight, 4 appenders confirmed
-//! 400,000 × 128 B in 0.45–10 s depending on the disk's contention (2,010 records per
-//! fdatasync), so the fsync stream, not this code, bounds confirmed throughput.
+//! confirming; ra's shared WAL is the model here. Store CPU cost is ≈0.4–1 µs per
+//! append (400,000 appends in 0.16–0.45 s of CPU), so the fsync stream, not this
+//! code, bounds confirmed throughput.
 //! Recovery of 1,000,000 unacked 128 B messages (182 MB of records in 6 segments):
 //! 0.74–0.82 s of CPU (2.96–3.17 s wall on the loaded VM), 393 MiB peak RSS, 309 MiB
 //! after (the caller's copy of every message plus the index). Measurements: `cargo test --release -p
