@@ -38,7 +38,8 @@ use lapin::options::{
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, ConnectionProperties};
 
-use super::url::redact;
+use super::tls::{describe_handshake_error, ClientTls};
+use super::url::{redact, TlsOptions};
 use super::{
     short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
     QueueSpec, Subscription, Transport,
@@ -94,6 +95,8 @@ fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
 pub struct AmqpTransport {
     uris: Vec<String>,
     timeout: Duration,
+    /// TLS settings for `amqps://` hosts.
+    tls: Option<Arc<ClientTls>>,
     live: RwLock<Arc<Live>>,
     /// Serializes reconnecting, so a burst of failing operations opens one
     /// new connection, not one each. It holds the error of the last failed
@@ -128,10 +131,14 @@ impl std::fmt::Debug for AmqpTransport {
 impl Live {
     /// Connects to the first reachable URI, trying them in order (fail-over),
     /// giving each `timeout`.
-    async fn connect(uris: &[String], timeout: Duration) -> Result<Self, Error> {
+    async fn connect(
+        uris: &[String],
+        timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
-            match Live::connect_one(uri, timeout).await {
+            match Live::connect_one(uri, timeout, tls).await {
                 Ok(live) => {
                     tracing::debug!(uri = %redact(uri), "connected");
                     return Ok(live);
@@ -150,9 +157,17 @@ impl Live {
     /// future leaves its I/O thread waiting on the socket for as long as
     /// the peer keeps it open: on a timeout the socket is shut down here,
     /// which ends that thread.
-    async fn connect_one(uri: &str, timeout: Duration) -> Result<Self, Error> {
+    async fn connect_one(
+        uri: &str,
+        timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> Result<Self, Error> {
         let socket: Arc<Mutex<Option<std::net::TcpStream>>> = Arc::default();
-        match tokio::time::timeout(timeout, Live::open(uri, socket.clone())).await {
+        let tls = match tls {
+            Some(tls) if uri.starts_with("amqps://") => Some(tls.clone()),
+            _ => None,
+        };
+        match tokio::time::timeout(timeout, Live::open(uri, socket.clone(), tls)).await {
             Ok(result) => result,
             Err(_) => {
                 if let Some(stream) = lock(&socket).take() {
@@ -166,13 +181,23 @@ impl Live {
         }
     }
 
-    /// Connects to one host, leaving a handle on its socket in `socket`.
+    /// Connects to one host (over TLS when `tls` is given), leaving a
+    /// handle on its socket in `socket`.
     async fn open(
         uri: &str,
         socket: Arc<Mutex<Option<std::net::TcpStream>>>,
+        tls: Option<Arc<ClientTls>>,
     ) -> Result<Self, Error> {
-        let cannot =
-            |e: lapin::Error| transport_error(format!("cannot connect to {}", redact(uri)), e);
+        // A failed TLS handshake, described; lapin's error would only say
+        // "invalid data".
+        let handshake: Arc<Mutex<Option<String>>> = Arc::default();
+        let failure = handshake.clone();
+        let cannot = |e: lapin::Error| match lock(&handshake).take() {
+            Some(tls) => {
+                Error::transport(format!("cannot connect to {}: {tls}", redact(uri))).with_source(e)
+            }
+            None => transport_error(format!("cannot connect to {}", redact(uri)), e),
+        };
         let parsed: lapin::uri::AMQPUri = uri
             .parse()
             .map_err(|e| Error::config(format!("invalid AMQP URI {}: {e}", redact(uri))))?;
@@ -184,7 +209,11 @@ impl Live {
             runtime,
             async move |uri, runtime| {
                 use lapin::tcp::AMQPUriTcpExt;
-                let stream = uri
+                // TCP first (TLS, if any, is set up below from the
+                // transport's own configuration, not lapin's defaults).
+                let mut tcp = uri.clone();
+                tcp.scheme = lapin::uri::AMQPScheme::AMQP;
+                let stream = tcp
                     .connect_with_config_async(lapin::tcp::TLSConfig::default(), &runtime)
                     .await
                     .map_err(lapin::Error::from)?;
@@ -194,7 +223,26 @@ impl Live {
                         *lock(&socket) = Some(std::net::TcpStream::from(fd));
                     }
                 }
-                Ok(stream)
+                let Some(tls) = &tls else {
+                    return Ok(stream);
+                };
+                if tls.insecure {
+                    tracing::warn!(
+                        host = %uri.authority.host,
+                        "TLS with verify=verify_none: the server's certificate is NOT checked, \
+                         anyone on the network path can impersonate it and read the credentials"
+                    );
+                }
+                let host = uri
+                    .authority
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = tls.server_name.as_deref().unwrap_or(host);
+                stream.into_rustls(&tls.connector, name).await.map_err(|e| {
+                    *lock(&failure) = Some(describe_handshake_error(&e, name));
+                    lapin::Error::from(e)
+                })
             },
             properties,
         )
@@ -220,10 +268,29 @@ impl AmqpTransport {
     /// giving each host `timeout` for the TCP connect, the AMQP handshake and
     /// opening channels; reconnections use the same bound.
     pub async fn connect_with_timeout(uris: &[String], timeout: Duration) -> Result<Self, Error> {
-        let live = Live::connect(uris, timeout).await?;
+        Self::connect_with_tls(uris, timeout, None).await
+    }
+
+    /// Connects as [`connect_with_timeout`](Self::connect_with_timeout)
+    /// does, securing `amqps://` URIs with `tls` (the system's roots and no
+    /// client certificate when `None`).
+    pub async fn connect_with_tls(
+        uris: &[String],
+        timeout: Duration,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, Error> {
+        let tls = match tls {
+            Some(options) => Some(Arc::new(ClientTls::new(options)?)),
+            None if uris.iter().any(|u| u.starts_with("amqps://")) => {
+                Some(Arc::new(ClientTls::new(&TlsOptions::default())?))
+            }
+            None => None,
+        };
+        let live = Live::connect(uris, timeout, tls.as_ref()).await?;
         Ok(AmqpTransport {
             uris: uris.to_vec(),
             timeout,
+            tls,
             live: RwLock::new(Arc::new(live)),
             reconnecting: tokio::sync::Mutex::new(None),
             failed_rounds: AtomicU64::new(0),
@@ -259,7 +326,7 @@ impl AmqpTransport {
                 return Err(Error::transport(error.clone()));
             }
         }
-        let fresh = match Live::connect(&self.uris, self.timeout).await {
+        let fresh = match Live::connect(&self.uris, self.timeout, self.tls.as_ref()).await {
             Ok(live) => Arc::new(live),
             Err(e) => {
                 let message = format!("connection lost and not re-established: {e}");
