@@ -192,11 +192,23 @@ impl Live {
         // "invalid data".
         let handshake: Arc<Mutex<Option<String>>> = Arc::default();
         let failure = handshake.clone();
-        let cannot = |e: lapin::Error| match lock(&handshake).take() {
-            Some(tls) => {
-                Error::transport(format!("cannot connect to {}: {tls}", redact(uri))).with_source(e)
+        // Set once the connection is up (TCP, and TLS if any): what fails
+        // after that is the server's answer (or silence) to AMQP.
+        let reached = Arc::new(AtomicBool::new(false));
+        let reached_in_connector = reached.clone();
+        let secure = tls.is_some();
+        let cannot = |e: lapin::Error| {
+            let described = lock(&handshake).take().or_else(|| {
+                reached
+                    .load(Ordering::Acquire)
+                    .then(|| describe_amqp_handshake_error(&e, secure))
+                    .flatten()
+            });
+            match described {
+                Some(why) => Error::transport(format!("cannot connect to {}: {why}", redact(uri)))
+                    .with_source(e),
+                None => transport_error(format!("cannot connect to {}", redact(uri)), e),
             }
-            None => transport_error(format!("cannot connect to {}", redact(uri)), e),
         };
         let parsed: lapin::uri::AMQPUri = uri
             .parse()
@@ -224,6 +236,7 @@ impl Live {
                     }
                 }
                 let Some(tls) = &tls else {
+                    reached_in_connector.store(true, Ordering::Release);
                     return Ok(stream);
                 };
                 if tls.insecure {
@@ -239,10 +252,15 @@ impl Live {
                     .trim_start_matches('[')
                     .trim_end_matches(']');
                 let name = tls.server_name.as_deref().unwrap_or(host);
-                stream.into_rustls(&tls.connector, name).await.map_err(|e| {
-                    *lock(&failure) = Some(describe_handshake_error(&e, name));
-                    lapin::Error::from(e)
-                })
+                let stream = stream
+                    .into_rustls(&tls.connector, name)
+                    .await
+                    .map_err(|e| {
+                        *lock(&failure) = Some(describe_handshake_error(&e, name));
+                        lapin::Error::from(e)
+                    })?;
+                reached_in_connector.store(true, Ordering::Release);
+                Ok(stream)
             },
             properties,
         )
@@ -255,6 +273,41 @@ impl Live {
             uri: uri.to_owned(),
         })
     }
+}
+
+/// Why the AMQP handshake with a server that accepted the connection (TCP,
+/// and TLS when `secure`) failed, when the failure says more than lapin's
+/// words: a TLS alert that arrived after the client's side of the
+/// handshake (TLS 1.3 refuses a client certificate so), or a plain client
+/// hung up on without an answer (a TLS port).
+fn describe_amqp_handshake_error(e: &lapin::Error, secure: bool) -> Option<String> {
+    let io = match e.kind() {
+        lapin::ErrorKind::IOError(io) => io,
+        lapin::ErrorKind::ParsingError(_) if !secure => {
+            return Some(
+                "the server's answer is not AMQP (a TLS alert?): is this a TLS port \
+                 (amqps://, usually 5671)?"
+                    .to_owned(),
+            )
+        }
+        _ => return None,
+    };
+    let tls = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if tls.is_some() {
+        return Some(describe_handshake_error(io, ""));
+    }
+    use std::io::ErrorKind as K;
+    let hung_up = matches!(
+        io.kind(),
+        K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted | K::BrokenPipe
+    );
+    (hung_up && !secure).then(|| {
+        "the server hung up on the AMQP handshake without an answer: is this a TLS port \
+         (amqps://, usually 5671)? (or the server refused this client)"
+            .to_owned()
+    })
 }
 
 impl AmqpTransport {
