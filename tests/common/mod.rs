@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use warren::rpc::Context;
 
 pub mod raw;
+pub mod tls;
 
 /// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
 pub fn rabbitmq_url() -> String {
