@@ -177,10 +177,11 @@ pub(crate) fn describe_handshake_error(error: &std::io::Error, name: &str) -> St
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match tls {
         Some(rustls::Error::InvalidCertificate(cert)) => match cert {
-            CertificateError::UnknownIssuer => format!(
+            CertificateError::UnknownIssuer => {
                 "TLS: the server's certificate is not trusted: no known authority signed it \
                  (give its CA with cacertfile=, or oslo's ssl_ca_file=)"
-            ),
+                    .to_owned()
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!(
                     "TLS: hostname mismatch: the server's certificate is not valid for {name:?} \
