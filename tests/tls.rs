@@ -384,7 +384,7 @@ async fn warren_broker_command_reloads_certificates_on_sighup() {
         pki.rogue_ca.display()
     );
     let mut reloaded = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         if warren::connect(&new_url).await.is_ok() {
             reloaded = true;
             break;
