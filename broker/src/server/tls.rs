@@ -95,7 +95,7 @@ impl TlsConfig {
         };
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| TlsError(format!("cannot read key file {}: {e}", self.key.display())))?;
-        let mut config = builder
+        let config = builder
             .with_single_cert(certs("certificate", &self.cert)?, key)
             .map_err(|e| {
                 TlsError(format!(
@@ -104,7 +104,6 @@ impl TlsConfig {
                     self.key.display()
                 ))
             })?;
-        config.alpn_protocols = Vec::new();
         Ok(Arc::new(config))
     }
 }
