@@ -1,8 +1,10 @@
 //! TLS listeners (`amqps`): the server's certificate and key, and
 //! optionally a CA whose client certificates are checked (and then log in
 //! with `EXTERNAL`, the certificate's common name as the user name). The
-//! files are read at start and again on [`TlsAcceptor::reload`] (SIGHUP in
-//! `warren broker`); connections keep the configuration they started with.
+//! files are read at start and again on
+//! [`BrokerHandle::reload_tls`](crate::BrokerHandle::reload_tls) (SIGHUP
+//! in `warren broker`); connections keep the configuration they started
+//! with.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
