@@ -10,6 +10,7 @@ pub mod amqp;
 #[cfg(feature = "embedded")]
 pub mod local;
 pub(crate) mod recovery;
+pub(crate) mod tls;
 pub mod url;
 
 use amq_protocol::protocol::BasicProperties;

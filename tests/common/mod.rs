@@ -13,6 +13,7 @@ use warren::rpc::Context;
 
 pub mod cluster;
 pub mod raw;
+pub mod tls;
 
 /// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
 pub fn rabbitmq_url() -> String {
