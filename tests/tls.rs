@@ -12,7 +12,8 @@ mod heat;
 
 use std::time::Duration;
 
-use common::tls::{free_port, rabbitmq_with_tls, Pki};
+use common::rabbit::free_port;
+use common::tls::{rabbitmq_with_tls, Pki};
 use warren::broker::server::TlsConfig;
 
 /// The error `warren::connect(url)` fails with, as text. A connect still
