@@ -14,7 +14,7 @@ use crate::core::memory::Charge;
 use crate::core::{AmqpError, CoreChannel};
 
 use super::outbound::Outbound;
-use super::writer::Outgoing;
+use super::outbound::Outgoing;
 
 struct Pending {
     exchange: ShortString,
@@ -554,7 +554,7 @@ mod tests {
     use crate::core::permission::Permissions;
     use crate::core::Core;
     use crate::server::outbound::Outbound;
-    use crate::server::writer::ServerSink;
+    use crate::server::outbound::ServerSink;
     use amq_protocol::frame::AMQPFrame;
     use amq_protocol::protocol::{basic, channel, AMQPClass, BasicProperties};
 

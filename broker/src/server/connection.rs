@@ -23,9 +23,9 @@ use crate::core::{AmqpError, Core, CoreConnection};
 use super::channel::{After, ServerChannel};
 use super::flow::Flow;
 use super::limits::{Admission, INITIAL_FRAME_MAX};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, Outgoing, ServerSink};
 use super::tables::{self, TableError};
-use super::writer::{self, short, Outgoing, ServerSink};
+use super::writer::{self, short};
 use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 
 /// Room made in the read buffer before a read once it runs low, so a busy

@@ -24,13 +24,48 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::core::{lock, ChannelEvent};
+use amq_protocol::frame::AMQPFrame;
 
-use super::writer::Outgoing;
+use crate::core::{lock, ChannelEvent, ChannelSink, GetOk};
+
+/// One item for the writer task.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A complete frame (methods, heartbeats).
+    Frame(Box<AMQPFrame>),
+    /// An event from a core channel, for AMQP channel `.0`.
+    Event(u16, ChannelEvent),
+    /// `basic.get-ok` with its content.
+    GetOk(u16, GetOk),
+    /// New tuning: frame_max and heartbeat seconds.
+    Tune(u32, u16),
+    /// Flush everything, shut the socket down and stop.
+    Close,
+}
+
+/// Sink routing a core channel's events into a connection's writer queue.
+pub(crate) struct ServerSink {
+    pub(crate) channel: u16,
+    pub(crate) tx: Arc<Outbound>,
+}
+
+impl ChannelSink for ServerSink {
+    fn send(&self, event: ChannelEvent) {
+        let _ = self.tx.send(Outgoing::Event(self.channel, event));
+    }
+
+    fn has_room(&self) -> bool {
+        self.tx.has_delivery_room()
+    }
+
+    fn accepts_reply(&self) -> bool {
+        self.tx.accepts_reply()
+    }
+}
 
 /// Bytes of deliveries a connection's writer may hold before its consumers
 /// pause (LavinMQ's 1 MiB slice).

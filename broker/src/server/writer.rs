@@ -16,44 +16,9 @@ use amq_protocol::types::generation::{
 use amq_protocol::types::ShortString;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::core::{ChannelEvent, ChannelSink, GetOk, Message};
+use crate::core::{ChannelEvent, Message};
 
-use super::outbound::Outbound;
-
-/// One item for the writer task.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A complete frame (methods, heartbeats).
-    Frame(Box<AMQPFrame>),
-    /// An event from a core channel, for AMQP channel `.0`.
-    Event(u16, ChannelEvent),
-    /// `basic.get-ok` with its content.
-    GetOk(u16, GetOk),
-    /// New tuning: frame_max and heartbeat seconds.
-    Tune(u32, u16),
-    /// Flush everything, shut the socket down and stop.
-    Close,
-}
-
-/// Sink routing a core channel's events into a connection's writer queue.
-pub(crate) struct ServerSink {
-    pub(crate) channel: u16,
-    pub(crate) tx: Arc<Outbound>,
-}
-
-impl ChannelSink for ServerSink {
-    fn send(&self, event: ChannelEvent) {
-        let _ = self.tx.send(Outgoing::Event(self.channel, event));
-    }
-
-    fn has_room(&self) -> bool {
-        self.tx.has_delivery_room()
-    }
-
-    fn accepts_reply(&self) -> bool {
-        self.tx.accepts_reply()
-    }
-}
+use super::outbound::{Outbound, Outgoing};
 
 /// Append one generated item to `buf`; false if generation failed (buffer lost).
 fn put<F>(buf: &mut Vec<u8>, f: F) -> bool
