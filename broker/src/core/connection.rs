@@ -3,50 +3,20 @@
 //! Owns exclusive queues (deleted on close) and opens [`CoreChannel`]s. Closing (or
 //! dropping) a connection closes its channels, requeueing their unacked messages.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
-use super::channel::{ChannelEvent, ChannelShared, ChannelSink, CoreChannel};
-use super::lock;
+use super::channel::{ChannelEvent, ChannelSink, CoreChannel};
 use super::memory::MemoryMonitor;
+use super::permission::Permissions;
+use super::session::{Attached, Session};
 use super::vhost::VHost;
-
-pub(crate) struct ConnShared {
-    pub(crate) id: u64,
-    pub(crate) user: String,
-    pub(crate) vhost: Arc<VHost>,
-    pub(crate) permissions: Arc<super::permission::Permissions>,
-    /// The core's memory gauge, charged for what this connection publishes.
-    pub(crate) memory: Arc<MemoryMonitor>,
-    channels: Mutex<HashMap<u64, Weak<ChannelShared>>>,
-    next_channel: AtomicU64,
-    closed: AtomicBool,
-}
-
-impl ConnShared {
-    pub(crate) fn forget_channel(&self, id: u64) {
-        lock(&self.channels).remove(&id);
-    }
-
-    /// Offers queued messages to every consumer of this connection again.
-    fn redispatch(&self) {
-        let chans: Vec<Arc<ChannelShared>> = lock(&self.channels)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for c in chans {
-            c.redispatch(true);
-        }
-    }
-}
 
 /// A client connection to the core.
 pub struct CoreConnection {
-    shared: Arc<ConnShared>,
+    shared: Arc<Session>,
 }
 
 impl fmt::Debug for CoreConnection {
@@ -64,20 +34,11 @@ impl CoreConnection {
         id: u64,
         user: &str,
         vhost: Arc<VHost>,
-        permissions: Arc<super::permission::Permissions>,
+        permissions: Arc<Permissions>,
         memory: Arc<MemoryMonitor>,
     ) -> Self {
         Self {
-            shared: Arc::new(ConnShared {
-                id,
-                user: user.to_string(),
-                vhost,
-                permissions,
-                memory,
-                channels: Mutex::new(HashMap::new()),
-                next_channel: AtomicU64::new(1),
-                closed: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Session::new(id, user, vhost, permissions, memory)),
         }
     }
 
@@ -97,9 +58,9 @@ impl CoreConnection {
         &self.shared.memory
     }
 
-    /// The vhost this connection is bound to.
-    pub fn vhost(&self) -> &Arc<VHost> {
-        &self.shared.vhost
+    /// The name of the vhost this connection is bound to.
+    pub fn vhost_name(&self) -> &str {
+        &self.shared.vhost.name
     }
 
     /// A function that offers queued messages to this connection's consumers
@@ -117,9 +78,10 @@ impl CoreConnection {
 
     /// Open a channel whose events go to `sink`.
     pub fn open_channel(&self, sink: Box<dyn ChannelSink>) -> CoreChannel {
-        let id = self.shared.next_channel.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_channel_id();
         let ch = CoreChannel::new(self.shared.clone(), id, sink);
-        lock(&self.shared.channels).insert(id, Arc::downgrade(&ch.shared));
+        let attached: Weak<dyn Attached> = ch.attached();
+        self.shared.attach(id, attached);
         ch
     }
 
@@ -131,17 +93,7 @@ impl CoreConnection {
 
     /// Close every channel and delete this connection's exclusive queues.
     pub fn close(&self) {
-        if self.shared.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let chans: Vec<Arc<ChannelShared>> = lock(&self.shared.channels)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for c in chans {
-            c.close();
-        }
-        self.shared.vhost.connection_closed(self.shared.id);
+        self.shared.close();
     }
 }
 

@@ -25,87 +25,55 @@
 //!   the budget and says so in the log.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 
+use super::error::AmqpError;
 use super::lock;
-use super::message::{Message, QueuedMessage};
-use super::queue::{DeadReason, Queue};
-use super::vhost::VHost;
+use super::message::{Lineage, Message};
+use super::queue::{DeadLetter, DeadLetters, DeadReason, Queue};
 
 /// Dead letters one operation runs itself before leaving the rest to the backlog:
 /// a few milliseconds of work, so its reply is not held up for long.
 pub const INLINE_BUDGET: usize = 10_000;
 
 /// Dead letters the sweeper takes from a vhost's backlog per tick.
-pub const SWEEP_BUDGET: usize = 10_000;
+pub(crate) const SWEEP_BUDGET: usize = 10_000;
 
 /// How often the copies of one message may be dead-lettered with no client
 /// rejection in between. Far above any chain of queues a topology needs, far
 /// below the factorial blow-up of a fanout dead-letter exchange feeding itself.
 pub const LINEAGE_BUDGET: usize = 10_000;
 
-/// One message to dead-letter: what died, why, and in which queue.
-#[derive(Debug)]
-pub(crate) struct DeadLetter {
-    msg: QueuedMessage,
-    reason: DeadReason,
-    source: Arc<Queue>,
+/// Where dead letters are routed: the vhost, seen from below (this module
+/// knows nothing of vhosts, so the vhost can own a [`Backlog`] without the two
+/// modules importing each other).
+pub(crate) trait Router {
+    /// The queues a message published to `exchange` with `routing_key` and
+    /// `headers` reaches (deduplicated).
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, AmqpError>;
 }
 
-/// The dead letters an operation produced: a FIFO it owns and drains once it holds
-/// no queue lock.
-#[derive(Debug, Default)]
-pub(crate) struct DeadLetters(VecDeque<DeadLetter>);
-
-impl DeadLetters {
-    /// An empty list.
-    pub(crate) fn new() -> Self {
-        Self::default()
+/// Count one more dead-lettering of `lineage`'s copies; false once
+/// [`LINEAGE_BUDGET`] is spent.
+fn spend(lineage: &Lineage) -> bool {
+    let before = lineage.bump();
+    if before == LINEAGE_BUDGET {
+        tracing::warn!(
+            "dropping dead letters: the copies of one message were dead-lettered \
+             {LINEAGE_BUDGET} times with no rejection by a client (a dead-letter \
+             exchange that fans out into queues dead-lettering back into it?)"
+        );
     }
-
-    /// Queue `msg`, which died in `source` for `reason`. Without a dead-letter
-    /// exchange the message is simply dropped, as in RabbitMQ.
-    pub(crate) fn push(&mut self, source: &Arc<Queue>, msg: QueuedMessage, reason: DeadReason) {
-        if source.config.dead_letter_exchange.is_some() {
-            self.0.push_back(DeadLetter {
-                msg,
-                reason,
-                source: source.clone(),
-            });
-        }
-    }
-
-    /// True when there is nothing to dead-letter.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// The copies of one message since it was last rejected by a client, counting their
-/// dead-letterings against [`LINEAGE_BUDGET`].
-#[derive(Debug, Default)]
-pub struct Lineage {
-    deaths: AtomicUsize,
-}
-
-impl Lineage {
-    /// Count one more dead-lettering; false once the budget is spent.
-    fn spend(&self) -> bool {
-        let before = self.deaths.fetch_add(1, Ordering::Relaxed);
-        if before == LINEAGE_BUDGET {
-            tracing::warn!(
-                "dropping dead letters: the copies of one message were dead-lettered \
-                 {LINEAGE_BUDGET} times with no rejection by a client (a dead-letter \
-                 exchange that fans out into queues dead-lettering back into it?)"
-            );
-        }
-        before < LINEAGE_BUDGET
-    }
+    before < LINEAGE_BUDGET
 }
 
 /// A vhost's dead letters that outlived their operation's [`INLINE_BUDGET`].
@@ -118,8 +86,8 @@ impl Backlog {
     /// Run an operation's dead letters. They go behind any backlog so that what one
     /// queue dead-letters reaches its targets in order; then this operation runs up
     /// to [`INLINE_BUDGET`] tasks (its own, or the backlog's), leaving the rest.
-    pub(crate) fn run(&self, vhost: &VHost, work: DeadLetters) {
-        let mut local = work.0;
+    pub(crate) fn run(&self, vhost: &dyn Router, work: DeadLetters) {
+        let mut local = work.into_inner();
         {
             let mut waiting = lock(&self.tasks);
             if !waiting.is_empty() {
@@ -132,7 +100,7 @@ impl Backlog {
             budget -= 1;
             let mut out = DeadLetters::default();
             reroute(vhost, task, &mut out);
-            local.append(&mut out.0);
+            local.append(&mut out.into_inner());
         }
         if !local.is_empty() {
             lock(&self.tasks).append(&mut local);
@@ -143,7 +111,7 @@ impl Backlog {
 
     /// Run up to `budget` tasks from the backlog (the sweeper's share, and what an
     /// operation with budget to spare helps with).
-    pub(crate) fn drain(&self, vhost: &VHost, budget: usize) {
+    pub(crate) fn drain(&self, vhost: &dyn Router, budget: usize) {
         for _ in 0..budget {
             // Never hold the backlog's lock while rerouting: that takes queue locks,
             // and operations take this lock with none held.
@@ -153,7 +121,7 @@ impl Backlog {
             let mut out = DeadLetters::default();
             reroute(vhost, task, &mut out);
             if !out.is_empty() {
-                lock(&self.tasks).append(&mut out.0);
+                lock(&self.tasks).append(&mut out.into_inner());
             }
         }
     }
@@ -167,7 +135,7 @@ impl Backlog {
 /// Dead-letter one message: record the death in `x-death`, route the new message
 /// through the dead-letter exchange, and offer it to every target queue that is not
 /// a cycle. Whatever the targets drop in turn is pushed onto `out`.
-fn reroute(vhost: &VHost, task: DeadLetter, out: &mut DeadLetters) {
+fn reroute(vhost: &dyn Router, task: DeadLetter, out: &mut DeadLetters) {
     let DeadLetter {
         msg,
         reason,
@@ -182,7 +150,7 @@ fn reroute(vhost: &VHost, task: DeadLetter, out: &mut DeadLetters) {
         (Some(l), DeadReason::Expired | DeadReason::MaxLen) => l.clone(),
         _ => Arc::new(Lineage::default()),
     };
-    if !lineage.spend() {
+    if !spend(&lineage) {
         return;
     }
     let rk = source
@@ -410,6 +378,7 @@ mod tests {
 
     use super::*;
     use crate::core::permission::Permissions;
+    use crate::core::vhost::VHost;
     use crate::core::{Core, CoreChannel, CoreConnection};
 
     /// Runs `f` on a thread with a 256 KiB stack. Rerouting by recursion took a few

@@ -3,6 +3,7 @@
 //! A [`Message`] is immutable and shared through an `Arc`: routing it to N queues
 //! clones a pointer, never the body (a cheap-clone `Bytes`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,6 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 
-use super::dead_letter::Lineage;
 use super::memory::{Charge, MemoryMonitor};
 
 /// A published message: where it was published to, its properties and body.
@@ -27,7 +27,7 @@ pub struct Message {
     /// Its bytes on the broker's memory gauge while the message lives
     /// (in queues, unacked, in writer queues), see [`Self::charged`].
     charge: Charge,
-    /// For a dead letter: the budget its copies share (see [`super::dead_letter`]).
+    /// For a dead letter: the count its copies share (see [`super::dead_letter`]).
     pub(crate) lineage: Option<Arc<Lineage>>,
 }
 
@@ -85,6 +85,20 @@ impl Message {
                 .map(Some)
                 .map_err(|why| format!("invalid expiration '{s}': {why}")),
         }
+    }
+}
+
+/// The copies of one message since it was last rejected by a client: how many
+/// times they were dead-lettered (the dead-lettering layer sets the budget).
+#[derive(Debug, Default)]
+pub(crate) struct Lineage {
+    deaths: AtomicUsize,
+}
+
+impl Lineage {
+    /// Count one more dead-lettering; returns the count before it.
+    pub(crate) fn bump(&self) -> usize {
+        self.deaths.fetch_add(1, Ordering::Relaxed)
     }
 }
 

@@ -5,7 +5,6 @@
 
 pub mod channel;
 pub mod connection;
-pub mod consumer;
 pub mod dead_letter;
 pub mod error;
 pub mod exchange;
@@ -14,6 +13,8 @@ pub mod message;
 pub mod password;
 pub mod permission;
 pub mod queue;
+pub(crate) mod reply_to;
+pub(crate) mod session;
 pub mod vhost;
 
 use std::collections::HashMap;
@@ -25,13 +26,14 @@ use amq_protocol::types::AMQPValue;
 
 pub use channel::{
     ChannelEvent, ChannelSink, CoreChannel, Delivery, GetOk, PublishOutcome, QueueDeclareOk,
-    Returned, REPLY_TO_QUEUE,
+    Returned,
 };
 pub use connection::CoreConnection;
 pub use error::{AmqpError, ErrorScope};
 pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
+pub use reply_to::REPLY_TO_QUEUE;
 pub use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.

@@ -1,22 +1,122 @@
 //! Queues: message storage, consumer round-robin dispatch, TTL, length limits.
 //!
-//! All state sits behind one short `Mutex` per queue, never held across an `.await`.
-//! Work that touches other queues (dead-lettering) is collected under the lock onto a
-//! [`DeadLetters`] work list and performed after it is released (see
-//! [`super::dead_letter`]).
+//! A queue knows messages and [`Subscriber`]s, nothing above them: not the
+//! channels behind its subscribers, not the vhost it sits in. What an
+//! operation causes elsewhere is *returned* to the caller instead of done
+//! here: the messages it dead-letters (a [`DeadLetters`] work list, which the
+//! vhost runs once no queue lock is held, see [`super::dead_letter`]), the
+//! subscribers to tell their queue is gone ([`Queue::mark_deleted`]), and
+//! whether an auto-delete queue lost its last consumer
+//! ([`Queue::remove_consumer`]). Deliveries are made under the queue's lock
+//! through [`Subscriber::deliver`], so that a queue's messages reach each
+//! subscriber in order and the capacity check and the push are one step.
+//!
+//! All state sits behind one short `Mutex` per queue, never held across an
+//! `.await` (its place in the lock order: [`super`]'s docs).
+//!
+//! The queue holds its subscribers strongly (`Arc<dyn Subscriber>`); a
+//! subscriber (a channel's consumer) holds its channel only weakly, so no
+//! reference cycle runs through a queue.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-use super::consumer::Consumer;
-use super::dead_letter::DeadLetters;
 use super::error::AmqpError;
 use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
-use super::vhost::VHost;
 use super::{lock, value_as_i64, value_as_string, value_type_name};
+
+/// What a queue delivers to: a consumer, seen from the queue.
+///
+/// Called with the queue's lock held (lock order: queue, then what the
+/// subscriber locks, see [`super`]): an implementation must not call back
+/// into any queue, and must not block.
+pub(crate) trait Subscriber: Send + Sync + fmt::Debug {
+    /// Whether the queue may push one more delivery now.
+    fn has_capacity(&self) -> bool;
+
+    /// Takes one message from `queue`; gives it back when the subscriber can
+    /// no longer take it (its channel closed), and the queue keeps it.
+    fn deliver(
+        self: Arc<Self>,
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+    ) -> Result<(), QueuedMessage>;
+
+    /// The queue was deleted: the broker ended this subscription. Called
+    /// with no queue lock held.
+    fn cancelled(&self);
+}
+
+/// Whether `a` and `b` are the same subscriber object.
+fn same(a: &Arc<dyn Subscriber>, b: &dyn Subscriber) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), b as *const dyn Subscriber)
+}
+
+/// A subscriber registered on a queue.
+#[derive(Debug)]
+struct Subscription {
+    subscriber: Arc<dyn Subscriber>,
+    /// An exclusive consumer: no other may join while it is there.
+    exclusive: bool,
+}
+
+/// One message to dead-letter: what died, why, and in which queue.
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    pub(crate) msg: QueuedMessage,
+    pub(crate) reason: DeadReason,
+    pub(crate) source: Arc<Queue>,
+}
+
+/// The dead letters an operation produced: a FIFO it owns and hands to the
+/// vhost once it holds no queue lock.
+#[derive(Debug, Default)]
+#[must_use = "dead letters are to be run by the vhost"]
+pub(crate) struct DeadLetters(VecDeque<DeadLetter>);
+
+impl DeadLetters {
+    /// An empty list.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queue `msg`, which died in `source` for `reason`. Without a dead-letter
+    /// exchange the message is simply dropped, as in RabbitMQ.
+    pub(crate) fn push(&mut self, source: &Arc<Queue>, msg: QueuedMessage, reason: DeadReason) {
+        if source.config.dead_letter_exchange.is_some() {
+            self.0.push_back(DeadLetter {
+                msg,
+                reason,
+                source: source.clone(),
+            });
+        }
+    }
+
+    /// Add `other`'s dead letters after these.
+    pub(crate) fn append(&mut self, mut other: DeadLetters) {
+        self.0.append(&mut other.0);
+    }
+
+    /// True when there is nothing to dead-letter.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of dead letters.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The dead letters, oldest first.
+    pub(crate) fn into_inner(self) -> VecDeque<DeadLetter> {
+        self.0
+    }
+}
 
 /// Why a message is dead-lettered (the `reason` of `x-death`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,7 +329,7 @@ impl Store {
 #[derive(Debug)]
 struct QueueState {
     store: Store,
-    consumers: Vec<Arc<Consumer>>,
+    consumers: Vec<Subscription>,
     next_rr: usize,
     had_consumer: bool,
     last_used: Instant,
@@ -260,7 +360,6 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// Parsed `x-` arguments.
     pub config: QueueConfig,
-    vhost: Weak<VHost>,
     state: Mutex<QueueState>,
 }
 
@@ -273,7 +372,6 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         config: QueueConfig,
-        vhost: Weak<VHost>,
     ) -> Self {
         let store = Store::new(config.max_priority);
         Self {
@@ -283,7 +381,6 @@ impl Queue {
             auto_delete,
             arguments,
             config,
-            vhost,
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -408,17 +505,16 @@ impl Queue {
     }
 
     fn idle_consumer(&self, st: &QueueState) -> bool {
-        st.consumers.iter().any(|c| c.has_capacity())
+        st.consumers.iter().any(|c| c.subscriber.has_capacity())
     }
 
-    /// Push ready messages to consumers that have capacity (round-robin).
-    pub fn dispatch(self: &Arc<Self>) {
+    /// Push ready messages to consumers that have capacity (round-robin);
+    /// returns what that dead-lettered (expired heads).
+    pub(crate) fn dispatch(self: &Arc<Self>) -> DeadLetters {
         let mut dead = DeadLetters::new();
-        {
-            let mut st = self.st();
-            self.dispatch_locked(&mut st, &mut dead);
-        }
-        self.dead_letter(dead);
+        let mut st = self.st();
+        self.dispatch_locked(&mut st, &mut dead);
+        dead
     }
 
     fn expire_locked(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
@@ -450,86 +546,85 @@ impl Queue {
             let mut chosen = None;
             for i in 0..n {
                 let idx = (st.next_rr + i) % n;
-                if st.consumers.get(idx).is_some_and(|c| c.has_capacity()) {
+                if st
+                    .consumers
+                    .get(idx)
+                    .is_some_and(|c| c.subscriber.has_capacity())
+                {
                     chosen = Some(idx);
                     break;
                 }
             }
             let Some(idx) = chosen else { break };
             st.next_rr = idx + 1;
-            let Some(consumer) = st.consumers.get(idx).cloned() else {
+            let Some(consumer) = st.consumers.get(idx).map(|c| c.subscriber.clone()) else {
                 break;
             };
             let Some(m) = st.store.pop_front() else { break };
-            if let Err(m) = consumer.channel.deliver(&consumer, self, m) {
+            if let Err(m) = consumer.deliver(self, m) {
                 st.store.push_front(m);
                 break;
             }
         }
     }
 
-    /// Take the head message for `basic.get` (expired heads are dropped first).
-    pub(crate) fn get(self: &Arc<Self>) -> (Option<QueuedMessage>, u32) {
+    /// Take the head message for `basic.get` (expired heads are dropped
+    /// first): the message, the count left, and what expired.
+    pub(crate) fn get(self: &Arc<Self>) -> (Option<QueuedMessage>, u32, DeadLetters) {
         let mut dead = DeadLetters::new();
-        let out = {
-            let mut st = self.st();
-            st.last_used = Instant::now();
-            self.expire_locked(&mut st, &mut dead);
-            let m = st.store.pop_front();
-            (m, u32::try_from(st.store.len).unwrap_or(u32::MAX))
-        };
-        self.dead_letter(dead);
-        out
+        let mut st = self.st();
+        st.last_used = Instant::now();
+        self.expire_locked(&mut st, &mut dead);
+        let m = st.store.pop_front();
+        (m, u32::try_from(st.store.len).unwrap_or(u32::MAX), dead)
     }
 
     /// Put messages back at the head, in order, flagged redelivered; then dispatch.
-    pub(crate) fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+    pub(crate) fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) -> DeadLetters {
         let mut dead = DeadLetters::new();
-        {
-            let mut st = self.st();
-            if st.deleted {
-                return;
-            }
-            for mut m in msgs.into_iter().rev() {
-                m.redelivered = true;
-                st.store.push_front(m);
-            }
-            self.dispatch_locked(&mut st, &mut dead);
+        let mut st = self.st();
+        if st.deleted {
+            return dead;
         }
-        self.dead_letter(dead);
+        for mut m in msgs.into_iter().rev() {
+            m.redelivered = true;
+            st.store.push_front(m);
+        }
+        self.dispatch_locked(&mut st, &mut dead);
+        dead
     }
 
-    /// Add a consumer and dispatch to it.
-    pub(crate) fn add_consumer(self: &Arc<Self>, c: Arc<Consumer>) -> bool {
+    /// Add a subscriber and dispatch to it; `None` when the queue was deleted.
+    pub(crate) fn add_consumer(
+        self: &Arc<Self>,
+        subscriber: Arc<dyn Subscriber>,
+        exclusive: bool,
+    ) -> Option<DeadLetters> {
         let mut dead = DeadLetters::new();
-        {
-            let mut st = self.st();
-            if st.deleted {
-                return false;
-            }
-            st.consumers.push(c);
-            st.had_consumer = true;
-            st.last_used = Instant::now();
-            self.dispatch_locked(&mut st, &mut dead);
+        let mut st = self.st();
+        if st.deleted {
+            return None;
         }
-        self.dead_letter(dead);
-        true
+        st.consumers.push(Subscription {
+            subscriber,
+            exclusive,
+        });
+        st.had_consumer = true;
+        st.last_used = Instant::now();
+        self.dispatch_locked(&mut st, &mut dead);
+        Some(dead)
     }
 
-    /// Remove a consumer; deletes the queue if it is auto-delete and this was the last one.
-    pub(crate) fn remove_consumer(self: &Arc<Self>, c: &Arc<Consumer>) {
-        let now_empty = {
-            let mut st = self.st();
-            let before = st.consumers.len();
-            st.consumers.retain(|x| !Arc::ptr_eq(x, c));
-            st.last_used = Instant::now();
-            before != st.consumers.len() && st.consumers.is_empty() && !st.deleted
-        };
-        if now_empty && self.auto_delete {
-            if let Some(vh) = self.vhost.upgrade() {
-                vh.delete_queue_internal(&self.name, Some(self));
-            }
-        }
+    /// Remove a subscriber. True when the queue is auto-delete and this was
+    /// its last consumer: the caller is to delete it (from its vhost).
+    #[must_use = "an auto-delete queue that lost its last consumer is to be deleted"]
+    pub(crate) fn remove_consumer(&self, subscriber: &dyn Subscriber) -> bool {
+        let mut st = self.st();
+        let before = st.consumers.len();
+        st.consumers.retain(|x| !same(&x.subscriber, subscriber));
+        st.last_used = Instant::now();
+        let now_empty = before != st.consumers.len() && st.consumers.is_empty() && !st.deleted;
+        now_empty && self.auto_delete
     }
 
     /// Drop all ready messages; returns how many.
@@ -537,22 +632,27 @@ impl Queue {
         u32::try_from(self.st().store.clear()).unwrap_or(u32::MAX)
     }
 
-    /// Mark deleted, drop messages, return (message count, consumers to notify).
-    pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
+    /// Mark deleted, drop messages, return (message count, subscribers to
+    /// notify with [`Subscriber::cancelled`] once no lock is held).
+    pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<dyn Subscriber>>) {
         let mut st = self.st();
         st.deleted = true;
         let n = st.store.clear();
-        let consumers = std::mem::take(&mut st.consumers);
+        let consumers = std::mem::take(&mut st.consumers)
+            .into_iter()
+            .map(|c| c.subscriber)
+            .collect();
         (u32::try_from(n).unwrap_or(u32::MAX), consumers)
     }
 
-    /// Periodic work: expire head messages; returns true if the queue itself expired.
-    pub(crate) fn sweep(self: &Arc<Self>, now: Instant) -> bool {
+    /// Periodic work: expire head messages. Returns whether the queue itself
+    /// expired (`x-expires`: the caller is to delete it), and what expired.
+    pub(crate) fn sweep(self: &Arc<Self>, now: Instant) -> (bool, DeadLetters) {
         let mut dead = DeadLetters::new();
         let expired = {
             let mut st = self.st();
             if st.deleted {
-                return false;
+                return (false, dead);
             }
             let mut out = Vec::new();
             st.store.drop_expired(now, &mut out);
@@ -565,18 +665,7 @@ impl Queue {
                     && now.saturating_duration_since(st.last_used) >= Duration::from_millis(ms)
             })
         };
-        self.dead_letter(dead);
-        expired
-    }
-
-    /// Run the dead letters an operation on this queue produced (its lock released).
-    pub(crate) fn dead_letter(&self, dead: DeadLetters) {
-        if dead.is_empty() {
-            return;
-        }
-        if let Some(vh) = self.vhost.upgrade() {
-            vh.dead_letter(dead);
-        }
+        (expired, dead)
     }
 
     /// Whether the queue has at least one consumer now.

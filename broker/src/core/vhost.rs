@@ -1,19 +1,27 @@
 //! Virtual hosts: the namespace of exchanges, queues and bindings, and message routing.
 //!
 //! Routing takes only read locks (exchange map, binding table, queue map); topology
-//! changes are serialized by a per-vhost mutex and never nest write locks.
+//! changes are serialized by a per-vhost mutex and never nest write locks (the
+//! whole order: [`super`]'s docs).
+//!
+//! A vhost owns its queues and exchanges and runs what queue operations return:
+//! their dead letters ([`super::dead_letter`], which sees the vhost only as a
+//! [`Router`]) and the cancellations of a deleted queue's subscribers. Direct
+//! reply-to's addresses live in [`super::reply_to`]. The vhost knows nothing of
+//! channels or connections.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-use super::dead_letter::{Backlog, DeadLetters, SWEEP_BUDGET};
+use super::dead_letter::{Backlog, Router, SWEEP_BUDGET};
 use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::Message;
-use super::queue::{EnqueueResult, Queue, QueueConfig};
+use super::queue::{DeadLetters, EnqueueResult, Queue, QueueConfig};
+use super::reply_to::ReplyTo;
 use super::{lock, read, write};
 
 /// Outcome of routing one published message.
@@ -33,8 +41,8 @@ pub struct VHost {
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     topology: Mutex<()>,
-    me: Weak<VHost>,
-    pub(crate) reply_to: RwLock<HashMap<String, Weak<super::channel::ChannelShared>>>,
+    /// Direct reply-to addresses.
+    reply_to: ReplyTo,
     /// Dead letters waiting for their turn (see [`super::dead_letter`]).
     dead_letters: Backlog,
     /// For each destination, the exchanges that may bind to it: every one that
@@ -49,40 +57,42 @@ pub struct VHost {
 impl VHost {
     /// Create a vhost with the standard pre-declared exchanges.
     pub fn new(name: &str) -> Arc<Self> {
-        Arc::new_cyclic(|me| {
-            let mut exchanges = HashMap::new();
-            for (n, k, internal) in [
-                ("", ExchangeKind::Direct, false),
-                ("amq.direct", ExchangeKind::Direct, false),
-                ("amq.fanout", ExchangeKind::Fanout, false),
-                ("amq.topic", ExchangeKind::Topic, false),
-                ("amq.headers", ExchangeKind::Headers, false),
-                ("amq.match", ExchangeKind::Headers, false),
-                ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
-            ] {
-                exchanges.insert(
-                    n.to_string(),
-                    Arc::new(Exchange::new(
-                        n,
-                        k,
-                        true,
-                        false,
-                        internal,
-                        FieldTable::default(),
-                    )),
-                );
-            }
-            Self {
-                name: name.to_string(),
-                exchanges: RwLock::new(exchanges),
-                queues: RwLock::new(HashMap::new()),
-                topology: Mutex::new(()),
-                me: me.clone(),
-                reply_to: RwLock::new(HashMap::new()),
-                dead_letters: Backlog::default(),
-                bound_by: Mutex::new(HashMap::new()),
-            }
+        let mut exchanges = HashMap::new();
+        for (n, k, internal) in [
+            ("", ExchangeKind::Direct, false),
+            ("amq.direct", ExchangeKind::Direct, false),
+            ("amq.fanout", ExchangeKind::Fanout, false),
+            ("amq.topic", ExchangeKind::Topic, false),
+            ("amq.headers", ExchangeKind::Headers, false),
+            ("amq.match", ExchangeKind::Headers, false),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+        ] {
+            exchanges.insert(
+                n.to_string(),
+                Arc::new(Exchange::new(
+                    n,
+                    k,
+                    true,
+                    false,
+                    internal,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        Arc::new(Self {
+            name: name.to_string(),
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(HashMap::new()),
+            topology: Mutex::new(()),
+            reply_to: ReplyTo::default(),
+            dead_letters: Backlog::default(),
+            bound_by: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Direct reply-to's addresses in this vhost.
+    pub(crate) fn reply_to(&self) -> &ReplyTo {
+        &self.reply_to
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -459,7 +469,6 @@ impl VHost {
             auto_delete,
             arguments,
             config,
-            self.me.clone(),
         ));
         write(&self.queues).insert(name.to_string(), q.clone());
         Ok((q, 0, 0))
@@ -515,7 +524,7 @@ impl VHost {
             q.mark_deleted()
         };
         for c in consumers {
-            c.channel.cancelled_by_broker(&c);
+            c.cancelled();
         }
         count
     }
@@ -535,9 +544,7 @@ impl VHost {
             }
         }
         res.routed = queues.len();
-        if !dead.is_empty() {
-            self.dead_letter(dead);
-        }
+        self.dead_letter(dead);
         Ok(res)
     }
 
@@ -620,7 +627,9 @@ impl VHost {
     /// Run an operation's dead letters (see [`super::dead_letter`]); what exceeds
     /// its budget waits in this vhost's backlog.
     pub(crate) fn dead_letter(&self, dead: DeadLetters) {
-        self.dead_letters.run(self, dead);
+        if !dead.is_empty() {
+            self.dead_letters.run(self, dead);
+        }
     }
 
     /// Number of dead letters waiting in the backlog.
@@ -632,7 +641,9 @@ impl VHost {
     pub fn sweep(&self, now: Instant) {
         let qs: Vec<Arc<Queue>> = read(&self.queues).values().cloned().collect();
         for q in qs {
-            if q.sweep(now) {
+            let (expired, dead) = q.sweep(now);
+            self.dead_letter(dead);
+            if expired {
                 self.delete_queue_internal(&q.name, Some(&q));
             }
         }
@@ -649,6 +660,17 @@ impl VHost {
         for q in owned {
             self.delete_queue_internal(&q.name, Some(&q));
         }
+    }
+}
+
+impl Router for VHost {
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<Arc<Queue>>, AmqpError> {
+        VHost::route(self, exchange, routing_key, headers)
     }
 }
 

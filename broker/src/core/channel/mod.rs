@@ -3,224 +3,36 @@
 //! A [`CoreChannel`] carries delivery tags, unacknowledged messages, consumers, QoS,
 //! confirm and transaction modes. Asynchronous output (deliveries, returns, confirms,
 //! broker-initiated cancels) is pushed to the channel's [`ChannelSink`] in wire order.
+//!
+//! `events` holds what a channel hands out, `state` the part queues reach
+//! (the consumers, which are the queues' [`Subscriber`](crate::core::queue::Subscriber)s),
+//! and this module the AMQP methods.
 
-use std::collections::{BTreeMap, HashMap};
+mod events;
+mod state;
+
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{FieldTable, ShortString};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use super::connection::ConnShared;
-use super::consumer::Consumer;
-use super::dead_letter::DeadLetters;
-use super::error::AmqpError;
-use super::exchange::Destination;
-use super::lock;
-use super::memory::Charge;
-use super::message::{Message, QueuedMessage};
-use super::permission::Access;
-use super::queue::{DeadReason, Queue};
+pub use events::{
+    ChannelEvent, ChannelSink, Delivery, GetOk, PublishOutcome, QueueDeclareOk, Returned,
+};
+pub use state::MAX_TX_BYTES;
 
-/// Queue name clients use for RabbitMQ's direct reply-to.
-pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
-const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, Unacked};
 
-/// A message delivered to a consumer of this channel.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Tag of the consumer it is for.
-    pub consumer_tag: ShortString,
-    /// Channel-scoped delivery tag (to ack/nack/reject).
-    pub delivery_tag: u64,
-    /// Whether it was delivered before.
-    pub redelivered: bool,
-    /// The message (exchange and routing key inside).
-    pub message: Arc<Message>,
-}
-
-/// A mandatory message that could not be routed (`basic.return`).
-#[derive(Debug, Clone)]
-pub struct Returned {
-    /// Reply code (312 NO_ROUTE).
-    pub reply_code: u16,
-    /// Reply text ("NO_ROUTE").
-    pub reply_text: ShortString,
-    /// The returned message.
-    pub message: Arc<Message>,
-}
-
-/// Asynchronous events of a channel, in the order they must reach the client.
-#[derive(Debug, Clone)]
-pub enum ChannelEvent {
-    /// `basic.consume-ok`, emitted right before the consumer starts receiving.
-    ConsumeOk {
-        /// The (possibly server-generated) consumer tag.
-        consumer_tag: ShortString,
-    },
-    /// `basic.deliver`.
-    Deliver(Delivery),
-    /// `basic.return`.
-    Return(Returned),
-    /// Publisher confirm (`basic.ack` when `ack`, else `basic.nack`).
-    Confirm {
-        /// Publish sequence number.
-        delivery_tag: u64,
-        /// Confirms every tag up to this one.
-        multiple: bool,
-        /// Ack or nack.
-        ack: bool,
-    },
-    /// Broker-initiated `basic.cancel` (queue deleted).
-    Cancel {
-        /// The cancelled consumer.
-        consumer_tag: ShortString,
-    },
-}
-
-/// Receiver of a channel's [`ChannelEvent`]s. Must not block.
-///
-/// Called with queue and channel locks held: an implementation may take
-/// only leaf locks of its own, and never wait.
-pub trait ChannelSink: Send + Sync + 'static {
-    /// Hand over one event.
-    fn send(&self, event: ChannelEvent);
-
-    /// Whether a queue may hand this sink one more delivery now. A sink
-    /// that says no keeps the message in its queue (the consumer is skipped)
-    /// and must have the connection's consumers offered messages again once
-    /// it has room (see [`super::CoreConnection::resumer`]).
-    fn has_room(&self) -> bool {
-        true
-    }
-
-    /// Whether a direct reply-to delivery (which has no queue to wait in)
-    /// may still be handed over; when not, the reply is dropped as
-    /// unroutable.
-    fn accepts_reply(&self) -> bool {
-        true
-    }
-}
-
-impl ChannelSink for mpsc::UnboundedSender<ChannelEvent> {
-    fn send(&self, event: ChannelEvent) {
-        let _ = mpsc::UnboundedSender::send(self, event);
-    }
-}
-
-/// Result of `queue.declare`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDeclareOk {
-    /// The queue name (server-generated when declared with an empty name).
-    pub queue: String,
-    /// Ready messages.
-    pub message_count: u32,
-    /// Consumers.
-    pub consumer_count: u32,
-}
-
-/// Result of a successful `basic.get`.
-#[derive(Debug, Clone)]
-pub struct GetOk {
-    /// Delivery tag.
-    pub delivery_tag: u64,
-    /// Whether it was delivered before.
-    pub redelivered: bool,
-    /// Messages left in the queue.
-    pub message_count: u32,
-    /// The message.
-    pub message: Arc<Message>,
-}
-
-/// Result of `basic.publish`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PublishOutcome {
-    /// Number of queues that received the message.
-    pub routed: usize,
-    /// A `basic.return` was emitted.
-    pub returned: bool,
-    /// Publish sequence number in confirm mode (its confirm was emitted).
-    pub confirm_tag: Option<u64>,
-    /// Buffered by an open transaction (nothing routed yet).
-    pub buffered: bool,
-}
-
-struct Unacked {
-    queue: Arc<Queue>,
-    msg: QueuedMessage,
-    consumer: Option<Arc<Consumer>>,
-    /// When it was delivered, for the consumer timeout.
-    since: Instant,
-}
-
-struct TxPublish {
-    exchange: ShortString,
-    routing_key: ShortString,
-    mandatory: bool,
-    properties: BasicProperties,
-    body: Bytes,
-    /// Buffered publishes count on the memory gauge like queued messages:
-    /// a transaction that grows past the watermark blocks its publisher.
-    _charge: Charge,
-}
-
-enum TxAck {
-    Ack(u64, bool),
-    Nack(u64, bool, bool),
-}
-
-#[derive(Default)]
-struct Tx {
-    publishes: Vec<TxPublish>,
-    acks: Vec<TxAck>,
-    /// Memory held by `publishes` (their charges' total).
-    bytes: usize,
-}
-
-/// The most a transaction may buffer before `tx.commit` (twice RabbitMQ 3.x's
-/// default max_message_size of 128 MiB; warren's own default is 16 MiB, so a
-/// transaction holds at least 16 of the largest messages). Past it the publish
-/// fails with 406 and the channel closes, dropping the buffer: one client's
-/// open transaction cannot hold the memory alarm on (and with it every
-/// publisher) indefinitely.
-pub const MAX_TX_BYTES: usize = 256 << 20;
-
-#[derive(Default)]
-struct ChState {
-    next_tag: u64,
-    unacked: BTreeMap<u64, Unacked>,
-    consumers: HashMap<ShortString, Arc<Consumer>>,
-    consumer_prefetch: u16,
-    confirm: bool,
-    next_seq: u64,
-    tx: Option<Tx>,
-    last_queue: Option<String>,
-    reply: Option<(ShortString, String)>,
-}
-
-/// Shared part of a channel (referenced by its consumers).
-pub(crate) struct ChannelShared {
-    pub(crate) id: u64,
-    pub(crate) conn: Arc<ConnShared>,
-    sink: Box<dyn ChannelSink>,
-    state: Mutex<ChState>,
-    closed: AtomicBool,
-    unacked_count: AtomicU32,
-    global_prefetch: AtomicU32,
-}
-
-impl fmt::Debug for ChannelShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChannelShared")
-            .field("id", &self.id)
-            .field("conn", &self.conn.id)
-            .finish()
-    }
-}
+use crate::core::error::{codes, AmqpError};
+use crate::core::exchange::Destination;
+use crate::core::permission::Access;
+use crate::core::reply_to::{self, ReplyTarget, REPLY_TO_QUEUE};
+use crate::core::session::{Attached, Session};
+use crate::core::vhost::VHost;
 
 static TAG_COUNTER: AtomicU64 = AtomicU64::new(1);
 
@@ -238,210 +50,9 @@ pub fn generate_name(prefix: &str) -> String {
     s
 }
 
-impl ChannelShared {
-    fn st(&self) -> MutexGuard<'_, ChState> {
-        lock(&self.state)
-    }
-
-    /// Deliveries allowed now (the channel is open).
-    pub(crate) fn can_deliver(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
-    }
-
-    /// The sink takes one more delivery now (its writer is not backed up).
-    pub(crate) fn sink_has_room(&self) -> bool {
-        self.sink.has_room()
-    }
-
-    /// Channel-wide (global QoS) window not exhausted.
-    pub(crate) fn global_capacity(&self) -> bool {
-        let g = self.global_prefetch.load(Ordering::Acquire);
-        g == 0 || self.unacked_count.load(Ordering::Acquire) < g
-    }
-
-    /// Deliver a queue message to one of this channel's consumers.
-    pub(crate) fn deliver(
-        &self,
-        consumer: &Arc<Consumer>,
-        queue: &Arc<Queue>,
-        msg: QueuedMessage,
-    ) -> Result<(), QueuedMessage> {
-        let mut st = self.st();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(msg);
-        }
-        st.next_tag += 1;
-        let tag = st.next_tag;
-        let event = ChannelEvent::Deliver(Delivery {
-            consumer_tag: consumer.tag.clone(),
-            delivery_tag: tag,
-            redelivered: msg.redelivered,
-            message: msg.msg.clone(),
-        });
-        if !consumer.no_ack {
-            consumer.unacked.fetch_add(1, Ordering::AcqRel);
-            self.unacked_count.fetch_add(1, Ordering::AcqRel);
-            st.unacked.insert(
-                tag,
-                Unacked {
-                    queue: queue.clone(),
-                    msg,
-                    consumer: Some(consumer.clone()),
-                    since: Instant::now(),
-                },
-            );
-        }
-        self.sink.send(event);
-        Ok(())
-    }
-
-    /// Direct reply-to delivery (no queue, no ack).
-    fn deliver_reply(&self, msg: Arc<Message>) -> bool {
-        let st = &mut *self.st();
-        if self.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        let Some((tag, _)) = st.reply.as_ref() else {
-            return false;
-        };
-        if !self.sink.accepts_reply() {
-            return false;
-        }
-        st.next_tag += 1;
-        self.sink.send(ChannelEvent::Deliver(Delivery {
-            consumer_tag: tag.clone(),
-            delivery_tag: st.next_tag,
-            redelivered: false,
-            message: msg,
-        }));
-        true
-    }
-
-    /// The queue of consumer `c` was deleted: forget the consumer and notify.
-    pub(crate) fn cancelled_by_broker(&self, c: &Arc<Consumer>) {
-        let removed = {
-            let mut st = self.st();
-            match st.consumers.get(&c.tag) {
-                Some(x) if Arc::ptr_eq(x, c) => st.consumers.remove(&c.tag).is_some(),
-                _ => false,
-            }
-        };
-        if removed && !self.closed.load(Ordering::Acquire) {
-            self.sink.send(ChannelEvent::Cancel {
-                consumer_tag: c.tag.clone(),
-            });
-        }
-    }
-
-    fn release(&self, taken: &[Unacked]) {
-        let mut n = 0;
-        for u in taken {
-            if let Some(c) = &u.consumer {
-                c.unacked.fetch_sub(1, Ordering::AcqRel);
-                n += 1;
-            }
-        }
-        if n > 0 {
-            self.unacked_count.fetch_sub(n, Ordering::AcqRel);
-        }
-    }
-
-    /// Let queues push more to this channel's consumers after capacity was freed.
-    pub(crate) fn redispatch(&self, force: bool) {
-        let global = self.global_prefetch.load(Ordering::Acquire) != 0;
-        let queues: Vec<Arc<Queue>> = {
-            let st = self.st();
-            st.consumers
-                .values()
-                .filter(|c| force || global || (!c.no_ack && c.prefetch != 0))
-                .filter_map(|c| c.queue_ref.upgrade())
-                .collect()
-        };
-        for q in queues {
-            q.dispatch();
-        }
-    }
-
-    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
-        let mut st = self.st();
-        if multiple && tag == 0 {
-            return Ok(std::mem::take(&mut st.unacked).into_values().collect());
-        }
-        if !st.unacked.contains_key(&tag) {
-            return Err(AmqpError::precondition(format!(
-                "unknown delivery tag {tag}"
-            )));
-        }
-        if multiple {
-            let rest = st.unacked.split_off(&(tag.saturating_add(1)));
-            let taken = std::mem::replace(&mut st.unacked, rest);
-            Ok(taken.into_values().collect())
-        } else {
-            Ok(st.unacked.remove(&tag).into_iter().collect())
-        }
-    }
-
-    fn requeue_all(taken: Vec<Unacked>) {
-        let mut groups: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
-        for u in taken {
-            match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-                Some((_, v)) => v.push(u.msg),
-                None => groups.push((u.queue, vec![u.msg])),
-            }
-        }
-        for (q, msgs) in groups {
-            q.requeue(msgs);
-        }
-    }
-
-    fn settle(&self, taken: Vec<Unacked>, ack: bool, requeue: bool) {
-        self.release(&taken);
-        if ack {
-        } else if requeue {
-            Self::requeue_all(taken);
-        } else {
-            let mut dead = DeadLetters::default();
-            for u in taken {
-                dead.push(&u.queue, u.msg, DeadReason::Rejected);
-            }
-            if !dead.is_empty() {
-                self.conn.vhost.dead_letter(dead);
-            }
-        }
-        self.redispatch(false);
-    }
-
-    pub(crate) fn close(&self) {
-        let (unacked, consumers, reply) = {
-            let mut st = self.st();
-            if self.closed.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            st.tx = None;
-            (
-                std::mem::take(&mut st.unacked),
-                std::mem::take(&mut st.consumers),
-                st.reply.take(),
-            )
-        };
-        if let Some((_, token)) = reply {
-            self.conn.vhost.unregister_reply(&token);
-        }
-        for c in consumers.into_values() {
-            if let Some(q) = c.queue_ref.upgrade() {
-                q.remove_consumer(&c);
-            }
-        }
-        let taken: Vec<Unacked> = unacked.into_values().collect();
-        self.release(&taken);
-        Self::requeue_all(taken);
-        self.conn.forget_channel(self.id);
-    }
-}
-
-/// A channel of a [`super::CoreConnection`]. Dropping it closes it.
+/// A channel of a [`crate::core::CoreConnection`]. Dropping it closes it.
 pub struct CoreChannel {
-    pub(crate) shared: Arc<ChannelShared>,
+    shared: Arc<ChannelShared>,
 }
 
 impl fmt::Debug for CoreChannel {
@@ -457,25 +68,23 @@ impl Drop for CoreChannel {
 }
 
 impl CoreChannel {
-    pub(crate) fn new(conn: Arc<ConnShared>, id: u64, sink: Box<dyn ChannelSink>) -> Self {
+    pub(crate) fn new(conn: Arc<Session>, id: u64, sink: Box<dyn ChannelSink>) -> Self {
         Self {
-            shared: Arc::new(ChannelShared {
-                id,
-                conn,
-                sink,
-                state: Mutex::new(ChState::default()),
-                closed: AtomicBool::new(false),
-                unacked_count: AtomicU32::new(0),
-                global_prefetch: AtomicU32::new(0),
-            }),
+            shared: Arc::new(ChannelShared::new(conn, id, sink)),
         }
+    }
+
+    /// The channel as its connection's register holds it.
+    pub(crate) fn attached(&self) -> Weak<dyn Attached> {
+        let weak: Weak<ChannelShared> = Arc::downgrade(&self.shared);
+        weak
     }
 
     fn conn_id(&self) -> u64 {
         self.shared.conn.id
     }
 
-    fn vhost(&self) -> &super::vhost::VHost {
+    fn vhost(&self) -> &VHost {
         &self.shared.conn.vhost
     }
 
@@ -515,7 +124,11 @@ impl CoreChannel {
         name: &str,
     ) -> Result<(), AmqpError> {
         // A value of the wrong type is refused later, with the other arguments.
-        let Some(target) = arguments.inner().get(key).and_then(super::value_as_string) else {
+        let Some(target) = arguments
+            .inner()
+            .get(key)
+            .and_then(crate::core::value_as_string)
+        else {
             return Ok(());
         };
         self.allow(Access::Read, kind, name)?;
@@ -550,7 +163,7 @@ impl CoreChannel {
     }
 
     /// The core's memory gauge (for what a transport buffers on the way in).
-    pub fn memory(&self) -> &Arc<super::memory::MemoryMonitor> {
+    pub fn memory(&self) -> &Arc<crate::core::memory::MemoryMonitor> {
         &self.shared.conn.memory
     }
 
@@ -655,12 +268,9 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<QueueDeclareOk, AmqpError> {
         self.check_open()?;
-        // Direct reply-to's pseudo-queues, as RabbitMQ answers them (passive or
-        // not): the bare name always exists, a channel's address while the
-        // channel lives; neither holds messages, both have one consumer.
-        if queue == REPLY_TO_QUEUE || queue.starts_with(REPLY_TO_PREFIX) {
-            let token = queue.get(REPLY_TO_PREFIX.len()..).unwrap_or("");
-            if queue != REPLY_TO_QUEUE && self.vhost().reply_target(token).is_none() {
+        // Direct reply-to's pseudo-queues hold no messages and have one consumer.
+        if let Some(exists) = self.vhost().reply_to().pseudo_queue(queue) {
+            if !exists {
                 return Err(self.vhost().no_queue(queue).during(50, 10));
             }
             return Ok(QueueDeclareOk {
@@ -840,7 +450,8 @@ impl CoreChannel {
                 return Err(err(AmqpError::precondition("reply consumer already set")));
             }
             let token = generate_name("");
-            sh.conn.vhost.register_reply(&token, Arc::downgrade(sh));
+            let target: Weak<dyn ReplyTarget> = Arc::downgrade(sh) as Weak<ChannelShared>;
+            sh.conn.vhost.reply_to().register(&token, target);
             st.reply = Some((tag.clone(), token));
             if emit_ok {
                 sh.sink.send(ChannelEvent::ConsumeOk {
@@ -870,12 +481,10 @@ impl CoreChannel {
             }
             let c = Arc::new(Consumer {
                 tag: tag.clone(),
-                queue: name,
                 no_ack,
-                exclusive,
                 prefetch: u32::from(st.consumer_prefetch),
-                unacked: AtomicU32::new(0),
-                channel: sh.clone(),
+                unacked: std::sync::atomic::AtomicU32::new(0),
+                channel: Arc::downgrade(sh),
                 queue_ref: Arc::downgrade(&q),
             });
             st.consumers.insert(tag.clone(), c.clone());
@@ -886,14 +495,15 @@ impl CoreChannel {
             }
             c
         };
-        if !q.add_consumer(consumer) {
+        let Some(dead) = q.add_consumer(consumer, exclusive) else {
             sh.st().consumers.remove(&tag);
             return Err(err(AmqpError::not_found(format!(
                 "no queue '{}' in vhost '{}'",
                 q.name,
                 self.vhost().name
             ))));
-        }
+        };
+        self.vhost().dead_letter(dead);
         Ok(tag)
     }
 
@@ -916,12 +526,10 @@ impl CoreChannel {
             (c, reply)
         };
         if let Some((_, token)) = reply {
-            sh.conn.vhost.unregister_reply(&token);
+            sh.conn.vhost.reply_to().unregister(&token);
         }
         if let Some(c) = c {
-            if let Some(q) = c.queue_ref.upgrade() {
-                q.remove_consumer(&c);
-            }
+            sh.unsubscribe(&c);
         }
         Ok(())
     }
@@ -960,7 +568,7 @@ impl CoreChannel {
                     "fast reply consumer does not exist",
                 )));
             };
-            let rt = ShortString::try_new(format!("{REPLY_TO_PREFIX}{token}"))
+            let rt = ShortString::try_new(reply_to::address(&token))
                 .map_err(|_| err(AmqpError::precondition("reply-to too long")))?;
             properties = properties.with_reply_to(rt);
         }
@@ -968,7 +576,7 @@ impl CoreChannel {
             let mut st = sh.st();
             if let Some(tx) = st.tx.as_mut() {
                 let names = exchange.as_str().len() + routing_key.as_str().len();
-                let size = super::message::footprint(body.len(), names, &properties);
+                let size = crate::core::message::footprint(body.len(), names, &properties);
                 if tx.bytes.saturating_add(size) > MAX_TX_BYTES {
                     return Err(err(AmqpError::precondition(format!(
                         "transaction buffer would exceed {MAX_TX_BYTES} bytes; commit sooner"
@@ -1005,20 +613,21 @@ impl CoreChannel {
         let sh = &self.shared;
         let vhost = &sh.conn.vhost;
         let msg = Arc::new(
-            Message::new(exchange, routing_key, properties, body).charged(&sh.conn.memory),
+            crate::core::message::Message::new(exchange, routing_key, properties, body)
+                .charged(&sh.conn.memory),
         );
         msg.expiration_ms().map_err(AmqpError::precondition)?;
         let ex = msg.exchange.as_str();
         let rk = msg.routing_key.as_str();
         let mut out = PublishOutcome::default();
         let mut rejected = false;
-        if ex.is_empty() && rk.starts_with(REPLY_TO_PREFIX) {
-            let token = rk.get(REPLY_TO_PREFIX.len()..).unwrap_or("");
-            if let Some(target) = vhost.reply_target(token) {
-                if target.deliver_reply(msg.clone()) {
-                    out.routed = 1;
-                }
-            }
+        let reply = if ex.is_empty() {
+            vhost.reply_to().deliver(rk, &msg)
+        } else {
+            None
+        };
+        if let Some(delivered) = reply {
+            out.routed = usize::from(delivered);
         } else {
             if !ex.is_empty() {
                 match vhost.exchange(ex) {
@@ -1044,7 +653,7 @@ impl CoreChannel {
         if out.routed == 0 && mandatory {
             out.returned = true;
             sh.sink.send(ChannelEvent::Return(Returned {
-                reply_code: super::error::codes::NO_ROUTE,
+                reply_code: codes::NO_ROUTE,
                 reply_text: ShortString::from("NO_ROUTE"),
                 message: msg,
             }));
@@ -1070,7 +679,8 @@ impl CoreChannel {
         let name = self.queue_name(queue).map_err(err)?;
         self.allow(Access::Read, "queue", &name).map_err(err)?;
         let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
-        let (m, message_count) = q.get();
+        let (m, message_count, dead) = q.get();
+        self.vhost().dead_letter(dead);
         let Some(m) = m else {
             return Ok(None);
         };
@@ -1099,7 +709,7 @@ impl CoreChannel {
 
     /// `basic.ack`.
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AmqpError> {
-        self.settle(TxAck::Ack(delivery_tag, multiple))
+        self.settle_or_buffer(TxAck::Ack(delivery_tag, multiple))
             .map_err(|e| e.during(60, 80))
     }
 
@@ -1110,17 +720,18 @@ impl CoreChannel {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), AmqpError> {
-        self.settle(TxAck::Nack(delivery_tag, multiple, requeue))
+        self.settle_or_buffer(TxAck::Nack(delivery_tag, multiple, requeue))
             .map_err(|e| e.during(60, 120))
     }
 
     /// `basic.reject`.
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
-        self.settle(TxAck::Nack(delivery_tag, false, requeue))
+        self.settle_or_buffer(TxAck::Nack(delivery_tag, false, requeue))
             .map_err(|e| e.during(60, 90))
     }
 
-    fn settle(&self, op: TxAck) -> Result<(), AmqpError> {
+    /// Settles now, or buffers the settlement in an open transaction.
+    fn settle_or_buffer(&self, op: TxAck) -> Result<(), AmqpError> {
         self.check_open()?;
         let sh = &self.shared;
         {
@@ -1148,11 +759,11 @@ impl CoreChannel {
         match op {
             TxAck::Ack(tag, multiple) => {
                 let taken = sh.take_unacked(tag, multiple)?;
-                sh.settle(taken, true, false);
+                sh.settle_taken(taken, true, false);
             }
             TxAck::Nack(tag, multiple, requeue) => {
                 let taken = sh.take_unacked(tag, multiple)?;
-                sh.settle(taken, false, requeue);
+                sh.settle_taken(taken, false, requeue);
             }
         }
         Ok(())
@@ -1167,7 +778,7 @@ impl CoreChannel {
             return Err(AmqpError::not_implemented("requeue=false").during(60, 110));
         }
         let taken = self.shared.take_unacked(0, true)?;
-        self.shared.settle(taken, false, true);
+        self.shared.settle_taken(taken, false, true);
         Ok(())
     }
 
@@ -1260,23 +871,5 @@ impl CoreChannel {
     /// Close the channel: cancel its consumers and requeue its unacked messages.
     pub fn close(&self) {
         self.shared.close();
-    }
-}
-
-impl super::vhost::VHost {
-    /// Register a direct reply-to channel.
-    pub(crate) fn register_reply(&self, token: &str, ch: Weak<ChannelShared>) {
-        super::write(&self.reply_to).insert(token.to_string(), ch);
-    }
-
-    /// Forget a direct reply-to channel.
-    pub(crate) fn unregister_reply(&self, token: &str) {
-        super::write(&self.reply_to).remove(token);
-    }
-
-    pub(crate) fn reply_target(&self, token: &str) -> Option<Arc<ChannelShared>> {
-        super::read(&self.reply_to)
-            .get(token)
-            .and_then(Weak::upgrade)
     }
 }
