@@ -6,7 +6,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use warren::broker::core::permission::Permissions;
-use warren::broker::core::Core;
+use warren::broker::core::{Core, ExchangeDeclareOptions, QueueDeclareOptions};
 
 fn routing(c: &mut Criterion) {
     // `*` bindings walk one path; `#` ones make the matcher track visited states.
@@ -24,18 +24,10 @@ fn routing_with(c: &mut Criterion, name: &str, last: &str) {
         let connection = core.open_connection("/", "guest").expect("connection");
         let (channel, _events) = connection.open_channel_mpsc();
         channel
-            .exchange_declare(
-                "x",
-                "topic",
-                false,
-                false,
-                false,
-                false,
-                FieldTable::default(),
-            )
+            .exchange_declare("x", "topic", ExchangeDeclareOptions::default())
             .expect("exchange");
         channel
-            .queue_declare("q", false, false, false, false, FieldTable::default())
+            .queue_declare("q", QueueDeclareOptions::default())
             .expect("queue");
         for i in 0..bindings {
             let key = format!("region{}.host{}.{last}", i % 100, i);

@@ -13,7 +13,10 @@ use super::{
     short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
     QueueSpec, Subscription, Transport,
 };
-use crate::broker::core::{AmqpError, ChannelEvent, Core, CoreChannel, CoreConnection};
+use crate::broker::core::{
+    AmqpError, ChannelEvent, ConsumeOptions, Core, CoreChannel, CoreConnection,
+    ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use crate::Error;
 
 fn refused(e: AmqpError) -> Error {
@@ -79,11 +82,11 @@ impl Transport for LocalTransport {
             .exchange_declare(
                 &spec.name,
                 kind,
-                false,
-                spec.durable,
-                spec.auto_delete,
-                false,
-                FieldTable::default(),
+                ExchangeDeclareOptions {
+                    durable: spec.durable,
+                    auto_delete: spec.auto_delete,
+                    ..ExchangeDeclareOptions::default()
+                },
             )
             .map_err(refused)
     }
@@ -93,11 +96,13 @@ impl Transport for LocalTransport {
         self.scratch()
             .queue_declare(
                 &spec.name,
-                false,
-                spec.durable,
-                spec.exclusive,
-                spec.auto_delete,
-                arguments,
+                QueueDeclareOptions {
+                    passive: false,
+                    durable: spec.durable,
+                    exclusive: spec.exclusive,
+                    auto_delete: spec.auto_delete,
+                    arguments,
+                },
             )
             .map(|_| ())
             .map_err(refused)
@@ -116,7 +121,7 @@ impl Transport for LocalTransport {
 
     async fn delete_queue(&self, queue: &str) -> Result<(), Error> {
         self.scratch()
-            .queue_delete(queue, false, false)
+            .queue_delete(queue, QueueDeleteOptions::default())
             .map(|_| ())
             .map_err(refused)
     }
@@ -154,7 +159,14 @@ impl Transport for LocalTransport {
             channel.basic_qos(spec.prefetch, false).map_err(refused)?;
         }
         let tag = channel
-            .basic_consume(&spec.queue, "", spec.no_ack, false, FieldTable::default())
+            .basic_consume(
+                &spec.queue,
+                "",
+                ConsumeOptions {
+                    no_ack: spec.no_ack,
+                    ..ConsumeOptions::default()
+                },
+            )
             .map_err(refused)?;
         Ok(Box::new(LocalSubscription {
             channel: Arc::new(channel),

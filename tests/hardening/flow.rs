@@ -724,7 +724,7 @@ async fn queued_messages_and_transaction_buffers_count_on_the_gauge() {
     let memory = core.memory().clone();
     let conn = core.open_connection("/", "guest").expect("core connection");
     let (ch, _events) = conn.open_channel_mpsc();
-    ch.queue_declare("gauge", false, false, false, false, Default::default())
+    ch.queue_declare("gauge", Default::default())
         .expect("queue.declare");
     let before = memory.tracked();
     let publish = |ch: &warren::broker::core::CoreChannel| {
@@ -859,7 +859,7 @@ async fn in_process_publishes_wait_for_the_alarm_too() {
         .open_connection("/", "guest")
         .expect("core connection");
     let (ch, _events) = core_conn.open_channel_mpsc();
-    ch.queue_declare("local", false, false, false, false, Default::default())
+    ch.queue_declare("local", Default::default())
         .expect("queue.declare");
     let t = transport.clone();
     let publish = tokio::spawn(async move {

@@ -32,7 +32,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 
 use super::error::AmqpError;
-use super::lock;
+use super::locks::lock;
 use super::message::{Lineage, Message};
 use super::queue::{DeadLetter, DeadLetters, DeadReason, Queue};
 
@@ -379,7 +379,9 @@ mod tests {
     use super::*;
     use crate::core::permission::Permissions;
     use crate::core::vhost::VHost;
-    use crate::core::{Core, CoreChannel, CoreConnection};
+    use crate::core::{
+        Core, CoreChannel, CoreConnection, ExchangeDeclareOptions, QueueDeclareOptions,
+    };
 
     /// Runs `f` on a thread with a 256 KiB stack. Rerouting by recursion took a few
     /// stack frames per hop, so the long chains below overflowed it (aborting the
@@ -426,21 +428,19 @@ mod tests {
                 t.insert((*k).into(), v.clone());
             }
             self.ch
-                .queue_declare(name, false, false, false, false, t)
+                .queue_declare(
+                    name,
+                    QueueDeclareOptions {
+                        arguments: t,
+                        ..Default::default()
+                    },
+                )
                 .expect("queue.declare");
         }
 
         fn fanout(&self, name: &str, queues: &[&str]) {
             self.ch
-                .exchange_declare(
-                    name,
-                    "fanout",
-                    false,
-                    false,
-                    false,
-                    false,
-                    FieldTable::default(),
-                )
+                .exchange_declare(name, "fanout", ExchangeDeclareOptions::default())
                 .expect("exchange.declare");
             for q in queues {
                 self.ch
@@ -463,7 +463,13 @@ mod tests {
 
         fn count(&self, queue: &str) -> u32 {
             self.ch
-                .queue_declare(queue, true, false, false, false, FieldTable::default())
+                .queue_declare(
+                    queue,
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                )
                 .expect("passive queue.declare")
                 .message_count
         }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod dead_letter;
 pub mod error;
 pub mod exchange;
+pub(crate) mod locks;
 pub mod memory;
 pub mod message;
 pub mod password;
@@ -19,39 +20,29 @@ pub mod vhost;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::AMQPValue;
 
 pub use channel::{
-    ChannelEvent, ChannelSink, CoreChannel, Delivery, GetOk, PublishOutcome, QueueDeclareOk,
-    Returned,
+    ChannelEvent, ChannelSink, ConsumeOptions, CoreChannel, Delivery, GetOk, PublishOutcome,
+    QueueDeclareOk, Returned,
 };
 pub use connection::CoreConnection;
 pub use error::{AmqpError, ErrorScope};
+pub use exchange::ExchangeDeclareOptions;
 pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
+pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
 pub use reply_to::REPLY_TO_QUEUE;
 pub use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Lock a mutex, ignoring poisoning (the broker never panics while holding locks,
-/// and a poisoned lock must not take the whole broker down).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use locks::{lock, read, write};
 
 /// An integer-typed AMQP value as i64 (strings are not converted).
 pub(crate) fn value_as_i64(v: &AMQPValue) -> Option<i64> {
@@ -252,9 +243,9 @@ impl Core {
     /// Open a connection for an (already authenticated) user on a vhost.
     /// Fails with 530 NOT_ALLOWED when the vhost does not exist or is not permitted.
     pub fn open_connection(&self, vhost: &str, user: &str) -> Result<CoreConnection, AmqpError> {
-        let vh = self.vhost(vhost).ok_or_else(|| {
-            AmqpError::not_allowed(format!("vhost {vhost} not found")).during(10, 40)
-        })?;
+        let vh = self
+            .vhost(vhost)
+            .ok_or_else(|| AmqpError::not_allowed(format!("vhost {vhost} not found")))?;
         let permissions = self
             .permissions_of(user, vhost)
             .filter(|_| self.users.contains_key(user))
@@ -262,7 +253,6 @@ impl Core {
                 AmqpError::not_allowed(format!(
                     "access to vhost '{vhost}' refused for user '{user}'"
                 ))
-                .during(10, 40)
             })?;
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         Ok(CoreConnection::new(

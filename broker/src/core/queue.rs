@@ -12,7 +12,7 @@
 //! subscriber in order and the capacity check and the push are one step.
 //!
 //! All state sits behind one short `Mutex` per queue, never held across an
-//! `.await` (its place in the lock order: [`super`]'s docs).
+//! `.await` (its place in the lock order: [`super::locks`]).
 //!
 //! The queue holds its subscribers strongly (`Arc<dyn Subscriber>`); a
 //! subscriber (a channel's consumer) holds its channel only weakly, so no
@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::error::AmqpError;
+use super::locks::lock;
 use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
-use super::{lock, value_as_i64, value_as_string, value_type_name};
+use super::{value_as_i64, value_as_string, value_type_name};
 
 /// What a queue delivers to: a consumer, seen from the queue.
 ///
 /// Called with the queue's lock held (lock order: queue, then what the
-/// subscriber locks, see [`super`]): an implementation must not call back
+/// subscriber locks, see [`super::locks`]): an implementation must not call back
 /// into any queue, and must not block.
 pub(crate) trait Subscriber: Send + Sync + fmt::Debug {
     /// Whether the queue may push one more delivery now.
@@ -106,16 +107,34 @@ impl DeadLetters {
         self.0.is_empty()
     }
 
-    /// Number of dead letters.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The dead letters, oldest first.
     pub(crate) fn into_inner(self) -> VecDeque<DeadLetter> {
         self.0
     }
+}
+
+/// How `queue.declare` declares a queue.
+#[derive(Clone, Debug, Default)]
+pub struct QueueDeclareOptions {
+    /// Only check that the queue exists (404 if not); change nothing.
+    pub passive: bool,
+    /// Declared durable (nothing is persisted).
+    pub durable: bool,
+    /// Owned by the declaring connection, deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes away.
+    pub auto_delete: bool,
+    /// The `x-…` arguments (TTL, length limits, dead-lettering, priorities).
+    pub arguments: FieldTable,
+}
+
+/// When `queue.delete` refuses to delete (406).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDeleteOptions {
+    /// Refuse while the queue has consumers.
+    pub if_unused: bool,
+    /// Refuse while the queue holds messages.
+    pub if_empty: bool,
 }
 
 /// Why a message is dead-lettered (the `reason` of `x-death`).
@@ -392,6 +411,8 @@ impl Queue {
         }
     }
 
+    /// The queue's state (rank 3 of [`super::locks`]: one queue at a time, no
+    /// channel lock held).
     fn st(&self) -> MutexGuard<'_, QueueState> {
         lock(&self.state)
     }

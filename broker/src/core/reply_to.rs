@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
 
+use super::locks::{read, write};
 use super::message::Message;
-use super::{read, write};
 
 /// Queue name clients use for RabbitMQ's direct reply-to.
 pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::lock;
+use super::locks::lock;
 use super::memory::MemoryMonitor;
 use super::permission::Permissions;
 use super::vhost::VHost;
@@ -85,7 +85,7 @@ impl Session {
     }
 
     /// The open channels (the register's lock is released on return: lock
-    /// order, see [`super`]).
+    /// order, see [`super::locks`]).
     fn channels(&self) -> Vec<Arc<dyn Attached>> {
         lock(&self.channels)
             .values()

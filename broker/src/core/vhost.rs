@@ -2,7 +2,7 @@
 //!
 //! Routing takes only read locks (exchange map, binding table, queue map); topology
 //! changes are serialized by a per-vhost mutex and never nest write locks (the
-//! whole order: [`super`]'s docs).
+//! whole order: [`super::locks`]).
 //!
 //! A vhost owns its queues and exchanges and runs what queue operations return:
 //! their dead letters ([`super::dead_letter`], which sees the vhost only as a
@@ -18,11 +18,13 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::dead_letter::{Backlog, Router, SWEEP_BUDGET};
 use super::error::AmqpError;
-use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::exchange::{Binding, Destination, Exchange, ExchangeDeclareOptions, ExchangeKind};
+use super::locks::{lock, read, write};
 use super::message::Message;
-use super::queue::{DeadLetters, EnqueueResult, Queue, QueueConfig};
+use super::queue::{
+    DeadLetters, EnqueueResult, Queue, QueueConfig, QueueDeclareOptions, QueueDeleteOptions,
+};
 use super::reply_to::ReplyTo;
-use super::{lock, read, write};
 
 /// Outcome of routing one published message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +42,7 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Serializes topology changes (rank 1 of [`super::locks`]).
     topology: Mutex<()>,
     /// Direct reply-to addresses.
     reply_to: ReplyTo,
@@ -145,18 +148,20 @@ impl VHost {
     /// `exchange.declare`. `check_new` vets the arguments of an exchange
     /// about to be created (permissions on its `alternate-exchange`), under
     /// the same lock as the creation.
-    #[allow(clippy::too_many_arguments)]
     pub fn exchange_declare(
         &self,
         name: &str,
         kind: &str,
-        passive: bool,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: FieldTable,
+        options: ExchangeDeclareOptions,
         check_new: impl FnOnce(&FieldTable) -> Result<(), AmqpError>,
     ) -> Result<(), AmqpError> {
+        let ExchangeDeclareOptions {
+            passive,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        } = options;
         let _t = lock(&self.topology);
         if name.is_empty() {
             return Err(Self::default_exchange_refused());
@@ -397,18 +402,20 @@ impl VHost {
     /// `queue.declare` with a final (non-empty) name. Returns the queue and its counts.
     /// `check_new` vets the arguments of a queue about to be created
     /// (permissions on its dead-letter exchange), under the creation's lock.
-    #[allow(clippy::too_many_arguments)]
     pub fn queue_declare(
         &self,
         name: &str,
-        passive: bool,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: FieldTable,
+        options: QueueDeclareOptions,
         conn_id: u64,
         check_new: impl FnOnce(&FieldTable) -> Result<(), AmqpError>,
     ) -> Result<(Arc<Queue>, u32, u32), AmqpError> {
+        let QueueDeclareOptions {
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+            arguments,
+        } = options;
         let _t = lock(&self.topology);
         if let Some(q) = self.queue(name) {
             self.check_exclusive(&q, conn_id)?;
@@ -478,10 +485,13 @@ impl VHost {
     pub fn queue_delete(
         &self,
         name: &str,
-        if_unused: bool,
-        if_empty: bool,
+        options: QueueDeleteOptions,
         conn_id: u64,
     ) -> Result<u32, AmqpError> {
+        let QueueDeleteOptions {
+            if_unused,
+            if_empty,
+        } = options;
         let q = {
             let _t = lock(&self.topology);
             let Some(q) = self.queue(name) else {
@@ -698,17 +708,8 @@ mod tests {
     fn deleting_a_destination_finds_every_binding_to_it() {
         let vh = VHost::new("/");
         let declare = |x: &str| {
-            vh.exchange_declare(
-                x,
-                "direct",
-                false,
-                false,
-                false,
-                false,
-                FieldTable::default(),
-                |_| Ok(()),
-            )
-            .expect("exchange.declare");
+            vh.exchange_declare(x, "direct", ExchangeDeclareOptions::default(), |_| Ok(()))
+                .expect("exchange.declare");
         };
         let bind = |x: &str, key: &str| {
             vh.bind(
@@ -720,17 +721,8 @@ mod tests {
             )
             .expect("queue.bind");
         };
-        vh.queue_declare(
-            "q",
-            false,
-            false,
-            false,
-            false,
-            FieldTable::default(),
-            1,
-            |_| Ok(()),
-        )
-        .expect("queue.declare");
+        vh.queue_declare("q", QueueDeclareOptions::default(), 1, |_| Ok(()))
+            .expect("queue.declare");
         declare("x");
         bind("x", "a");
         // Deleted and declared again under the same name, then bound anew.
@@ -748,7 +740,8 @@ mod tests {
         .expect("queue.unbind");
         bind("x", "c");
         bind("amq.direct", "d");
-        vh.queue_delete("q", false, false, 1).expect("queue.delete");
+        vh.queue_delete("q", QueueDeleteOptions::default(), 1)
+            .expect("queue.delete");
         for x in ["x", "amq.direct"] {
             let x = vh.exchange(x).expect("still declared");
             assert!(read(&x.router).is_empty(), "'{}' still binds to q", x.name);
@@ -771,26 +764,16 @@ mod tests {
                     vh.exchange_declare(
                         &name(i),
                         "fanout",
-                        false,
-                        false,
-                        true,
-                        false,
-                        FieldTable::default(),
+                        ExchangeDeclareOptions {
+                            auto_delete: true,
+                            ..Default::default()
+                        },
                         |_| Ok(()),
                     )
                     .expect("exchange.declare");
                 }
-                vh.queue_declare(
-                    "end",
-                    false,
-                    false,
-                    false,
-                    false,
-                    FieldTable::default(),
-                    1,
-                    |_| Ok(()),
-                )
-                .expect("queue.declare");
+                vh.queue_declare("end", QueueDeclareOptions::default(), 1, |_| Ok(()))
+                    .expect("queue.declare");
                 for i in 1..N {
                     vh.bind(
                         &name(i - 1),
@@ -809,7 +792,7 @@ mod tests {
                     1,
                 )
                 .expect("queue.bind");
-                vh.queue_delete("end", false, false, 1)
+                vh.queue_delete("end", QueueDeleteOptions::default(), 1)
                     .expect("queue.delete");
                 assert!((0..N).all(|i| vh.exchange(&name(i)).is_none()));
                 assert!(vh.exchange("amq.direct").is_some());

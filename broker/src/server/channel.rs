@@ -11,7 +11,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::core::error::codes;
 use crate::core::memory::Charge;
-use crate::core::{AmqpError, CoreChannel};
+use crate::core::{
+    AmqpError, ConsumeOptions, CoreChannel, ExchangeDeclareOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 
 use super::outbound::Outbound;
 use super::outbound::Outgoing;
@@ -44,6 +47,9 @@ pub(crate) struct ServerChannel {
     /// Largest body a publish may declare (`max_message_size`).
     max_message_size: u64,
 }
+
+/// `basic.publish`'s class and method ids.
+const PUBLISH: (u16, u16) = (60, 40);
 
 fn unexpected(detail: &str) -> AmqpError {
     AmqpError::new(codes::UNEXPECTED_FRAME, detail)
@@ -142,7 +148,7 @@ impl ServerChannel {
                 "message size {body_size} is larger than configured max size {}",
                 self.max_message_size
             ))
-            .during(60, 40);
+            .during(PUBLISH.0, PUBLISH.1);
             self.fail(out, &e);
             return Ok(After::Nothing);
         }
@@ -209,7 +215,8 @@ impl ServerChannel {
             .basic_publish(p.exchange, p.routing_key, p.mandatory, props, body)
         {
             Ok(_) => Ok(After::Nothing),
-            Err(e) => self.soft_or_hard(e, out),
+            // The content completes the `basic.publish` it followed.
+            Err(e) => self.soft_or_hard(e.during(PUBLISH.0, PUBLISH.1), out),
         }
     }
 
@@ -248,9 +255,12 @@ impl ServerChannel {
                 "expected content body, got non content body frame instead"
             }));
         }
+        // The core knows no wire ids: an error names the method it failed
+        // (`channel.close`'s class and method ids) here, from the frame.
+        let (class_id, method_id) = (m.get_amqp_class_id(), m.get_amqp_method_id());
         match self.dispatch(m, out) {
             Ok(a) => Ok(a),
-            Err(e) => self.soft_or_hard(e, out),
+            Err(e) => self.soft_or_hard(e.during(class_id, method_id), out),
         }
     }
 
@@ -289,11 +299,13 @@ impl ServerChannel {
                     ch.exchange_declare(
                         d.exchange.as_str(),
                         d.kind.as_str(),
-                        d.passive,
-                        d.durable,
-                        d.auto_delete,
-                        d.internal,
-                        d.arguments,
+                        ExchangeDeclareOptions {
+                            passive: d.passive,
+                            durable: d.durable,
+                            auto_delete: d.auto_delete,
+                            internal: d.internal,
+                            arguments: d.arguments,
+                        },
                     )?;
                     if !d.nowait {
                         self.reply(
@@ -351,11 +363,13 @@ impl ServerChannel {
                 queue::AMQPMethod::Declare(d) => {
                     let ok = ch.queue_declare(
                         d.queue.as_str(),
-                        d.passive,
-                        d.durable,
-                        d.exclusive,
-                        d.auto_delete,
-                        d.arguments,
+                        QueueDeclareOptions {
+                            passive: d.passive,
+                            durable: d.durable,
+                            exclusive: d.exclusive,
+                            auto_delete: d.auto_delete,
+                            arguments: d.arguments,
+                        },
                     )?;
                     if !d.nowait {
                         self.reply(
@@ -406,7 +420,13 @@ impl ServerChannel {
                     }
                 }
                 queue::AMQPMethod::Delete(d) => {
-                    let n = ch.queue_delete(d.queue.as_str(), d.if_unused, d.if_empty)?;
+                    let n = ch.queue_delete(
+                        d.queue.as_str(),
+                        QueueDeleteOptions {
+                            if_unused: d.if_unused,
+                            if_empty: d.if_empty,
+                        },
+                    )?;
                     if !d.nowait {
                         self.reply(
                             out,
@@ -427,13 +447,15 @@ impl ServerChannel {
                     );
                 }
                 basic::AMQPMethod::Consume(c) => {
-                    ch.basic_consume_with(
+                    ch.basic_consume(
                         c.queue.as_str(),
                         c.consumer_tag.as_str(),
-                        c.no_ack,
-                        c.exclusive,
-                        c.arguments,
-                        !c.nowait,
+                        ConsumeOptions {
+                            no_ack: c.no_ack,
+                            exclusive: c.exclusive,
+                            nowait: c.nowait,
+                            arguments: c.arguments,
+                        },
                     )?;
                 }
                 basic::AMQPMethod::Cancel(c) => {
@@ -449,7 +471,8 @@ impl ServerChannel {
                 }
                 basic::AMQPMethod::Publish(p) => {
                     if p.immediate {
-                        return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
+                        return Err(AmqpError::not_implemented("immediate=true")
+                            .during(PUBLISH.0, PUBLISH.1));
                     }
                     self.pending = Some(Pending {
                         exchange: p.exchange,
@@ -481,12 +504,7 @@ impl ServerChannel {
                         AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
                     );
                 }
-                basic::AMQPMethod::RecoverAsync(r) => {
-                    ch.basic_recover(r.requeue).map_err(|e| AmqpError {
-                        method_id: 100,
-                        ..e
-                    })?
-                }
+                basic::AMQPMethod::RecoverAsync(r) => ch.basic_recover(r.requeue)?,
                 other => return Err(invalid(&AMQPClass::Basic(other))),
             },
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {

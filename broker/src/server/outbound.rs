@@ -18,9 +18,9 @@
 //!   ([`Outbound::control_full`], [`Outbound::control_room`]). A client
 //!   that does not read stops being read.
 //!
-//! Lock order: core locks (queue, then channel), then this queue's mutex,
-//! which is a leaf: nothing is locked or awaited while it is held, and the
-//! resumer is called with no lock held.
+//! Lock order: core locks (queue, then channel: [`crate::core::locks`]),
+//! then this queue's mutex, which is a leaf: nothing is locked or awaited
+//! while it is held, and the resumer is called with no lock held.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

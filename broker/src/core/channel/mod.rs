@@ -28,8 +28,9 @@ pub use state::MAX_TX_BYTES;
 use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, Unacked};
 
 use crate::core::error::{codes, AmqpError};
-use crate::core::exchange::Destination;
+use crate::core::exchange::{Destination, ExchangeDeclareOptions};
 use crate::core::permission::Access;
+use crate::core::queue::{QueueDeclareOptions, QueueDeleteOptions};
 use crate::core::reply_to::{self, ReplyTarget, REPLY_TO_QUEUE};
 use crate::core::session::{Attached, Session};
 use crate::core::vhost::VHost;
@@ -48,6 +49,19 @@ pub fn generate_name(prefix: &str) -> String {
         s.push(char::from(ALPHABET.get(idx).copied().unwrap_or(b'A')));
     }
     s
+}
+
+/// How `basic.consume` subscribes.
+#[derive(Clone, Debug, Default)]
+pub struct ConsumeOptions {
+    /// Deliveries need no acknowledgement.
+    pub no_ack: bool,
+    /// No other consumer may use the queue meanwhile (403 if one does).
+    pub exclusive: bool,
+    /// Emit no [`ChannelEvent::ConsumeOk`] (the client asked for no reply).
+    pub nowait: bool,
+    /// Consumer arguments (accepted and ignored).
+    pub arguments: FieldTable,
 }
 
 /// A channel of a [`crate::core::CoreConnection`]. Dropping it closes it.
@@ -173,44 +187,27 @@ impl CoreChannel {
     }
 
     /// `exchange.declare`.
-    #[allow(clippy::too_many_arguments)]
     pub fn exchange_declare(
         &self,
         exchange: &str,
         kind: &str,
-        passive: bool,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: FieldTable,
+        options: ExchangeDeclareOptions,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        if !passive {
-            self.allow(Access::Configure, "exchange", exchange)
-                .map_err(|e| e.during(40, 10))?;
+        if !options.passive {
+            self.allow(Access::Configure, "exchange", exchange)?;
         }
         self.vhost()
-            .exchange_declare(
-                exchange,
-                kind,
-                passive,
-                durable,
-                auto_delete,
-                internal,
-                arguments,
-                |args| self.allow_redirect(args, "alternate-exchange", "exchange", exchange),
-            )
-            .map_err(|e| e.during(40, 10))
+            .exchange_declare(exchange, kind, options, |args| {
+                self.allow_redirect(args, "alternate-exchange", "exchange", exchange)
+            })
     }
 
     /// `exchange.delete`.
     pub fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.allow(Access::Configure, "exchange", exchange)
-            .map_err(|e| e.during(40, 20))?;
-        self.vhost()
-            .exchange_delete(exchange, if_unused)
-            .map_err(|e| e.during(40, 20))
+        self.allow(Access::Configure, "exchange", exchange)?;
+        self.vhost().exchange_delete(exchange, if_unused)
     }
 
     /// `exchange.bind`: route messages from `source` to exchange `destination`.
@@ -222,17 +219,14 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.allow_binding("exchange", destination, source)
-            .map_err(|e| e.during(40, 30))?;
-        self.vhost()
-            .bind(
-                source,
-                Destination::Exchange(destination.to_string()),
-                routing_key,
-                arguments,
-                self.conn_id(),
-            )
-            .map_err(|e| e.during(40, 30))
+        self.allow_binding("exchange", destination, source)?;
+        self.vhost().bind(
+            source,
+            Destination::Exchange(destination.to_string()),
+            routing_key,
+            arguments,
+            self.conn_id(),
+        )
     }
 
     /// `exchange.unbind`.
@@ -244,34 +238,28 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        self.allow_binding("exchange", destination, source)
-            .map_err(|e| e.during(40, 40))?;
-        self.vhost()
-            .unbind(
-                source,
-                Destination::Exchange(destination.to_string()),
-                routing_key,
-                arguments,
-                self.conn_id(),
-            )
-            .map_err(|e| e.during(40, 40))
+        self.allow_binding("exchange", destination, source)?;
+        self.vhost().unbind(
+            source,
+            Destination::Exchange(destination.to_string()),
+            routing_key,
+            arguments,
+            self.conn_id(),
+        )
     }
 
     /// `queue.declare`; an empty name gets a server-generated `amq.gen-…` name.
     pub fn queue_declare(
         &self,
         queue: &str,
-        passive: bool,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: FieldTable,
+        options: QueueDeclareOptions,
     ) -> Result<QueueDeclareOk, AmqpError> {
         self.check_open()?;
+        let passive = options.passive;
         // Direct reply-to's pseudo-queues hold no messages and have one consumer.
         if let Some(exists) = self.vhost().reply_to().pseudo_queue(queue) {
             if !exists {
-                return Err(self.vhost().no_queue(queue).during(50, 10));
+                return Err(self.vhost().no_queue(queue));
             }
             return Ok(QueueDeclareOk {
                 queue: queue.to_string(),
@@ -282,31 +270,21 @@ impl CoreChannel {
         if !passive && queue.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{queue}' contains reserved prefix 'amq.*'"
-            ))
-            .during(50, 10));
+            )));
         }
         let name = if queue.is_empty() && !passive {
             generate_name("amq.gen-")
         } else {
-            self.queue_name(queue).map_err(|e| e.during(50, 10))?
+            self.queue_name(queue)?
         };
         if !passive {
-            self.allow(Access::Configure, "queue", &name)
-                .map_err(|e| e.during(50, 10))?;
+            self.allow(Access::Configure, "queue", &name)?;
         }
-        let (q, message_count, consumer_count) = self
-            .vhost()
-            .queue_declare(
-                &name,
-                passive,
-                durable,
-                exclusive,
-                auto_delete,
-                arguments,
-                self.conn_id(),
-                |args| self.allow_redirect(args, "x-dead-letter-exchange", "queue", &name),
-            )
-            .map_err(|e| e.during(50, 10))?;
+        let (q, message_count, consumer_count) =
+            self.vhost()
+                .queue_declare(&name, options, self.conn_id(), |args| {
+                    self.allow_redirect(args, "x-dead-letter-exchange", "queue", &name)
+                })?;
         self.shared.st().last_queue = Some(q.name.clone());
         Ok(QueueDeclareOk {
             queue: name,
@@ -324,18 +302,15 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        let queue = self.queue_name(queue).map_err(|e| e.during(50, 20))?;
-        self.allow_binding("queue", &queue, exchange)
-            .map_err(|e| e.during(50, 20))?;
-        self.vhost()
-            .bind(
-                exchange,
-                Destination::Queue(queue),
-                routing_key,
-                arguments,
-                self.conn_id(),
-            )
-            .map_err(|e| e.during(50, 20))
+        let queue = self.queue_name(queue)?;
+        self.allow_binding("queue", &queue, exchange)?;
+        self.vhost().bind(
+            exchange,
+            Destination::Queue(queue),
+            routing_key,
+            arguments,
+            self.conn_id(),
+        )
     }
 
     /// `queue.unbind`.
@@ -347,47 +322,32 @@ impl CoreChannel {
         arguments: FieldTable,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
-        let queue = self.queue_name(queue).map_err(|e| e.during(50, 50))?;
-        self.allow_binding("queue", &queue, exchange)
-            .map_err(|e| e.during(50, 50))?;
-        self.vhost()
-            .unbind(
-                exchange,
-                Destination::Queue(queue),
-                routing_key,
-                arguments,
-                self.conn_id(),
-            )
-            .map_err(|e| e.during(50, 50))
+        let queue = self.queue_name(queue)?;
+        self.allow_binding("queue", &queue, exchange)?;
+        self.vhost().unbind(
+            exchange,
+            Destination::Queue(queue),
+            routing_key,
+            arguments,
+            self.conn_id(),
+        )
     }
 
     /// `queue.purge`: returns the number of purged messages.
     pub fn queue_purge(&self, queue: &str) -> Result<u32, AmqpError> {
         self.check_open()?;
-        let name = self.queue_name(queue).map_err(|e| e.during(50, 30))?;
-        self.allow(Access::Read, "queue", &name)
-            .map_err(|e| e.during(50, 30))?;
-        let q = self
-            .vhost()
-            .queue_for(&name, self.conn_id())
-            .map_err(|e| e.during(50, 30))?;
+        let name = self.queue_name(queue)?;
+        self.allow(Access::Read, "queue", &name)?;
+        let q = self.vhost().queue_for(&name, self.conn_id())?;
         Ok(q.purge())
     }
 
     /// `queue.delete`: returns the number of deleted messages.
-    pub fn queue_delete(
-        &self,
-        queue: &str,
-        if_unused: bool,
-        if_empty: bool,
-    ) -> Result<u32, AmqpError> {
+    pub fn queue_delete(&self, queue: &str, options: QueueDeleteOptions) -> Result<u32, AmqpError> {
         self.check_open()?;
-        let name = self.queue_name(queue).map_err(|e| e.during(50, 40))?;
-        self.allow(Access::Configure, "queue", &name)
-            .map_err(|e| e.during(50, 40))?;
-        self.vhost()
-            .queue_delete(&name, if_unused, if_empty, self.conn_id())
-            .map_err(|e| e.during(50, 40))
+        let name = self.queue_name(queue)?;
+        self.allow(Access::Configure, "queue", &name)?;
+        self.vhost().queue_delete(&name, options, self.conn_id())
     }
 
     /// `basic.qos`: `global=false` sets the window of consumers created afterwards,
@@ -405,49 +365,39 @@ impl CoreChannel {
         Ok(())
     }
 
-    /// `basic.consume` (see [`Self::basic_consume_with`]).
+    /// `basic.consume`. Deliveries arrive on the channel sink as
+    /// [`ChannelEvent::Deliver`], preceded by a [`ChannelEvent::ConsumeOk`]
+    /// unless [`ConsumeOptions::nowait`]. An empty tag gets a server-generated
+    /// `amq.ctag-…` tag, which is returned.
     pub fn basic_consume(
         &self,
         queue: &str,
         consumer_tag: &str,
-        no_ack: bool,
-        exclusive: bool,
-        arguments: FieldTable,
+        options: ConsumeOptions,
     ) -> Result<ShortString, AmqpError> {
-        self.basic_consume_with(queue, consumer_tag, no_ack, exclusive, arguments, true)
-    }
-
-    /// `basic.consume`. Deliveries arrive on the channel sink as [`ChannelEvent::Deliver`];
-    /// when `emit_ok` is set a [`ChannelEvent::ConsumeOk`] precedes them. An empty tag
-    /// gets a server-generated `amq.ctag-…` tag, which is returned.
-    pub fn basic_consume_with(
-        &self,
-        queue: &str,
-        consumer_tag: &str,
-        no_ack: bool,
-        exclusive: bool,
-        _arguments: FieldTable,
-        emit_ok: bool,
-    ) -> Result<ShortString, AmqpError> {
+        let ConsumeOptions {
+            no_ack,
+            exclusive,
+            nowait,
+            arguments: _,
+        } = options;
+        let emit_ok = !nowait;
         self.check_open()?;
-        let err = |e: AmqpError| e.during(60, 20);
         let tag_str = if consumer_tag.is_empty() {
             generate_name("amq.ctag-")
         } else {
             consumer_tag.to_string()
         };
         let tag = ShortString::try_new(tag_str)
-            .map_err(|_| err(AmqpError::precondition("consumer tag too long")))?;
+            .map_err(|_| AmqpError::precondition("consumer tag too long"))?;
         let sh = &self.shared;
         if queue == REPLY_TO_QUEUE {
             if !no_ack {
-                return Err(err(AmqpError::precondition(
-                    "reply consumer cannot acknowledge",
-                )));
+                return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
             }
             let mut st = sh.st();
             if st.reply.is_some() {
-                return Err(err(AmqpError::precondition("reply consumer already set")));
+                return Err(AmqpError::precondition("reply consumer already set"));
             }
             let token = generate_name("");
             let target: Weak<dyn ReplyTarget> = Arc::downgrade(sh) as Weak<ChannelShared>;
@@ -460,24 +410,24 @@ impl CoreChannel {
             }
             return Ok(tag);
         }
-        let name = self.queue_name(queue).map_err(err)?;
-        self.allow(Access::Read, "queue", &name).map_err(err)?;
-        let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
+        let name = self.queue_name(queue)?;
+        self.allow(Access::Read, "queue", &name)?;
+        let q = self.vhost().queue_for(&name, self.conn_id())?;
         if q.consumer_conflict(exclusive) {
-            return Err(err(AmqpError::access_refused(format!(
+            return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 name,
                 self.vhost().name
-            ))));
+            )));
         }
         let consumer = {
             let mut st = sh.st();
             if st.consumers.contains_key(&tag) || st.reply.as_ref().is_some_and(|(t, _)| t == &tag)
             {
-                return Err(err(AmqpError::not_allowed(format!(
+                return Err(AmqpError::not_allowed(format!(
                     "attempt to reuse consumer tag '{}'",
                     tag
-                ))));
+                )));
             }
             let c = Arc::new(Consumer {
                 tag: tag.clone(),
@@ -497,11 +447,11 @@ impl CoreChannel {
         };
         let Some(dead) = q.add_consumer(consumer, exclusive) else {
             sh.st().consumers.remove(&tag);
-            return Err(err(AmqpError::not_found(format!(
+            return Err(AmqpError::not_found(format!(
                 "no queue '{}' in vhost '{}'",
                 q.name,
                 self.vhost().name
-            ))));
+            )));
         };
         self.vhost().dead_letter(dead);
         Ok(tag)
@@ -544,16 +494,14 @@ impl CoreChannel {
         body: Bytes,
     ) -> Result<PublishOutcome, AmqpError> {
         self.check_open()?;
-        let err = |e: AmqpError| e.during(60, 40);
-        self.allow(Access::Write, "exchange", exchange.as_str())
-            .map_err(err)?;
+        self.allow(Access::Write, "exchange", exchange.as_str())?;
         let sh = &self.shared;
         if let Some(uid) = properties.user_id() {
             if uid.as_str() != sh.conn.user {
-                return Err(err(AmqpError::precondition(format!(
+                return Err(AmqpError::precondition(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     uid, sh.conn.user
-                ))));
+                )));
             }
         }
         let mut properties = properties;
@@ -564,12 +512,12 @@ impl CoreChannel {
         {
             let token = sh.st().reply.as_ref().map(|(_, t)| t.clone());
             let Some(token) = token else {
-                return Err(err(AmqpError::precondition(
+                return Err(AmqpError::precondition(
                     "fast reply consumer does not exist",
-                )));
+                ));
             };
             let rt = ShortString::try_new(reply_to::address(&token))
-                .map_err(|_| err(AmqpError::precondition("reply-to too long")))?;
+                .map_err(|_| AmqpError::precondition("reply-to too long"))?;
             properties = properties.with_reply_to(rt);
         }
         {
@@ -578,9 +526,9 @@ impl CoreChannel {
                 let names = exchange.as_str().len() + routing_key.as_str().len();
                 let size = crate::core::message::footprint(body.len(), names, &properties);
                 if tx.bytes.saturating_add(size) > MAX_TX_BYTES {
-                    return Err(err(AmqpError::precondition(format!(
+                    return Err(AmqpError::precondition(format!(
                         "transaction buffer would exceed {MAX_TX_BYTES} bytes; commit sooner"
-                    ))));
+                    )));
                 }
                 tx.bytes += size;
                 let charge = sh.conn.memory.charge(size);
@@ -599,7 +547,6 @@ impl CoreChannel {
             }
         }
         self.publish_now(exchange, routing_key, mandatory, properties, body)
-            .map_err(err)
     }
 
     fn publish_now(
@@ -675,10 +622,9 @@ impl CoreChannel {
     /// `basic.get`: `Ok(None)` is get-empty.
     pub fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetOk>, AmqpError> {
         self.check_open()?;
-        let err = |e: AmqpError| e.during(60, 70);
-        let name = self.queue_name(queue).map_err(err)?;
-        self.allow(Access::Read, "queue", &name).map_err(err)?;
-        let q = self.vhost().queue_for(&name, self.conn_id()).map_err(err)?;
+        let name = self.queue_name(queue)?;
+        self.allow(Access::Read, "queue", &name)?;
+        let q = self.vhost().queue_for(&name, self.conn_id())?;
         let (m, message_count, dead) = q.get();
         self.vhost().dead_letter(dead);
         let Some(m) = m else {
@@ -710,7 +656,6 @@ impl CoreChannel {
     /// `basic.ack`.
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AmqpError> {
         self.settle_or_buffer(TxAck::Ack(delivery_tag, multiple))
-            .map_err(|e| e.during(60, 80))
     }
 
     /// `basic.nack`.
@@ -721,13 +666,11 @@ impl CoreChannel {
         requeue: bool,
     ) -> Result<(), AmqpError> {
         self.settle_or_buffer(TxAck::Nack(delivery_tag, multiple, requeue))
-            .map_err(|e| e.during(60, 120))
     }
 
     /// `basic.reject`.
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
         self.settle_or_buffer(TxAck::Nack(delivery_tag, false, requeue))
-            .map_err(|e| e.during(60, 90))
     }
 
     /// Settles now, or buffers the settlement in an open transaction.
@@ -775,7 +718,7 @@ impl CoreChannel {
     pub fn basic_recover(&self, requeue: bool) -> Result<(), AmqpError> {
         self.check_open()?;
         if !requeue {
-            return Err(AmqpError::not_implemented("requeue=false").during(60, 110));
+            return Err(AmqpError::not_implemented("requeue=false"));
         }
         let taken = self.shared.take_unacked(0, true)?;
         self.shared.settle_taken(taken, false, true);
@@ -787,9 +730,9 @@ impl CoreChannel {
         self.check_open()?;
         let mut st = self.shared.st();
         if st.tx.is_some() {
-            return Err(
-                AmqpError::precondition("cannot switch from tx to confirm mode").during(85, 10),
-            );
+            return Err(AmqpError::precondition(
+                "cannot switch from tx to confirm mode",
+            ));
         }
         st.confirm = true;
         Ok(())
@@ -800,9 +743,9 @@ impl CoreChannel {
         self.check_open()?;
         let mut st = self.shared.st();
         if st.confirm {
-            return Err(
-                AmqpError::precondition("cannot switch from confirm to tx mode").during(90, 10),
-            );
+            return Err(AmqpError::precondition(
+                "cannot switch from confirm to tx mode",
+            ));
         }
         if st.tx.is_none() {
             st.tx = Some(Tx::default());
@@ -816,20 +759,15 @@ impl CoreChannel {
         let tx = {
             let mut st = self.shared.st();
             match st.tx.as_mut() {
-                None => {
-                    return Err(
-                        AmqpError::precondition("channel is not transactional").during(90, 20)
-                    )
-                }
+                None => return Err(AmqpError::precondition("channel is not transactional")),
                 Some(tx) => std::mem::take(tx),
             }
         };
         for p in tx.publishes {
-            self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)
-                .map_err(|e| e.during(90, 20))?;
+            self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)?;
         }
         for a in tx.acks {
-            self.apply_settle(a).map_err(|e| e.during(90, 20))?;
+            self.apply_settle(a)?;
         }
         Ok(())
     }
@@ -839,7 +777,7 @@ impl CoreChannel {
         self.check_open()?;
         let mut st = self.shared.st();
         match st.tx.as_mut() {
-            None => Err(AmqpError::precondition("channel is not transactional").during(90, 30)),
+            None => Err(AmqpError::precondition("channel is not transactional")),
             Some(tx) => {
                 *tx = Tx::default();
                 Ok(())
@@ -855,7 +793,7 @@ impl CoreChannel {
         if active {
             Ok(())
         } else {
-            Err(AmqpError::not_implemented("active=false").during(20, 20))
+            Err(AmqpError::not_implemented("active=false"))
         }
     }
 

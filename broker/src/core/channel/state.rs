@@ -2,7 +2,7 @@
 //!
 //! [`ChannelShared`] holds delivery tags, unacknowledged messages, consumers,
 //! QoS, confirm and transaction state behind one mutex (its place in the lock
-//! order: [`crate::core`]'s docs). A [`Consumer`] is a channel's subscription to
+//! order: [`crate::core::locks`]). A [`Consumer`] is a channel's subscription to
 //! one queue, the queue's [`Subscriber`]: the queue holds it strongly, and it
 //! holds its channel only weakly (`Weak<ChannelShared>`). That is where the
 //! reference loop queue → consumer → channel → connection → vhost → queue is
@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::events::{ChannelEvent, ChannelSink, Delivery};
 use crate::core::error::AmqpError;
-use crate::core::lock;
+use crate::core::locks::lock;
 use crate::core::memory::Charge;
 use crate::core::message::{Message, QueuedMessage};
 use crate::core::queue::{DeadLetters, DeadReason, Queue, Subscriber};
@@ -117,7 +117,7 @@ impl ChannelShared {
         }
     }
 
-    /// The channel's state (lock order: after queue locks, see [`crate::core`]).
+    /// The channel's state (lock order: after queue locks, see [`crate::core::locks`]).
     pub(super) fn st(&self) -> MutexGuard<'_, ChState> {
         lock(&self.state)
     }

@@ -17,6 +17,21 @@ pub use fanout::FanoutRouter;
 pub use headers::{validate_binding, values_equal, HeadersRouter};
 pub use topic::TopicRouter;
 
+/// How `exchange.declare` declares an exchange.
+#[derive(Clone, Debug, Default)]
+pub struct ExchangeDeclareOptions {
+    /// Only check that the exchange exists (404 if not); change nothing.
+    pub passive: bool,
+    /// Declared durable (nothing is persisted).
+    pub durable: bool,
+    /// Deleted when its last binding goes away.
+    pub auto_delete: bool,
+    /// Clients may not publish to it, only other exchanges.
+    pub internal: bool,
+    /// Its arguments (`alternate-exchange`).
+    pub arguments: FieldTable,
+}
+
 /// The type of an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeKind {
