@@ -699,3 +699,431 @@ impl Queue {
         self.st().had_consumer
     }
 }
+
+/// A [`Subscriber`] for tests: takes up to `capacity` unsettled messages and
+/// records what it got.
+#[cfg(test)]
+pub(crate) mod probe {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::{Queue, QueuedMessage, Subscriber};
+    use crate::core::locks::lock;
+
+    /// See the module docs.
+    #[derive(Debug)]
+    pub(crate) struct Probe {
+        capacity: usize,
+        got: Mutex<Vec<QueuedMessage>>,
+        /// Messages delivered in all (settled or not).
+        delivered: Mutex<usize>,
+        /// Set by [`Subscriber::cancelled`].
+        pub(crate) cancelled: AtomicBool,
+        /// A closed subscriber has no capacity and gives messages back.
+        pub(crate) closed: AtomicBool,
+        /// Says it has capacity, then gives the message back (a channel
+        /// that closed in between).
+        pub(crate) refuse: AtomicBool,
+    }
+
+    impl Probe {
+        /// A subscriber taking `capacity` unsettled messages at a time.
+        pub(crate) fn new(capacity: usize) -> Arc<Self> {
+            Arc::new(Self {
+                capacity,
+                got: Mutex::new(Vec::new()),
+                delivered: Mutex::new(0),
+                cancelled: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                refuse: AtomicBool::new(false),
+            })
+        }
+
+        /// The bodies of the unsettled messages, in delivery order.
+        pub(crate) fn bodies(&self) -> Vec<String> {
+            lock(&self.got)
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.msg.body).into_owned())
+                .collect()
+        }
+
+        /// Settles (takes) every unsettled message.
+        pub(crate) fn settle(&self) -> Vec<QueuedMessage> {
+            std::mem::take(&mut *lock(&self.got))
+        }
+
+        /// Messages delivered in all.
+        pub(crate) fn delivered(&self) -> usize {
+            *lock(&self.delivered)
+        }
+
+        /// Whether the queue told it it was deleted.
+        pub(crate) fn was_cancelled(&self) -> bool {
+            self.cancelled.load(Ordering::Acquire)
+        }
+    }
+
+    impl Subscriber for Probe {
+        fn has_capacity(&self) -> bool {
+            !self.closed.load(Ordering::Acquire) && lock(&self.got).len() < self.capacity
+        }
+
+        fn deliver(
+            self: Arc<Self>,
+            _queue: &Arc<Queue>,
+            msg: QueuedMessage,
+        ) -> Result<(), QueuedMessage> {
+            if self.closed.load(Ordering::Acquire) || self.refuse.load(Ordering::Acquire) {
+                return Err(msg);
+            }
+            lock(&self.got).push(msg);
+            *lock(&self.delivered) += 1;
+            Ok(())
+        }
+
+        fn cancelled(&self) {
+            self.cancelled.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+
+    use super::probe::Probe;
+    use super::*;
+
+    fn table(args: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in args {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    fn queue_with(args: &[(&str, AMQPValue)], auto_delete: bool) -> Arc<Queue> {
+        let arguments = table(args);
+        let config = QueueConfig::parse("q", "/", &arguments).expect("valid arguments");
+        Arc::new(Queue::new(
+            "q".into(),
+            false,
+            None,
+            auto_delete,
+            arguments,
+            config,
+        ))
+    }
+
+    fn queue(args: &[(&str, AMQPValue)]) -> Arc<Queue> {
+        queue_with(args, false)
+    }
+
+    fn long(n: i64) -> AMQPValue {
+        AMQPValue::LongLongInt(n)
+    }
+
+    fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.as_bytes().to_vec().into())
+    }
+
+    fn message(body: &str, properties: BasicProperties) -> Arc<Message> {
+        Arc::new(Message::new(
+            "".into(),
+            "q".into(),
+            properties,
+            Bytes::from(body.to_owned()),
+        ))
+    }
+
+    /// Publishes `body`: the queue's verdict and the dead letters it returned.
+    fn publish(q: &Arc<Queue>, body: &str) -> (EnqueueResult, DeadLetters) {
+        let mut dead = DeadLetters::new();
+        let r = q.enqueue_into(message(body, BasicProperties::default()), &mut dead);
+        (r, dead)
+    }
+
+    fn accept(q: &Arc<Queue>, body: &str) {
+        let (r, dead) = publish(q, body);
+        assert_eq!(r, EnqueueResult::Accepted);
+        assert!(dead.is_empty(), "{body} dead-lettered something");
+    }
+
+    fn subscribe(q: &Arc<Queue>, p: &Arc<Probe>) {
+        let dead = q.add_consumer(p.clone(), false).expect("queue not deleted");
+        assert!(dead.is_empty());
+    }
+
+    fn body(m: &QueuedMessage) -> String {
+        String::from_utf8_lossy(&m.msg.body).into_owned()
+    }
+
+    /// What died, and why, in order.
+    fn deaths(dead: DeadLetters) -> Vec<(String, DeadReason)> {
+        dead.into_inner()
+            .into_iter()
+            .map(|d| (body(&d.msg), d.reason))
+            .collect()
+    }
+
+    #[test]
+    fn messages_reach_subscribers_in_order_round_robin() {
+        let q = queue(&[]);
+        let (a, b) = (Probe::new(10), Probe::new(10));
+        subscribe(&q, &a);
+        subscribe(&q, &b);
+        for m in ["m0", "m1", "m2", "m3", "m4"] {
+            accept(&q, m);
+        }
+        assert_eq!(a.bodies(), ["m0", "m2", "m4"]);
+        assert_eq!(b.bodies(), ["m1", "m3"]);
+        assert_eq!(q.message_count(), 0);
+    }
+
+    #[test]
+    fn a_full_subscriber_is_skipped_and_the_rest_waits_in_order() {
+        let q = queue(&[]);
+        let p = Probe::new(2);
+        subscribe(&q, &p);
+        for m in ["m0", "m1", "m2", "m3", "m4"] {
+            accept(&q, m);
+        }
+        assert_eq!(p.bodies(), ["m0", "m1"]);
+        assert_eq!(q.message_count(), 3);
+        // Nothing moves until the subscriber has room and the queue is asked.
+        p.settle();
+        assert!(p.bodies().is_empty());
+        assert!(q.dispatch().is_empty());
+        assert_eq!(p.bodies(), ["m2", "m3"]);
+        p.settle();
+        assert!(q.dispatch().is_empty());
+        assert_eq!(p.bodies(), ["m4"]);
+        assert_eq!(q.message_count(), 0);
+    }
+
+    #[test]
+    fn a_subscriber_that_gives_a_message_back_leaves_it_queued() {
+        let q = queue(&[]);
+        let p = Probe::new(10);
+        subscribe(&q, &p);
+        p.refuse.store(true, Ordering::Release);
+        accept(&q, "m0");
+        accept(&q, "m1");
+        assert_eq!(q.message_count(), 2);
+        assert_eq!(p.delivered(), 0);
+        p.refuse.store(false, Ordering::Release);
+        assert!(q.dispatch().is_empty());
+        assert_eq!(p.bodies(), ["m0", "m1"], "kept at the head, in order");
+    }
+
+    #[test]
+    fn requeued_messages_go_back_to_the_head_in_order_and_redelivered() {
+        let q = queue(&[]);
+        for m in ["m0", "m1", "m2", "m3"] {
+            accept(&q, m);
+        }
+        let (m0, left, dead) = q.get();
+        assert!(dead.is_empty());
+        assert_eq!(left, 3);
+        let (m1, _, _) = q.get();
+        let taken = vec![m0.expect("m0"), m1.expect("m1")];
+        assert!(taken.iter().all(|m| !m.redelivered));
+        assert!(q.requeue(taken).is_empty());
+        let p = Probe::new(10);
+        subscribe(&q, &p);
+        let got = p.settle();
+        let seen: Vec<(String, bool)> = got.iter().map(|m| (body(m), m.redelivered)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("m0".to_string(), true),
+                ("m1".to_string(), true),
+                ("m2".to_string(), false),
+                ("m3".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_or_returned_as_dead_letters() {
+        // Without a dead-letter exchange an expired message just goes.
+        let q = queue(&[("x-message-ttl", long(1_000))]);
+        accept(&q, "m0");
+        let (expired, dead) = q.sweep(Instant::now());
+        assert!(!expired && dead.is_empty());
+        assert_eq!(q.message_count(), 1, "not yet expired");
+        let (expired, dead) = q.sweep(Instant::now() + Duration::from_secs(2));
+        assert!(!expired && dead.is_empty());
+        assert_eq!(q.message_count(), 0);
+
+        // With one, it is returned to the caller, oldest first.
+        let q = queue(&[
+            ("x-message-ttl", long(1_000)),
+            ("x-dead-letter-exchange", text("dlx")),
+        ]);
+        accept(&q, "m0");
+        accept(&q, "m1");
+        let (_, dead) = q.sweep(Instant::now() + Duration::from_secs(2));
+        assert_eq!(
+            deaths(dead),
+            [
+                ("m0".to_string(), DeadReason::Expired),
+                ("m1".to_string(), DeadReason::Expired)
+            ]
+        );
+        assert_eq!(q.message_count(), 0);
+    }
+
+    #[test]
+    fn a_per_message_ttl_of_zero_still_reaches_an_idle_subscriber() {
+        let q = queue(&[("x-dead-letter-exchange", text("dlx"))]);
+        let expiring = || BasicProperties::default().with_expiration("0".into());
+        let mut dead = DeadLetters::new();
+        // No subscriber: expired at once, dead-lettered.
+        q.enqueue_into(message("alone", expiring()), &mut dead);
+        assert_eq!(deaths(dead), [("alone".to_string(), DeadReason::Expired)]);
+        let p = Probe::new(10);
+        subscribe(&q, &p);
+        let mut dead = DeadLetters::new();
+        q.enqueue_into(message("seen", expiring()), &mut dead);
+        assert!(dead.is_empty());
+        assert_eq!(p.bodies(), ["seen"]);
+    }
+
+    #[test]
+    fn max_length_drops_the_head_and_returns_it_as_a_dead_letter() {
+        let q = queue(&[
+            ("x-max-length", long(2)),
+            ("x-dead-letter-exchange", text("dlx")),
+        ]);
+        accept(&q, "m0");
+        accept(&q, "m1");
+        let (r, dead) = publish(&q, "m2");
+        assert_eq!(r, EnqueueResult::Accepted);
+        assert_eq!(deaths(dead), [("m0".to_string(), DeadReason::MaxLen)]);
+        assert_eq!(q.message_count(), 2);
+        let (head, _, _) = q.get();
+        assert_eq!(head.as_ref().map(body).as_deref(), Some("m1"));
+    }
+
+    #[test]
+    fn max_length_bytes_counts_bodies() {
+        let q = queue(&[("x-max-length-bytes", long(5))]);
+        accept(&q, "abc");
+        accept(&q, "de");
+        let (r, dead) = publish(&q, "f");
+        assert_eq!(r, EnqueueResult::Accepted);
+        assert!(dead.is_empty(), "no dead-letter exchange: dropped");
+        let (head, _, _) = q.get();
+        assert_eq!(head.as_ref().map(body).as_deref(), Some("de"));
+    }
+
+    #[test]
+    fn reject_publish_refuses_the_new_message() {
+        let q = queue(&[
+            ("x-max-length", long(1)),
+            ("x-overflow", text("reject-publish")),
+            ("x-dead-letter-exchange", text("dlx")),
+        ]);
+        accept(&q, "m0");
+        let (r, dead) = publish(&q, "m1");
+        assert_eq!(r, EnqueueResult::Rejected);
+        assert!(dead.is_empty(), "reject-publish does not dead-letter");
+        assert_eq!(q.message_count(), 1);
+
+        let q = queue(&[
+            ("x-max-length", long(1)),
+            ("x-overflow", text("reject-publish-dlx")),
+            ("x-dead-letter-exchange", text("dlx")),
+        ]);
+        accept(&q, "m0");
+        let (r, dead) = publish(&q, "m1");
+        assert_eq!(r, EnqueueResult::Rejected);
+        assert_eq!(deaths(dead), [("m1".to_string(), DeadReason::MaxLen)]);
+    }
+
+    #[test]
+    fn a_full_queue_still_hands_a_message_to_an_idle_subscriber() {
+        let q = queue(&[
+            ("x-max-length", long(0)),
+            ("x-overflow", text("reject-publish")),
+        ]);
+        let p = Probe::new(1);
+        subscribe(&q, &p);
+        assert_eq!(publish(&q, "m0").0, EnqueueResult::Accepted);
+        assert_eq!(p.bodies(), ["m0"]);
+        assert_eq!(publish(&q, "m1").0, EnqueueResult::Rejected);
+    }
+
+    #[test]
+    fn higher_priorities_go_first() {
+        let q = queue(&[("x-max-priority", long(5))]);
+        let mut dead = DeadLetters::new();
+        for (b, p) in [("low", 1), ("high", 5), ("mid", 3), ("none", 0)] {
+            let props = BasicProperties::default().with_priority(p);
+            q.enqueue_into(message(b, props), &mut dead);
+        }
+        assert!(dead.is_empty());
+        let p = Probe::new(10);
+        subscribe(&q, &p);
+        assert_eq!(p.bodies(), ["high", "mid", "low", "none"]);
+    }
+
+    #[test]
+    fn losing_the_last_consumer_asks_the_caller_to_delete_an_auto_delete_queue() {
+        let q = queue_with(&[], true);
+        let (a, b) = (Probe::new(1), Probe::new(1));
+        subscribe(&q, &a);
+        subscribe(&q, &b);
+        assert!(!q.remove_consumer(&*a), "b still consumes");
+        assert!(q.remove_consumer(&*b), "the last one went");
+        assert!(!q.remove_consumer(&*b), "already gone");
+
+        let q = queue(&[]);
+        subscribe(&q, &a);
+        assert!(!q.remove_consumer(&*a), "not auto-delete");
+    }
+
+    #[test]
+    fn a_deleted_queue_returns_its_subscribers_and_takes_no_more() {
+        let q = queue(&[]);
+        let p = Probe::new(1);
+        subscribe(&q, &p);
+        accept(&q, "m0");
+        accept(&q, "m1");
+        let (dropped, subscribers) = q.mark_deleted();
+        assert_eq!(dropped, 1, "m0 went to the subscriber, m1 was dropped");
+        assert_eq!(subscribers.len(), 1);
+        assert!(!p.was_cancelled(), "the caller notifies, not the queue");
+        assert!(q.is_deleted());
+        assert!(q.add_consumer(p.clone(), false).is_none());
+    }
+
+    #[test]
+    fn an_exclusive_consumer_conflicts_with_any_other() {
+        let q = queue(&[]);
+        assert!(!q.consumer_conflict(true));
+        let p = Probe::new(1);
+        assert!(q.add_consumer(p.clone(), true).is_some());
+        assert!(q.consumer_conflict(false));
+        assert!(!q.remove_consumer(&*p));
+        assert!(!q.consumer_conflict(true));
+        subscribe(&q, &p);
+        assert!(q.consumer_conflict(true));
+        assert!(!q.consumer_conflict(false));
+    }
+
+    #[test]
+    fn an_unused_queue_with_x_expires_expires() {
+        let q = queue(&[("x-expires", long(1_000))]);
+        assert!(!q.sweep(Instant::now()).0);
+        assert!(q.sweep(Instant::now() + Duration::from_secs(2)).0);
+        // A consumer keeps it alive.
+        let q = queue(&[("x-expires", long(1_000))]);
+        subscribe(&q, &Probe::new(1));
+        assert!(!q.sweep(Instant::now() + Duration::from_secs(2)).0);
+    }
+}

@@ -704,6 +704,258 @@ fn differing_argument<'a>(
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
+    use amq_protocol::protocol::BasicProperties;
+    use amq_protocol::types::ShortString;
+    use bytes::Bytes;
+
+    use crate::core::queue::probe::Probe;
+
+    fn long(n: i64) -> AMQPValue {
+        AMQPValue::LongLongInt(n)
+    }
+
+    fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(s.as_bytes().to_vec().into())
+    }
+
+    fn declare_queue(vh: &VHost, name: &str, args: &[(&str, AMQPValue)]) -> Arc<Queue> {
+        let mut arguments = FieldTable::default();
+        for (k, v) in args {
+            arguments.insert((*k).into(), v.clone());
+        }
+        let options = QueueDeclareOptions {
+            arguments,
+            ..Default::default()
+        };
+        let (q, _, _) = vh
+            .queue_declare(name, options, 1, |_| Ok(()))
+            .expect("queue.declare");
+        q
+    }
+
+    fn declare_exchange(vh: &VHost, name: &str, kind: &str, args: &[(&str, AMQPValue)]) {
+        let mut arguments = FieldTable::default();
+        for (k, v) in args {
+            arguments.insert((*k).into(), v.clone());
+        }
+        let options = ExchangeDeclareOptions {
+            arguments,
+            ..Default::default()
+        };
+        vh.exchange_declare(name, kind, options, |_| Ok(()))
+            .expect("exchange.declare");
+    }
+
+    fn bind(vh: &VHost, exchange: &str, queue: &str, key: &str) {
+        vh.bind(
+            exchange,
+            Destination::Queue(queue.into()),
+            key,
+            FieldTable::default(),
+            1,
+        )
+        .expect("queue.bind");
+    }
+
+    fn publish(vh: &VHost, exchange: &str, key: &str, body: &str) -> RouteResult {
+        let msg = Arc::new(Message::new(
+            ShortString::from(exchange.to_owned()),
+            ShortString::from(key.to_owned()),
+            BasicProperties::default(),
+            Bytes::from(body.to_owned()),
+        ));
+        vh.publish(exchange, msg).expect("routable exchange")
+    }
+
+    /// The ready messages of `queue`, taken off it: (body, x-death reasons).
+    fn drain(q: &Arc<Queue>) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        loop {
+            let (m, _, dead) = q.get();
+            assert!(dead.is_empty());
+            let Some(m) = m else { return out };
+            let reasons = m
+                .msg
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-death").cloned())
+                .map(|v| match v {
+                    AMQPValue::FieldArray(a) => a
+                        .as_slice()
+                        .iter()
+                        .filter_map(|e| match e {
+                            AMQPValue::FieldTable(t) => t
+                                .inner()
+                                .get("reason")
+                                .and_then(super::super::value_as_string),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                })
+                .unwrap_or_default();
+            out.push((String::from_utf8_lossy(&m.msg.body).into_owned(), reasons));
+        }
+    }
+
+    #[test]
+    fn the_default_exchange_routes_by_queue_name() {
+        let vh = VHost::new("/");
+        let q = declare_queue(&vh, "q", &[]);
+        assert_eq!(publish(&vh, "", "q", "hit").routed, 1);
+        assert_eq!(publish(&vh, "", "nowhere", "miss").routed, 0);
+        assert_eq!(drain(&q), [("hit".to_string(), vec![])]);
+        assert!(vh
+            .publish(
+                "missing",
+                Arc::new(Message::new(
+                    "missing".into(),
+                    "".into(),
+                    BasicProperties::default(),
+                    Bytes::new(),
+                ))
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn an_exchange_routes_to_each_bound_queue_once() {
+        let vh = VHost::new("/");
+        let (a, b) = (declare_queue(&vh, "a", &[]), declare_queue(&vh, "b", &[]));
+        declare_exchange(&vh, "t", "topic", &[]);
+        bind(&vh, "t", "a", "x.*");
+        bind(&vh, "t", "a", "#");
+        bind(&vh, "t", "b", "y.*");
+        assert_eq!(publish(&vh, "t", "x.1", "one").routed, 1, "a once");
+        assert_eq!(publish(&vh, "t", "y.1", "two").routed, 2);
+        assert_eq!(drain(&a).len(), 2);
+        assert_eq!(drain(&b).len(), 1);
+    }
+
+    #[test]
+    fn unroutable_messages_take_the_alternate_exchange() {
+        let vh = VHost::new("/");
+        let spare = declare_queue(&vh, "spare", &[]);
+        declare_exchange(&vh, "ae", "fanout", &[]);
+        bind(&vh, "ae", "spare", "");
+        declare_exchange(&vh, "x", "direct", &[("alternate-exchange", text("ae"))]);
+        assert_eq!(publish(&vh, "x", "k", "lost").routed, 1);
+        assert_eq!(drain(&spare), [("lost".to_string(), vec![])]);
+    }
+
+    #[test]
+    fn the_vhost_runs_the_dead_letters_its_queues_return() {
+        let vh = VHost::new("/");
+        let dead = declare_queue(&vh, "dead", &[]);
+        declare_exchange(&vh, "dlx", "fanout", &[]);
+        bind(&vh, "dlx", "dead", "");
+        let q = declare_queue(
+            &vh,
+            "q",
+            &[
+                ("x-max-length", long(1)),
+                ("x-message-ttl", long(1_000)),
+                ("x-dead-letter-exchange", text("dlx")),
+            ],
+        );
+        publish(&vh, "", "q", "m0");
+        publish(&vh, "", "q", "m1");
+        assert_eq!(
+            drain(&dead),
+            [("m0".to_string(), vec!["maxlen".to_string()])]
+        );
+        vh.sweep(Instant::now() + Duration::from_secs(2));
+        assert_eq!(q.message_count(), 0);
+        assert_eq!(
+            drain(&dead),
+            [("m1".to_string(), vec!["expired".to_string()])]
+        );
+        assert_eq!(vh.dead_letter_backlog(), 0);
+    }
+
+    #[test]
+    fn deleting_a_queue_cancels_its_subscribers() {
+        let vh = VHost::new("/");
+        let q = declare_queue(&vh, "q", &[]);
+        let p = Probe::new(1);
+        assert!(q.add_consumer(p.clone(), false).is_some());
+        publish(&vh, "", "q", "m0");
+        publish(&vh, "", "q", "m1");
+        let dropped = vh
+            .queue_delete("q", QueueDeleteOptions::default(), 1)
+            .expect("queue.delete");
+        assert_eq!(dropped, 1);
+        assert!(p.was_cancelled());
+        assert!(vh.queue("q").is_none());
+    }
+
+    #[test]
+    fn queue_delete_if_unused_and_if_empty_refuse() {
+        let vh = VHost::new("/");
+        let q = declare_queue(&vh, "q", &[]);
+        publish(&vh, "", "q", "m0");
+        let if_empty = QueueDeleteOptions {
+            if_empty: true,
+            ..Default::default()
+        };
+        let e = vh.queue_delete("q", if_empty, 1).expect_err("not empty");
+        assert_eq!(e.code, super::super::error::codes::PRECONDITION_FAILED);
+        let p = Probe::new(1);
+        assert!(q.add_consumer(p, false).is_some());
+        let if_unused = QueueDeleteOptions {
+            if_unused: true,
+            ..Default::default()
+        };
+        let e = vh.queue_delete("q", if_unused, 1).expect_err("in use");
+        assert_eq!(e.code, super::super::error::codes::PRECONDITION_FAILED);
+        assert!(vh.queue("q").is_some());
+    }
+
+    #[test]
+    fn exclusive_queues_belong_to_their_connection() {
+        let vh = VHost::new("/");
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        vh.queue_declare("mine", exclusive.clone(), 7, |_| Ok(()))
+            .expect("queue.declare");
+        let e = vh.queue_for("mine", 8).expect_err("another connection");
+        assert_eq!(e.code, super::super::error::codes::RESOURCE_LOCKED);
+        assert!(vh.queue_for("mine", 7).is_ok());
+        vh.connection_closed(8);
+        assert!(vh.queue("mine").is_some());
+        vh.connection_closed(7);
+        assert!(vh.queue("mine").is_none());
+    }
+
+    #[test]
+    fn redeclaring_with_other_arguments_is_refused() {
+        let vh = VHost::new("/");
+        declare_queue(&vh, "q", &[("x-max-length", long(1))]);
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), long(2));
+        let options = QueueDeclareOptions {
+            arguments,
+            ..Default::default()
+        };
+        let e = vh
+            .queue_declare("q", options, 1, |_| Ok(()))
+            .expect_err("inequivalent");
+        assert_eq!(e.code, super::super::error::codes::PRECONDITION_FAILED);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let e = vh
+            .queue_declare("nope", passive, 1, |_| Ok(()))
+            .expect_err("missing");
+        assert_eq!(e.code, super::super::error::codes::NOT_FOUND);
+    }
+
     #[test]
     fn deleting_a_destination_finds_every_binding_to_it() {
         let vh = VHost::new("/");
