@@ -33,7 +33,8 @@
 //! [`core`] holds the socket-free broker model (usable in-process); [`server`] speaks
 //! AMQP 0-9-1 over TCP on top of it. [`Broker::builder`] starts both.
 //!
-//! Core state sits behind std locks that are never held across an `.await`
+//! Core state sits behind std locks, taken in one order (written down once,
+//! in the core's `locks` module), that are never held across an `.await`
 //! (the lint below keeps it so): a task waiting while holding one would stall
 //! every connection touching that queue or channel.
 #![deny(clippy::await_holding_lock)]
@@ -221,7 +222,7 @@ impl BrokerBuilder {
     ///
     /// The broker's memory is what messages hold plus the rest of its
     /// process's resident memory (sampled each second, and counted for at
-    /// most half the watermark, see [`core::memory`]): in `embedded://` mode
+    /// most half the watermark, see [`core::MemoryMonitor`]): in `embedded://` mode
     /// that rest includes the application around it.
     pub fn memory_high_watermark(mut self, watermark: core::MemoryWatermark) -> Self {
         self.memory_high_watermark = Some(watermark);

@@ -58,11 +58,6 @@ impl CoreConnection {
         &self.shared.memory
     }
 
-    /// The name of the vhost this connection is bound to.
-    pub fn vhost_name(&self) -> &str {
-        &self.shared.vhost.name
-    }
-
     /// A function that offers queued messages to this connection's consumers
     /// again, for a sink that refused deliveries ([`ChannelSink::has_room`])
     /// to call once it has room. It holds the connection weakly, and must be

@@ -2,7 +2,7 @@
 //! cycle rule, and a work list that runs it without recursion.
 //!
 //! Expiry, rejection and overflow happen under a queue's lock. There they only push a
-//! [`DeadLetter`] onto a [`DeadLetters`] list that the operation owns. Once the lock
+//! `DeadLetter` onto a `DeadLetters` list that the operation owns. Once the lock
 //! is released the list is drained: each task is rerouted through its queue's
 //! dead-letter exchange and offered to the targets one queue lock at a time, and what
 //! those targets drop in turn goes onto the same list. Rerouting by calling back into
@@ -10,11 +10,11 @@
 //! `x-death` circling a TTL-0 queue overflowed the stack and aborted the process.
 //!
 //! Three bounds keep a publish from becoming unbounded work:
-//! - the cycle rule (see [`cycle_queues`]) stops a message that has gone round a
+//! - the cycle rule (see `cycle_queues`) stops a message that has gone round a
 //!   loop of queues with no client rejection in it, as RabbitMQ does;
 //! - an operation runs at most [`INLINE_BUDGET`] tasks itself. The rest waits in the
-//!   vhost's [`Backlog`], which later operations help drain and the sweeper drains
-//!   [`SWEEP_BUDGET`] at a time, so the publisher gets its reply and other clients are
+//!   vhost's `Backlog`, which later operations help drain and the sweeper drains
+//!   `SWEEP_BUDGET` at a time, so the publisher gets its reply and other clients are
 //!   served while a long chain reaction (two full max-length queues overflowing into
 //!   each other) runs to its end. Nothing in the backlog is dropped;
 //! - the copies of one message may be dead-lettered at most [`LINEAGE_BUDGET`] times
@@ -127,6 +127,7 @@ impl Backlog {
     }
 
     /// Number of dead letters waiting.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         lock(&self.tasks).len()
     }

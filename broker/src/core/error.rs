@@ -38,18 +38,14 @@ pub mod codes {
     pub const CHANNEL_ERROR: u16 = 504;
     /// 505 UNEXPECTED_FRAME.
     pub const UNEXPECTED_FRAME: u16 = 505;
-    /// 506 RESOURCE_ERROR.
-    pub const RESOURCE_ERROR: u16 = 506;
     /// 530 NOT_ALLOWED.
     pub const NOT_ALLOWED: u16 = 530;
     /// 540 NOT_IMPLEMENTED.
     pub const NOT_IMPLEMENTED: u16 = 540;
-    /// 541 INTERNAL_ERROR.
-    pub const INTERNAL_ERROR: u16 = 541;
 }
 
 /// Symbolic RabbitMQ name of a reply code (`NOT_FOUND`, ...).
-pub fn code_name(code: u16) -> &'static str {
+pub(crate) fn code_name(code: u16) -> &'static str {
     match code {
         200 => "OK",
         311 => "CONTENT_TOO_LARGE",
@@ -99,7 +95,7 @@ pub struct AmqpError {
 impl AmqpError {
     /// Build an error with the given code; the text gets the `NAME - ` prefix and the
     /// scope is derived from the code (soft codes close the channel).
-    pub fn new(code: u16, detail: impl fmt::Display) -> Self {
+    pub(crate) fn new(code: u16, detail: impl fmt::Display) -> Self {
         let mut text = format!("{} - {}", code_name(code), detail);
         truncate_utf8(&mut text, 255);
         Self {
@@ -113,7 +109,7 @@ impl AmqpError {
 
     /// Attach the class and method id of the failing method (keeps existing non-zero ids).
     #[must_use]
-    pub fn during(mut self, class_id: u16, method_id: u16) -> Self {
+    pub(crate) fn during(mut self, class_id: u16, method_id: u16) -> Self {
         if self.class_id == 0 && self.method_id == 0 {
             self.class_id = class_id;
             self.method_id = method_id;
@@ -122,35 +118,35 @@ impl AmqpError {
     }
 
     /// 404 NOT_FOUND.
-    pub fn not_found(detail: impl fmt::Display) -> Self {
+    pub(crate) fn not_found(detail: impl fmt::Display) -> Self {
         Self::new(codes::NOT_FOUND, detail)
     }
     /// 406 PRECONDITION_FAILED.
-    pub fn precondition(detail: impl fmt::Display) -> Self {
+    pub(crate) fn precondition(detail: impl fmt::Display) -> Self {
         Self::new(codes::PRECONDITION_FAILED, detail)
     }
     /// 403 ACCESS_REFUSED.
-    pub fn access_refused(detail: impl fmt::Display) -> Self {
+    pub(crate) fn access_refused(detail: impl fmt::Display) -> Self {
         Self::new(codes::ACCESS_REFUSED, detail)
     }
     /// 405 RESOURCE_LOCKED.
-    pub fn resource_locked(detail: impl fmt::Display) -> Self {
+    pub(crate) fn resource_locked(detail: impl fmt::Display) -> Self {
         Self::new(codes::RESOURCE_LOCKED, detail)
     }
     /// 504 CHANNEL_ERROR (connection level).
-    pub fn channel_error(detail: impl fmt::Display) -> Self {
+    pub(crate) fn channel_error(detail: impl fmt::Display) -> Self {
         Self::new(codes::CHANNEL_ERROR, detail)
     }
     /// 503 COMMAND_INVALID (connection level).
-    pub fn command_invalid(detail: impl fmt::Display) -> Self {
+    pub(crate) fn command_invalid(detail: impl fmt::Display) -> Self {
         Self::new(codes::COMMAND_INVALID, detail)
     }
     /// 540 NOT_IMPLEMENTED (connection level).
-    pub fn not_implemented(detail: impl fmt::Display) -> Self {
+    pub(crate) fn not_implemented(detail: impl fmt::Display) -> Self {
         Self::new(codes::NOT_IMPLEMENTED, detail)
     }
     /// 530 NOT_ALLOWED (connection level).
-    pub fn not_allowed(detail: impl fmt::Display) -> Self {
+    pub(crate) fn not_allowed(detail: impl fmt::Display) -> Self {
         Self::new(codes::NOT_ALLOWED, detail)
     }
 }
@@ -164,7 +160,7 @@ impl fmt::Display for AmqpError {
 impl std::error::Error for AmqpError {}
 
 /// Truncate a string in place to at most `max` bytes on a char boundary.
-pub fn truncate_utf8(s: &mut String, max: usize) {
+pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
         while cut > 0 && !s.is_char_boundary(cut) {

@@ -35,20 +35,20 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The alarm clears once the estimate falls below this share of the watermark.
-pub const CLEAR_RATIO: f64 = 0.95;
+pub(crate) const CLEAR_RATIO: f64 = 0.95;
 
 /// RabbitMQ 3.x's default watermark: 0.4 of the memory available.
 pub const DEFAULT_WATERMARK_FRACTION: f64 = 0.4;
 
 /// The most of the watermark that memory not held by messages may take
 /// in the estimate (see the module documentation).
-pub const UNTRACKED_SHARE: f64 = 0.5;
+pub(crate) const UNTRACKED_SHARE: f64 = 0.5;
 
 /// Alarm transitions are logged at info at most this often (the rest at debug).
 const LOG_INTERVAL_MS: u64 = 10_000;
 
 /// How often resident memory is sampled (RabbitMQ's interval).
-pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A memory high watermark: bytes, or a fraction of the memory available
 /// (the smaller of physical RAM and the cgroup's `memory.max`).
@@ -158,7 +158,7 @@ pub struct MemoryMonitor {
 
 impl MemoryMonitor {
     /// A monitor with the given watermark in bytes.
-    pub fn new(watermark: usize) -> Arc<Self> {
+    pub(crate) fn new(watermark: usize) -> Arc<Self> {
         let m = Arc::new(Self {
             watermark: AtomicUsize::new(watermark),
             tracked: AtomicUsize::new(0),
@@ -184,7 +184,7 @@ impl MemoryMonitor {
         self.evaluate();
     }
 
-    /// Bytes currently held by [`Charge`]s.
+    /// Bytes currently held by charges (queued, unacked and buffered messages).
     pub fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
     }
@@ -210,7 +210,7 @@ impl MemoryMonitor {
     }
 
     /// Counts `bytes` as held until the returned charge is dropped.
-    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
         self.add(bytes);
         Charge {
             monitor: Some(self.clone()),
@@ -239,7 +239,7 @@ impl MemoryMonitor {
     }
 
     /// Records a sample of resident memory and re-evaluates the alarm.
-    pub fn sample(&self, resident: usize) {
+    pub(crate) fn sample(&self, resident: usize) {
         let untracked = resident.saturating_sub(self.tracked.load(Ordering::Relaxed));
         self.untracked.store(untracked, Ordering::Relaxed);
         self.sampled.store(resident, Ordering::Relaxed);
@@ -305,7 +305,7 @@ impl MemoryMonitor {
 /// It holds the monitor strongly (one reference count per message, no
 /// upgrade on drop): the monitor holds nothing back, so there is no cycle.
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     monitor: Option<Arc<MemoryMonitor>>,
     bytes: usize,
 }
@@ -358,7 +358,7 @@ impl Drop for Charge {
 /// Samples resident memory into `monitor` every [`SAMPLE_INTERVAL`] until
 /// the monitor is dropped. Needs a tokio runtime; does nothing where
 /// `/proc/self/status` cannot be read.
-pub fn spawn_sampler(handle: &tokio::runtime::Handle, monitor: &Arc<MemoryMonitor>) {
+pub(crate) fn spawn_sampler(handle: &tokio::runtime::Handle, monitor: &Arc<MemoryMonitor>) {
     let Ok(mut reader) = ResidentReader::open() else {
         return;
     };
@@ -380,7 +380,7 @@ pub fn spawn_sampler(handle: &tokio::runtime::Handle, monitor: &Arc<MemoryMonito
 /// Reads this process's `VmRSS` through a file kept open (a read is a
 /// single `pread`, no path lookup).
 #[derive(Debug)]
-pub struct ResidentReader {
+pub(crate) struct ResidentReader {
     file: std::fs::File,
     buf: Vec<u8>,
 }
@@ -423,7 +423,7 @@ fn kib_field(text: &str, key: &str) -> Option<usize> {
 
 /// The memory this process may use: physical RAM, or the cgroup's limit
 /// when lower (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`).
-pub fn available_memory() -> Option<usize> {
+pub(crate) fn available_memory() -> Option<usize> {
     let ram = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| kib_field(&t, "MemTotal:"));

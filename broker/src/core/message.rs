@@ -33,7 +33,7 @@ pub struct Message {
 
 impl Message {
     /// Build a message.
-    pub fn new(
+    pub(crate) fn new(
         exchange: ShortString,
         routing_key: ShortString,
         properties: BasicProperties,
@@ -50,7 +50,7 @@ impl Message {
     }
 
     /// The message, counted on `monitor` until it is dropped.
-    pub fn charged(mut self, monitor: &Arc<MemoryMonitor>) -> Self {
+    pub(crate) fn charged(mut self, monitor: &Arc<MemoryMonitor>) -> Self {
         self.charge = monitor.charge(self.footprint());
         self
     }
@@ -66,7 +66,7 @@ impl Message {
 
     /// An estimate of the memory the message holds: its body, names and
     /// properties, and a fixed overhead for the structures around it.
-    pub fn footprint(&self) -> usize {
+    pub(crate) fn footprint(&self) -> usize {
         footprint(
             self.body.len(),
             self.exchange.as_str().len() + self.routing_key.as_str().len(),
@@ -78,7 +78,7 @@ impl Message {
     ///
     /// Returns `Err` with RabbitMQ's reason when it is not an integer from 0
     /// to [`MAX_EXPIRY_MS`] (read as Erlang's `string:to_integer` reads it).
-    pub fn expiration_ms(&self) -> Result<Option<u64>, String> {
+    pub(crate) fn expiration_ms(&self) -> Result<Option<u64>, String> {
         match self.properties.expiration() {
             None => Ok(None),
             Some(s) => parse_expiration(s.as_str())

@@ -2,21 +2,59 @@
 //!
 //! Everything here is plain Rust method calls; the TCP server (and any in-process
 //! transport) translate their protocol into [`Core`] / [`CoreConnection`] / [`CoreChannel`] calls.
+//!
+//! # Public API
+//!
+//! [`Core`] (users, permissions, vhosts) opens [`CoreConnection`]s, which open
+//! [`CoreChannel`]s: one method per AMQP method, taking argument structs
+//! ([`QueueDeclareOptions`], [`ExchangeDeclareOptions`], [`ConsumeOptions`],
+//! [`QueueDeleteOptions`]) and failing with an [`AmqpError`] (reply code and
+//! text; the wire's class and method ids are the server's to add). What a
+//! channel emits on its own (deliveries, returns, confirms, cancels) reaches
+//! its [`ChannelSink`] as [`ChannelEvent`]s. The rest is private to the crate.
+//!
+//! # Layers
+//!
+//! Modules depend on the ones before them only; no two import each other:
+//!
+//! 1. `error`, `locks` (the lock order, written down once), `memory`,
+//!    `password`, `permission`: leaves;
+//! 2. `message`: a published message, shared by `Arc`;
+//! 3. `queue`: storage and dispatch to a `Subscriber` trait (capacity,
+//!    deliver, cancelled); it returns what it causes elsewhere (dead letters,
+//!    subscribers to cancel, an auto-delete due) instead of calling up;
+//! 4. `exchange` (routers), `dead_letter` (`x-death`, the work list and its
+//!    budgets, routing through a `Router` trait), `reply_to` (direct
+//!    reply-to's registry);
+//! 5. `vhost`: the registry of exchanges and queues, routing, and the runner
+//!    of what queues return;
+//! 6. `session`: what a connection's channels share;
+//! 7. `channel` (whose consumers are the queues' subscribers), then
+//!    `connection`; this module's [`Core`] on top.
+//!
+//! # No reference cycle
+//!
+//! A queue holds its subscribers (`Arc<dyn Subscriber>`), a channel its
+//! session, the session its vhost, the vhost its queues; the one link back, a
+//! consumer's to its channel, is a `Weak`. So a queue never keeps a channel
+//! (and through it a connection) alive, and nothing relies on an explicit
+//! close to be freed. The other back links are weak too: a session's
+//! register of channels and a vhost's direct reply-to targets.
 
-pub mod channel;
-pub mod connection;
+pub(crate) mod channel;
+pub(crate) mod connection;
 pub mod dead_letter;
-pub mod error;
-pub mod exchange;
+pub(crate) mod error;
+pub(crate) mod exchange;
 pub(crate) mod locks;
-pub mod memory;
-pub mod message;
-pub mod password;
+pub(crate) mod memory;
+pub(crate) mod message;
+pub(crate) mod password;
 pub mod permission;
-pub mod queue;
+pub(crate) mod queue;
 pub(crate) mod reply_to;
 pub(crate) mod session;
-pub mod vhost;
+pub(crate) mod vhost;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +74,10 @@ pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
 pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
-pub use reply_to::REPLY_TO_QUEUE;
-pub use vhost::VHost;
+use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
 pub(crate) use locks::{lock, read, write};
 
@@ -229,7 +266,7 @@ impl Core {
     }
 
     /// Look up a vhost.
-    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+    pub(crate) fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         read(&self.vhosts).get(name).cloned()
     }
 

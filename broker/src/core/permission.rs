@@ -8,7 +8,7 @@ use regex::Regex;
 
 /// What an operation needs on a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Declare or delete it.
     Configure,
     /// Publish to it, or bind something to it.
@@ -47,7 +47,7 @@ impl Permissions {
     }
 
     /// Whether `access` to the resource `name` is allowed.
-    pub fn allows(&self, access: Access, name: &str) -> bool {
+    pub(crate) fn allows(&self, access: Access, name: &str) -> bool {
         match access {
             Access::Configure => self.configure.is_match(name),
             Access::Write => self.write.is_match(name),

@@ -350,7 +350,6 @@ struct QueueState {
     store: Store,
     consumers: Vec<Subscription>,
     next_rr: usize,
-    had_consumer: bool,
     last_used: Instant,
     deleted: bool,
 }
@@ -404,7 +403,6 @@ impl Queue {
                 store,
                 consumers: Vec::new(),
                 next_rr: 0,
-                had_consumer: false,
                 last_used: Instant::now(),
                 deleted: false,
             }),
@@ -428,6 +426,7 @@ impl Queue {
     }
 
     /// Whether the queue was deleted.
+    #[cfg(test)]
     pub fn is_deleted(&self) -> bool {
         self.st().deleted
     }
@@ -630,7 +629,6 @@ impl Queue {
             subscriber,
             exclusive,
         });
-        st.had_consumer = true;
         st.last_used = Instant::now();
         self.dispatch_locked(&mut st, &mut dead);
         Some(dead)
@@ -692,11 +690,6 @@ impl Queue {
     /// Whether the queue has at least one consumer now.
     pub fn has_consumers(&self) -> bool {
         !self.st().consumers.is_empty()
-    }
-
-    /// Whether the queue ever had a consumer (for auto-delete).
-    pub fn had_consumer(&self) -> bool {
-        self.st().had_consumer
     }
 }
 

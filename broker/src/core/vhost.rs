@@ -120,11 +120,6 @@ impl VHost {
         read(&self.queues).get(name).cloned()
     }
 
-    /// Names of all queues.
-    pub fn queue_names(&self) -> Vec<String> {
-        read(&self.queues).keys().cloned().collect()
-    }
-
     /// Look up a queue usable by connection `conn_id` (404 if missing, 405 if exclusive
     /// to another connection).
     pub fn queue_for(&self, name: &str, conn_id: u64) -> Result<Arc<Queue>, AmqpError> {
@@ -643,6 +638,7 @@ impl VHost {
     }
 
     /// Number of dead letters waiting in the backlog.
+    #[cfg(test)]
     pub fn dead_letter_backlog(&self) -> usize {
         self.dead_letters.len()
     }

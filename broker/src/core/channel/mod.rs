@@ -23,7 +23,7 @@ use bytes::Bytes;
 pub use events::{
     ChannelEvent, ChannelSink, Delivery, GetOk, PublishOutcome, QueueDeclareOk, Returned,
 };
-pub use state::MAX_TX_BYTES;
+pub(crate) use state::MAX_TX_BYTES;
 
 use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, Unacked};
 
@@ -38,7 +38,7 @@ use crate::core::vhost::VHost;
 static TAG_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// A random-looking name with the given prefix (`amq.gen-…`, `amq.ctag-…`).
-pub fn generate_name(prefix: &str) -> String {
+pub(crate) fn generate_name(prefix: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let id =
         uuid::Uuid::new_v4().as_u128() ^ u128::from(TAG_COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -177,7 +177,7 @@ impl CoreChannel {
     }
 
     /// The core's memory gauge (for what a transport buffers on the way in).
-    pub fn memory(&self) -> &Arc<crate::core::memory::MemoryMonitor> {
+    pub(crate) fn memory(&self) -> &Arc<crate::core::memory::MemoryMonitor> {
         &self.shared.conn.memory
     }
 
@@ -800,7 +800,7 @@ impl CoreChannel {
     /// How long the oldest unacknowledged delivery has waited for its ack
     /// (delivery tags grow with time, so it is the first), for the consumer
     /// timeout.
-    pub fn oldest_unacked_age(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn oldest_unacked_age(&self, now: Instant) -> Option<Duration> {
         let st = self.shared.st();
         let (_, oldest) = st.unacked.first_key_value()?;
         Some(now.saturating_duration_since(oldest.since))

@@ -68,7 +68,7 @@ pub(super) struct Tx {
 /// fails with 406 and the channel closes, dropping the buffer: one client's
 /// open transaction cannot hold the memory alarm on (and with it every
 /// publisher) indefinitely.
-pub const MAX_TX_BYTES: usize = 256 << 20;
+pub(crate) const MAX_TX_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 pub(super) struct ChState {

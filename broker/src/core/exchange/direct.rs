@@ -58,11 +58,6 @@ impl DirectRouter {
         self.by_key.values().flatten().cloned().collect()
     }
 
-    /// True if there is no binding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.count

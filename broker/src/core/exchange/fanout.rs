@@ -41,11 +41,6 @@ impl FanoutRouter {
         before - self.bindings.len()
     }
 
-    /// True if there is no binding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.bindings.len()

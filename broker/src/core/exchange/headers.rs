@@ -172,11 +172,6 @@ impl HeadersRouter {
         before - self.bindings.len()
     }
 
-    /// True if there is no binding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.bindings.len()

@@ -186,11 +186,6 @@ impl TopicRouter {
         out
     }
 
-    /// True if there is no binding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.count
@@ -546,7 +541,7 @@ mod tests {
         assert!(hit, "a.#.# is still bound");
         assert!(!unbind(&mut r, "a.#"));
         assert!(unbind(&mut r, "a.#.#"));
-        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
         assert!(r.root.is_empty());
     }
 
