@@ -84,9 +84,11 @@ pub struct AmqpError {
     pub code: u16,
     /// Reply text, RabbitMQ style: `"NOT_FOUND - no queue 'q' in vhost '/'"`.
     pub text: String,
-    /// Class id of the method that caused the error (0 if none).
+    /// Class id of the method that caused the error (0 if none). The core
+    /// leaves it 0: the TCP server sets it from the frame that failed.
     pub class_id: u16,
-    /// Method id of the method that caused the error (0 if none).
+    /// Method id of the method that caused the error (0 if none); set as
+    /// [`class_id`](Self::class_id) is.
     pub method_id: u16,
     /// Whether the channel or the whole connection must be closed.
     pub scope: ErrorScope,
@@ -107,7 +109,8 @@ impl AmqpError {
         }
     }
 
-    /// Attach the class and method id of the failing method (keeps existing non-zero ids).
+    /// Attach the class and method id of the failing method (keeps existing
+    /// non-zero ids): the server's dispatcher does, from the frame it handled.
     #[must_use]
     pub(crate) fn during(mut self, class_id: u16, method_id: u16) -> Self {
         if self.class_id == 0 && self.method_id == 0 {
