@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{
-    short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
-    QueueSpec, Subscription, Transport,
+    short_owned, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing,
+    Properties, QueueSpec, Subscription, Transport,
 };
 use crate::broker::core::{AmqpError, ChannelEvent, Core, CoreChannel, CoreConnection};
 use crate::Error;
@@ -125,25 +125,38 @@ impl Transport for LocalTransport {
         // Like a TCP publisher, an in-process one waits while the broker's
         // memory alarm is on.
         self.connection.memory().wait_clear().await;
-        let properties = message.properties.to_amqp()?;
+        let Outgoing {
+            exchange,
+            routing_key,
+            mandatory,
+            confirm,
+            properties,
+            body,
+        } = message;
+        // The names move into the core; kept only for a returned message's
+        // error, which needs them back.
+        let (exchange, routing_key) = (short_owned(exchange)?, short_owned(routing_key)?);
+        let names = (mandatory || confirm).then(|| (exchange.clone(), routing_key.clone()));
         let outcome = self
             .publisher()
             .basic_publish(
-                short(&message.exchange)?,
-                short(&message.routing_key)?,
-                message.mandatory,
-                properties,
-                message.body.into(),
+                exchange,
+                routing_key,
+                mandatory,
+                properties.into_amqp(),
+                body,
             )
             .map_err(refused)?;
         if outcome.returned {
-            if message.confirm {
+            let (exchange, routing_key) = names.unwrap_or_default();
+            if confirm {
                 return Err(Error::transport(format!(
                     "message to exchange {:?} with routing key {:?} was returned: 312 NO_ROUTE",
-                    message.exchange, message.routing_key
+                    exchange.as_str(),
+                    routing_key.as_str()
                 )));
             }
-            tracing::debug!(exchange = %message.exchange, routing_key = %message.routing_key, "unroutable message returned");
+            tracing::debug!(exchange = %exchange, routing_key = %routing_key, "unroutable message returned");
         }
         Ok(())
     }
@@ -192,8 +205,11 @@ impl Subscription for LocalSubscription {
                         })
                     };
                     return Some(Ok(Delivery {
-                        properties: Properties::from_amqp(&d.message.properties),
-                        body: d.message.body.to_vec(),
+                        // The message is shared with the broker's queue
+                        // (until acked): its properties are cloned, its
+                        // body shared.
+                        properties: Properties::from(d.message.properties.clone()),
+                        body: d.message.body.clone(),
                         redelivered: d.redelivered,
                         acker,
                     }));

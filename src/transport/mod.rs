@@ -15,86 +15,140 @@ pub mod url;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::Error;
 
-/// The AMQP properties warren reads and writes on a message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
-    /// MIME type of the body; selects the codec.
-    pub content_type: Option<String>,
-    /// Encoding of the body (oslo sets `utf-8`).
-    pub content_encoding: Option<String>,
-    /// Correlation id of a reply (plain AMQP RPC).
-    pub correlation_id: Option<String>,
-    /// Where to reply (plain AMQP RPC).
-    pub reply_to: Option<String>,
-    /// Per-message TTL in milliseconds, as a decimal string.
-    pub expiration: Option<String>,
-    /// 1 transient, 2 persistent.
-    pub delivery_mode: Option<u8>,
-    /// Message priority.
-    pub priority: Option<u8>,
-}
+/// The AMQP properties of a message.
+///
+/// A thin wrapper around AMQP's own `BasicProperties`, the type the embedded
+/// broker's core and lapin both speak: a sender builds a message's
+/// properties once and no transport converts them on the way (the
+/// in-process transport hands them to the core as they are, the AMQP one
+/// to lapin). Strings are checked against AMQP's 255-byte limit when set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Properties(BasicProperties);
 
 /// An AMQP short string (at most 255 bytes), or a configuration error
 /// naming the value.
 pub fn short(value: &str) -> Result<ShortString, Error> {
-    ShortString::try_new(value).map_err(|_| {
-        let mut cut = value.len().min(32);
+    short_owned(value.to_owned())
+}
+
+/// Like [`short`], taking the string (no copy).
+pub fn short_owned(value: String) -> Result<ShortString, Error> {
+    let len = value.len();
+    if len > 255 {
+        let mut cut = 32;
         while !value.is_char_boundary(cut) {
             cut -= 1;
         }
         let head = &value[..cut];
-        Error::config(format!(
-            "{head:?}… is {} bytes long; AMQP names and properties hold at most 255",
-            value.len()
-        ))
-    })
+        return Err(Error::config(format!(
+            "{head:?}… is {len} bytes long; AMQP names and properties hold at most 255"
+        )));
+    }
+    ShortString::try_new(value).map_err(|e| Error::config(format!("not an AMQP short string: {e}")))
+}
+
+impl Default for Properties {
+    /// No properties but oslo's empty `headers` table.
+    fn default() -> Self {
+        Properties(BasicProperties::default().with_headers(FieldTable::default()))
+    }
+}
+
+impl From<BasicProperties> for Properties {
+    fn from(properties: BasicProperties) -> Self {
+        Properties(properties)
+    }
+}
+
+fn text(value: &Option<ShortString>) -> Option<&str> {
+    value.as_ref().map(ShortString::as_str)
 }
 
 impl Properties {
-    /// As AMQP properties (with oslo's empty `headers` table); a value too
-    /// long for an AMQP short string is a configuration error.
-    pub fn to_amqp(&self) -> Result<BasicProperties, Error> {
-        let p = self;
-        let mut out = BasicProperties::default().with_headers(FieldTable::default());
-        if let Some(v) = &p.content_type {
-            out = out.with_content_type(short(v)?);
-        }
-        if let Some(v) = &p.content_encoding {
-            out = out.with_content_encoding(short(v)?);
-        }
-        if let Some(v) = &p.correlation_id {
-            out = out.with_correlation_id(short(v)?);
-        }
-        if let Some(v) = &p.reply_to {
-            out = out.with_reply_to(short(v)?);
-        }
-        if let Some(v) = &p.expiration {
-            out = out.with_expiration(short(v)?);
-        }
-        if let Some(v) = p.delivery_mode {
-            out = out.with_delivery_mode(v);
-        }
-        if let Some(v) = p.priority {
-            out = out.with_priority(v);
-        }
-        Ok(out)
+    /// MIME type of the body; selects the codec.
+    pub fn content_type(&self) -> Option<&str> {
+        text(self.0.content_type())
     }
 
-    /// From AMQP properties.
-    pub fn from_amqp(p: &BasicProperties) -> Properties {
-        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-        Properties {
-            content_type: text(p.content_type()),
-            content_encoding: text(p.content_encoding()),
-            correlation_id: text(p.correlation_id()),
-            reply_to: text(p.reply_to()),
-            expiration: text(p.expiration()),
-            delivery_mode: *p.delivery_mode(),
-            priority: *p.priority(),
-        }
+    /// Encoding of the body (oslo sets `utf-8`).
+    pub fn content_encoding(&self) -> Option<&str> {
+        text(self.0.content_encoding())
+    }
+
+    /// Correlation id of a reply (plain AMQP RPC).
+    pub fn correlation_id(&self) -> Option<&str> {
+        text(self.0.correlation_id())
+    }
+
+    /// Where to reply (plain AMQP RPC).
+    pub fn reply_to(&self) -> Option<&str> {
+        text(self.0.reply_to())
+    }
+
+    /// Per-message TTL in milliseconds, as a decimal string.
+    pub fn expiration(&self) -> Option<&str> {
+        text(self.0.expiration())
+    }
+
+    /// 1 transient, 2 persistent.
+    pub fn delivery_mode(&self) -> Option<u8> {
+        *self.0.delivery_mode()
+    }
+
+    /// Message priority.
+    pub fn priority(&self) -> Option<u8> {
+        *self.0.priority()
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(self, value: &str) -> Result<Self, Error> {
+        Ok(Properties(self.0.with_content_type(short(value)?)))
+    }
+
+    /// Sets the content encoding.
+    pub fn with_content_encoding(self, value: &str) -> Result<Self, Error> {
+        Ok(Properties(self.0.with_content_encoding(short(value)?)))
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(self, value: &str) -> Result<Self, Error> {
+        Ok(Properties(self.0.with_correlation_id(short(value)?)))
+    }
+
+    /// Sets the reply queue.
+    pub fn with_reply_to(self, value: &str) -> Result<Self, Error> {
+        Ok(Properties(self.0.with_reply_to(short(value)?)))
+    }
+
+    /// Sets the per-message TTL, in milliseconds.
+    pub fn with_expiration_ms(self, ms: u128) -> Result<Self, Error> {
+        Ok(Properties(
+            self.0.with_expiration(short_owned(ms.to_string())?),
+        ))
+    }
+
+    /// Sets the delivery mode (1 transient, 2 persistent).
+    pub fn with_delivery_mode(self, mode: u8) -> Self {
+        Properties(self.0.with_delivery_mode(mode))
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(self, priority: u8) -> Self {
+        Properties(self.0.with_priority(priority))
+    }
+
+    /// The AMQP properties, as the transports hand them on.
+    pub fn as_amqp(&self) -> &BasicProperties {
+        &self.0
+    }
+
+    /// The AMQP properties, owned.
+    pub fn into_amqp(self) -> BasicProperties {
+        self.0
     }
 }
 
@@ -114,8 +168,8 @@ pub struct Outgoing {
     pub confirm: bool,
     /// Properties.
     pub properties: Properties,
-    /// Body.
-    pub body: Vec<u8>,
+    /// Body (shared, not copied, on its way through the in-process broker).
+    pub body: Bytes,
 }
 
 /// Acknowledges one delivery.
@@ -145,8 +199,9 @@ impl Acker for NoAck {
 pub struct Delivery {
     /// Properties.
     pub properties: Properties,
-    /// Body.
-    pub body: Vec<u8>,
+    /// Body: a view of the received bytes, which decoding slices rather
+    /// than copies.
+    pub body: Bytes,
     /// Whether the broker delivered this message before.
     pub redelivered: bool,
     /// Acknowledges it (a no-op for `no_ack` subscriptions).
