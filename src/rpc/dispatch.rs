@@ -142,8 +142,9 @@ impl Endpoints {
         }
     }
 
-    /// Picks the endpoint for a request, or the failure oslo would raise.
-    fn select(&self, request: &Request) -> Result<&Arc<dyn Dispatch>, Failure> {
+    /// Picks the endpoint for a request, and the method's name as the
+    /// endpoint spells it, or the failure oslo would raise.
+    fn select(&self, request: &Request) -> Result<(&Arc<dyn Dispatch>, &'static str), Failure> {
         let method = request.method.as_str();
         let requested = request.version.as_deref().unwrap_or("1.0");
         if method.starts_with('_') {
@@ -169,7 +170,10 @@ impl Endpoints {
             return Err(Failure::unsupported_version(requested, method));
         }
         candidates
-            .find(|e| e.info().methods.contains(&method))
+            .find_map(|e| {
+                let name = e.info().methods.iter().find(|m| **m == method)?;
+                Some((e, *name))
+            })
             .ok_or_else(|| Failure::no_such_method(method))
     }
 }
@@ -184,11 +188,10 @@ impl tower::Service<Request> for Endpoints {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let endpoint = match self.select(&request) {
-            Ok(endpoint) => endpoint.clone(),
+        let (endpoint, method) = match self.select(&request) {
+            Ok((endpoint, method)) => (endpoint.clone(), method),
             Err(failure) => return Box::pin(async move { Ok(Response::failure(failure)) }),
         };
-        let method = request.method.clone();
         let context = request.context.clone();
         let call = context.scope(endpoint.dispatch(request));
         Box::pin(async move {

@@ -219,10 +219,15 @@ impl Shared {
         if recent.iter().any(|seen| seen == id) {
             return true;
         }
-        if recent.len() == DUPLICATE_WINDOW {
-            recent.pop_front();
-        }
-        recent.push_back(id.to_owned());
+        // The oldest id's buffer takes the new one: no allocation once the
+        // window is full.
+        let mut slot = match recent.len() {
+            DUPLICATE_WINDOW => recent.pop_front().unwrap_or_default(),
+            _ => String::with_capacity(id.len()),
+        };
+        slot.clear();
+        slot.push_str(id);
+        recent.push_back(slot);
         false
     }
 }
@@ -540,9 +545,10 @@ async fn send_reply(
             ..reply
         })?,
     };
+    let ReplyTo { queue, msg_id } = address;
     let mut properties = Properties::default()
         .with_content_type(codec.content_type())?
-        .with_correlation_id(&address.msg_id)?;
+        .with_correlation_id(msg_id)?;
     if oslo {
         properties = properties
             .with_content_encoding("utf-8")?
@@ -553,7 +559,7 @@ async fn send_reply(
         .transport()
         .publish(Outgoing {
             exchange: String::new(),
-            routing_key: address.queue,
+            routing_key: queue,
             // A reply whose caller is gone (its queue deleted) is dropped
             // by the broker. oslo.messaging publishes replies mandatory only
             // to log that it abandoned one; without confirms on the reply

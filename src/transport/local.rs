@@ -5,15 +5,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{
-    short_owned, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing,
-    Properties, QueueSpec, Subscription, Transport,
+    short_owned, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, HasProperties, NoAck,
+    Outgoing, Properties, QueueSpec, Subscription, Transport,
 };
-use crate::broker::core::{AmqpError, ChannelEvent, Core, CoreChannel, CoreConnection};
+use crate::broker::core::{AmqpError, ChannelEvent, Core, CoreChannel, CoreConnection, Message};
 use crate::Error;
 
 fn refused(e: AmqpError) -> Error {
@@ -183,6 +184,12 @@ impl Transport for LocalTransport {
     }
 }
 
+impl HasProperties for Message {
+    fn properties(&self) -> &BasicProperties {
+        &self.properties
+    }
+}
+
 struct LocalSubscription {
     channel: Arc<CoreChannel>,
     tag: String,
@@ -205,11 +212,10 @@ impl Subscription for LocalSubscription {
                         })
                     };
                     return Some(Ok(Delivery {
-                        // The message is shared with the broker's queue
-                        // (until acked): its properties are cloned, its
-                        // body shared.
-                        properties: Properties::from(d.message.properties.clone()),
+                        // The message stays the broker's (until acked):
+                        // its properties and body are shared, not copied.
                         body: d.message.body.clone(),
+                        properties: Properties::shared(d.message),
                         redelivered: d.redelivered,
                         acker,
                     }));

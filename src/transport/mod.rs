@@ -12,6 +12,8 @@ pub mod local;
 pub(crate) mod recovery;
 pub mod url;
 
+use std::sync::Arc;
+
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use async_trait::async_trait;
@@ -24,10 +26,38 @@ use crate::Error;
 /// A thin wrapper around AMQP's own `BasicProperties`, the type the embedded
 /// broker's core and lapin both speak: a sender builds a message's
 /// properties once and no transport converts them on the way (the
-/// in-process transport hands them to the core as they are, the AMQP one
-/// to lapin). Strings are checked against AMQP's 255-byte limit when set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Properties(BasicProperties);
+/// in-process transport hands them to the core as they are, and a delivery
+/// shares them with the message the core holds; the AMQP transport hands
+/// them to lapin and takes lapin's). Strings are checked against AMQP's
+/// 255-byte limit when set.
+#[derive(Clone)]
+pub struct Properties(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Owned(BasicProperties),
+    /// Those of a message a transport still holds (the in-process broker's
+    /// queued message, until it is acknowledged): shared, not copied.
+    Shared(Arc<dyn HasProperties>),
+}
+
+/// Something carrying AMQP properties a [`Properties`] can share.
+pub(crate) trait HasProperties: Send + Sync {
+    /// The properties.
+    fn properties(&self) -> &BasicProperties;
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_amqp().fmt(f)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_amqp() == other.as_amqp()
+    }
+}
 
 /// An AMQP short string (at most 255 bytes), or a configuration error
 /// naming the value.
@@ -54,13 +84,15 @@ pub fn short_owned(value: String) -> Result<ShortString, Error> {
 impl Default for Properties {
     /// No properties but oslo's empty `headers` table.
     fn default() -> Self {
-        Properties(BasicProperties::default().with_headers(FieldTable::default()))
+        Properties(Repr::Owned(
+            BasicProperties::default().with_headers(FieldTable::default()),
+        ))
     }
 }
 
 impl From<BasicProperties> for Properties {
     fn from(properties: BasicProperties) -> Self {
-        Properties(properties)
+        Properties(Repr::Owned(properties))
     }
 }
 
@@ -71,84 +103,102 @@ fn text(value: &Option<ShortString>) -> Option<&str> {
 impl Properties {
     /// MIME type of the body; selects the codec.
     pub fn content_type(&self) -> Option<&str> {
-        text(self.0.content_type())
+        text(self.as_amqp().content_type())
     }
 
     /// Encoding of the body (oslo sets `utf-8`).
     pub fn content_encoding(&self) -> Option<&str> {
-        text(self.0.content_encoding())
+        text(self.as_amqp().content_encoding())
     }
 
     /// Correlation id of a reply (plain AMQP RPC).
     pub fn correlation_id(&self) -> Option<&str> {
-        text(self.0.correlation_id())
+        text(self.as_amqp().correlation_id())
     }
 
     /// Where to reply (plain AMQP RPC).
     pub fn reply_to(&self) -> Option<&str> {
-        text(self.0.reply_to())
+        text(self.as_amqp().reply_to())
     }
 
     /// Per-message TTL in milliseconds, as a decimal string.
     pub fn expiration(&self) -> Option<&str> {
-        text(self.0.expiration())
+        text(self.as_amqp().expiration())
     }
 
     /// 1 transient, 2 persistent.
     pub fn delivery_mode(&self) -> Option<u8> {
-        *self.0.delivery_mode()
+        *self.as_amqp().delivery_mode()
     }
 
     /// Message priority.
     pub fn priority(&self) -> Option<u8> {
-        *self.0.priority()
+        *self.as_amqp().priority()
     }
 
     /// Sets the content type.
-    pub fn with_content_type(self, value: &str) -> Result<Self, Error> {
-        Ok(Properties(self.0.with_content_type(short(value)?)))
+    pub fn with_content_type(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(self.into_amqp().with_content_type(value)))
     }
 
     /// Sets the content encoding.
-    pub fn with_content_encoding(self, value: &str) -> Result<Self, Error> {
-        Ok(Properties(self.0.with_content_encoding(short(value)?)))
+    pub fn with_content_encoding(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(
+            self.into_amqp().with_content_encoding(value),
+        ))
     }
 
     /// Sets the correlation id.
-    pub fn with_correlation_id(self, value: &str) -> Result<Self, Error> {
-        Ok(Properties(self.0.with_correlation_id(short(value)?)))
+    pub fn with_correlation_id(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(
+            self.into_amqp().with_correlation_id(value),
+        ))
     }
 
     /// Sets the reply queue.
-    pub fn with_reply_to(self, value: &str) -> Result<Self, Error> {
-        Ok(Properties(self.0.with_reply_to(short(value)?)))
+    pub fn with_reply_to(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(self.into_amqp().with_reply_to(value)))
     }
 
     /// Sets the per-message TTL, in milliseconds.
     pub fn with_expiration_ms(self, ms: u128) -> Result<Self, Error> {
-        Ok(Properties(
-            self.0.with_expiration(short_owned(ms.to_string())?),
-        ))
+        let ms = short_owned(ms.to_string())?;
+        Ok(Properties::from(self.into_amqp().with_expiration(ms)))
     }
 
     /// Sets the delivery mode (1 transient, 2 persistent).
     pub fn with_delivery_mode(self, mode: u8) -> Self {
-        Properties(self.0.with_delivery_mode(mode))
+        Properties::from(self.into_amqp().with_delivery_mode(mode))
     }
 
     /// Sets the priority.
     pub fn with_priority(self, priority: u8) -> Self {
-        Properties(self.0.with_priority(priority))
+        Properties::from(self.into_amqp().with_priority(priority))
+    }
+
+    /// Properties shared with what carries them, not copied.
+    pub(crate) fn shared(source: Arc<dyn HasProperties>) -> Self {
+        Properties(Repr::Shared(source))
     }
 
     /// The AMQP properties, as the transports hand them on.
     pub fn as_amqp(&self) -> &BasicProperties {
-        &self.0
+        match &self.0 {
+            Repr::Owned(properties) => properties,
+            Repr::Shared(source) => source.properties(),
+        }
     }
 
-    /// The AMQP properties, owned.
+    /// The AMQP properties, owned (copied only if they were shared).
     pub fn into_amqp(self) -> BasicProperties {
-        self.0
+        match self.0 {
+            Repr::Owned(properties) => properties,
+            Repr::Shared(source) => source.properties().clone(),
+        }
     }
 }
 

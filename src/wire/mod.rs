@@ -76,7 +76,7 @@ impl Codec {
     /// Encodes one value (arguments, a result, an application error).
     pub fn encode_value<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, Error> {
         match self {
-            Codec::MsgPack => msgpack::to_vec(value, 64)
+            Codec::MsgPack => msgpack::to_vec(value, 128)
                 .map_err(|e| Error::decode("cannot encode value as MessagePack").with_source(e)),
             Codec::OsloJson => serde_json::to_vec(value)
                 .map_err(|e| Error::decode("cannot encode value as JSON").with_source(e)),
@@ -270,7 +270,15 @@ pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}{:016x}", seed, mix(n ^ seed.rotate_left(17)))
+    // Written by hand: `format!` grows its string twice on the way.
+    let mut id = String::with_capacity(32);
+    for word in [seed, mix(n ^ seed.rotate_left(17))] {
+        for shift in (0..16).rev() {
+            let digit = ((word >> (shift * 4)) & 0xf) as u8;
+            id.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
+        }
+    }
+    id
 }
 
 /// splitmix64's finalizer: a bijection on u64 that scatters a counter.
