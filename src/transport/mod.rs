@@ -38,6 +38,7 @@ enum Repr {
     Owned(BasicProperties),
     /// Those of a message a transport still holds (the in-process broker's
     /// queued message, until it is acknowledged): shared, not copied.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     Shared(Arc<dyn HasProperties>),
 }
 
@@ -181,6 +182,7 @@ impl Properties {
     }
 
     /// Properties shared with what carries them, not copied.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     pub(crate) fn shared(source: Arc<dyn HasProperties>) -> Self {
         Properties(Repr::Shared(source))
     }
