@@ -423,50 +423,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 Err(Failure::decode(e.to_string())),
             )
         }
-        Ok(request)
-            if request_deadline(props.expiration(), request.context.deadline()).is_err() =>
-        {
-            // The caller gave up while the request sat in the queue:
-            // executing it would be wasted (or, worse, a surprise) and no
-            // one reads the reply.
-            shared.expired.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
-            (None, Ok(Bytes::new()))
-        }
-        Ok(request) if shared.seen_before(request.unique_id.as_deref()) => {
-            tracing::debug!(method = %request.method, "dropping a duplicate request");
-            (None, Ok(Bytes::new()))
-        }
-        Ok(mut request) => {
-            let address = reply_address(Some(&mut request), props);
-            let keepalive = keepalive_period(request.timeout);
-            // Checked above; a deadline reached since then is not dropped
-            // (the method can watch `Context::deadline_passed`).
-            request.context.deadline =
-                request_deadline(props.expiration(), request.context.deadline())
-                    .unwrap_or_else(|()| Some(Instant::now()));
-            let dispatch = shared.service.clone().oneshot(request);
-            let response = match (keepalive, &address) {
-                // Boxed: only oslo callers ask for keepalives, and the timer
-                // would otherwise enlarge every request's task.
-                (Some(period), Some(address)) => {
-                    Box::pin(with_keepalives(
-                        &shared.connection,
-                        codec,
-                        address,
-                        period,
-                        dispatch,
-                    ))
-                    .await
-                }
-                _ => dispatch.await,
-            };
-            let outcome = match response {
-                Ok(response) => response.into_outcome(),
-                Err(e) => Err(middleware_failure(e)),
-            };
-            (address, outcome)
-        }
+        Ok(request) => serve(shared, codec, props, request).await,
     };
     if let Some(address) = address {
         if let Err(e) = send_reply(&shared.connection, codec, address, outcome, true).await {
@@ -476,6 +433,55 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     if let Err(e) = delivery.acker.ack().await {
         tracing::warn!(error = %e, "cannot ack request");
     }
+}
+
+/// Runs a decoded request through the dispatch stack, unless its deadline
+/// passed while it was queued or it is a duplicate; returns where to reply
+/// (if anywhere) and what.
+async fn serve(
+    shared: &Shared,
+    codec: Codec,
+    props: &Properties,
+    mut request: Request,
+) -> (Option<ReplyTo>, Result<Bytes, Failure>) {
+    let Ok(deadline) = request_deadline(props.expiration(), request.context.deadline()) else {
+        // The caller gave up while the request sat in the queue: executing
+        // it would be wasted (or, worse, a surprise) and no one reads the
+        // reply.
+        shared.expired.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
+        return (None, Ok(Bytes::new()));
+    };
+    if shared.seen_before(request.unique_id.as_deref()) {
+        tracing::debug!(method = %request.method, "dropping a duplicate request");
+        return (None, Ok(Bytes::new()));
+    }
+    let address = reply_address(Some(&mut request), props);
+    let keepalive = keepalive_period(request.timeout);
+    // A deadline reached from here on is not dropped (the method can watch
+    // `Context::deadline_passed`).
+    request.context.deadline = deadline;
+    let dispatch = shared.service.clone().oneshot(request);
+    let response = match (keepalive, &address) {
+        // Boxed: only oslo callers ask for keepalives, and the timer would
+        // otherwise enlarge every request's task.
+        (Some(period), Some(address)) => {
+            Box::pin(with_keepalives(
+                &shared.connection,
+                codec,
+                address,
+                period,
+                dispatch,
+            ))
+            .await
+        }
+        _ => dispatch.await,
+    };
+    let outcome = match response {
+        Ok(response) => response.into_outcome(),
+        Err(e) => Err(middleware_failure(e)),
+    };
+    (address, outcome)
 }
 
 /// Runs `dispatch`, sending oslo's `ending: false` keepalive replies every

@@ -84,6 +84,7 @@ pub fn short_owned(value: String) -> Result<ShortString, Error> {
 
 impl Default for Properties {
     /// No properties but oslo's empty `headers` table.
+    #[inline]
     fn default() -> Self {
         Properties(Repr::Owned(
             BasicProperties::default().with_headers(FieldTable::default()),
@@ -92,6 +93,7 @@ impl Default for Properties {
 }
 
 impl From<BasicProperties> for Properties {
+    #[inline]
     fn from(properties: BasicProperties) -> Self {
         Properties(Repr::Owned(properties))
     }
@@ -103,47 +105,56 @@ fn text(value: &Option<ShortString>) -> Option<&str> {
 
 impl Properties {
     /// MIME type of the body; selects the codec.
+    #[inline]
     pub fn content_type(&self) -> Option<&str> {
         text(self.as_amqp().content_type())
     }
 
     /// Encoding of the body (oslo sets `utf-8`).
+    #[inline]
     pub fn content_encoding(&self) -> Option<&str> {
         text(self.as_amqp().content_encoding())
     }
 
     /// Correlation id of a reply (plain AMQP RPC).
+    #[inline]
     pub fn correlation_id(&self) -> Option<&str> {
         text(self.as_amqp().correlation_id())
     }
 
     /// Where to reply (plain AMQP RPC).
+    #[inline]
     pub fn reply_to(&self) -> Option<&str> {
         text(self.as_amqp().reply_to())
     }
 
     /// Per-message TTL in milliseconds, as a decimal string.
+    #[inline]
     pub fn expiration(&self) -> Option<&str> {
         text(self.as_amqp().expiration())
     }
 
     /// 1 transient, 2 persistent.
+    #[inline]
     pub fn delivery_mode(&self) -> Option<u8> {
         *self.as_amqp().delivery_mode()
     }
 
     /// Message priority.
+    #[inline]
     pub fn priority(&self) -> Option<u8> {
         *self.as_amqp().priority()
     }
 
     /// Sets the content type.
+    #[inline]
     pub fn with_content_type(self, value: impl Into<String>) -> Result<Self, Error> {
         let value = short_owned(value.into())?;
         Ok(Properties::from(self.into_amqp().with_content_type(value)))
     }
 
     /// Sets the content encoding.
+    #[inline]
     pub fn with_content_encoding(self, value: impl Into<String>) -> Result<Self, Error> {
         let value = short_owned(value.into())?;
         Ok(Properties::from(
@@ -152,6 +163,7 @@ impl Properties {
     }
 
     /// Sets the correlation id.
+    #[inline]
     pub fn with_correlation_id(self, value: impl Into<String>) -> Result<Self, Error> {
         let value = short_owned(value.into())?;
         Ok(Properties::from(
@@ -160,34 +172,40 @@ impl Properties {
     }
 
     /// Sets the reply queue.
+    #[inline]
     pub fn with_reply_to(self, value: impl Into<String>) -> Result<Self, Error> {
         let value = short_owned(value.into())?;
         Ok(Properties::from(self.into_amqp().with_reply_to(value)))
     }
 
     /// Sets the per-message TTL, in milliseconds.
+    #[inline]
     pub fn with_expiration_ms(self, ms: u128) -> Result<Self, Error> {
         let ms = short_owned(ms.to_string())?;
         Ok(Properties::from(self.into_amqp().with_expiration(ms)))
     }
 
     /// Sets the delivery mode (1 transient, 2 persistent).
+    #[inline]
     pub fn with_delivery_mode(self, mode: u8) -> Self {
         Properties::from(self.into_amqp().with_delivery_mode(mode))
     }
 
     /// Sets the priority.
+    #[inline]
     pub fn with_priority(self, priority: u8) -> Self {
         Properties::from(self.into_amqp().with_priority(priority))
     }
 
     /// Properties shared with what carries them, not copied.
     #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    #[inline]
     pub(crate) fn shared(source: Arc<dyn HasProperties>) -> Self {
         Properties(Repr::Shared(source))
     }
 
     /// The AMQP properties, as the transports hand them on.
+    #[inline]
     pub fn as_amqp(&self) -> &BasicProperties {
         match &self.0 {
             Repr::Owned(properties) => properties,
@@ -196,6 +214,7 @@ impl Properties {
     }
 
     /// The AMQP properties, owned (copied only if they were shared).
+    #[inline]
     pub fn into_amqp(self) -> BasicProperties {
         match self.0 {
             Repr::Owned(properties) => properties,
