@@ -33,6 +33,10 @@ use crate::Error;
 #[derive(Clone)]
 pub struct Properties(Repr);
 
+// Boxing the owned properties would make moves cheaper at the price of an
+// allocation per message; every message owns its properties, so keep them
+// inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Repr {
     Owned(BasicProperties),
