@@ -1,5 +1,7 @@
 //! heat-engine: serves the classic oslo.messaging demo's `health_check` on
-//! topic `engine`, server `heat-engine`, exchange `heat`, until Ctrl-C.
+//! topic `engine`, server `heat-engine`, exchange `heat`, until SIGINT
+//! (Ctrl-C) or SIGTERM; calls still running after the grace period (30 s)
+//! are left to another engine.
 //!
 //! ```text
 //! TRANSPORT_URL=rabbit://guest:guest@localhost:5672/ cargo run --example heat_engine
@@ -20,11 +22,9 @@ async fn main() -> Result<(), warren::Error> {
     let server = EngineServer::new(HeatEngine::new())
         .serve(&connection, "heat-engine")
         .await?;
-    tracing::info!("heat-engine ready; Ctrl-C to stop");
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %e, "cannot wait for Ctrl-C; stopping");
-    }
-    tracing::info!("stopping: finishing the calls in flight");
+    tracing::info!("heat-engine ready; Ctrl-C or SIGTERM to stop");
+    service::stop_signal().await;
+    tracing::info!("stopping: finishing the calls in flight (30 s at most)");
     server.shutdown().await?;
     connection.close().await
 }

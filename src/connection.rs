@@ -66,10 +66,11 @@ pub async fn connect(url: &str) -> Result<Connection, Error> {
     }
     let transport: Arc<dyn Transport> = match url.scheme {
         Scheme::Amqp | Scheme::Rabbit => Arc::new(
-            AmqpTransport::connect_with_timeout(
+            AmqpTransport::connect_with_tls(
                 &url.amqp_uris()?,
                 url.connection_timeout()?
                     .unwrap_or(crate::transport::amqp::DEFAULT_CONNECTION_TIMEOUT),
+                url.tls()?.as_ref(),
             )
             .await?,
         ),

@@ -1,7 +1,10 @@
 //! The process-wide embedded broker behind `embedded://` and empty URLs:
 //! started on first use and shared by every connection of the process, which
 //! reach it in-process (no socket). `embedded://?listen=127.0.0.1:5672`
-//! also exposes it over AMQP so other processes can share it.
+//! also exposes it over AMQP so other processes can share it, and
+//! `embedded://?tls_listen=0.0.0.0:5671&tls_cert=PEM&tls_key=PEM` over AMQP
+//! with TLS (`tls_ca=PEM` to check client certificates and let them log in
+//! with `EXTERNAL`, `tls_verify_peer=true` to require one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +22,24 @@ static BROKER: OnceCell<BrokerHandle> = OnceCell::const_new();
 /// This process's embedded broker, started on first use (listening on
 /// `listen` if given then).
 pub async fn broker(listen: Option<SocketAddr>) -> Result<&'static BrokerHandle, Error> {
+    start(listen, None).await
+}
+
+/// [`broker`], with TLS listeners too when it starts now.
+async fn start(
+    listen: Option<SocketAddr>,
+    tls: Option<(SocketAddr, crate::broker::server::TlsConfig)>,
+) -> Result<&'static BrokerHandle, Error> {
+    let with_tls = tls.is_some();
     let broker = BROKER
         .get_or_try_init(|| async {
-            let builder = match listen {
+            let mut builder = match listen {
                 Some(addr) => Broker::builder().listen(addr),
                 None => Broker::builder().no_listen(),
             };
+            if let Some((addr, config)) = tls {
+                builder = builder.tls(config).tls_listen(addr);
+            }
             builder
                 .start()
                 .await
@@ -36,6 +51,9 @@ pub async fn broker(listen: Option<SocketAddr>) -> Result<&'static BrokerHandle,
             ?listen,
             "the embedded broker was already started; `listen` ignored"
         );
+    }
+    if with_tls && broker.tls_addrs().is_empty() {
+        tracing::warn!("the embedded broker was already started; `tls_listen` ignored");
     }
     Ok(broker)
 }
@@ -49,7 +67,26 @@ pub(crate) async fn transport(url: &TransportUrl) -> Result<Arc<dyn Transport>, 
         ),
         None => None,
     };
-    let broker = broker(listen).await?;
+    let tls = match url.option("tls_listen") {
+        Some(addr) => {
+            let addr = addr
+                .parse()
+                .map_err(|_| Error::config(format!("tls_listen={addr} is not a socket address")))?;
+            let file = |key: &str| {
+                url.option(key)
+                    .ok_or_else(|| Error::config(format!("tls_listen needs {key}=PEM")))
+            };
+            let mut config =
+                crate::broker::server::TlsConfig::new(file("tls_cert")?, file("tls_key")?)
+                    .verify_peer(url.flag("tls_verify_peer")?);
+            if let Some(ca) = url.option("tls_ca") {
+                config = config.client_ca(ca);
+            }
+            Some((addr, config))
+        }
+        None => None,
+    };
+    let broker = start(listen, tls).await?;
     Ok(Arc::new(LocalTransport::connect(
         broker.core(),
         "/",

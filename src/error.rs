@@ -28,6 +28,7 @@ pub struct Error {
 enum Kind {
     Timeout,
     Transport,
+    OutcomeUnknown,
     Remote,
     Decode,
     NoSuchMethod,
@@ -56,6 +57,12 @@ impl Error {
 
     pub(crate) fn transport(message: impl Into<String>) -> Self {
         Self::new(Kind::Transport, message)
+    }
+
+    /// The connection broke after the request was sent and before its
+    /// reply came: the server may or may not have run it.
+    pub(crate) fn outcome_unknown(message: impl Into<String>) -> Self {
+        Self::new(Kind::OutcomeUnknown, message)
     }
 
     pub(crate) fn decode(message: impl Into<String>) -> Self {
@@ -91,9 +98,22 @@ impl Error {
     }
 
     /// The broker could not be reached, refused an operation, or the
-    /// connection to it broke.
+    /// connection to it broke. Unless [`is_outcome_unknown`](Self::is_outcome_unknown)
+    /// is also true, the request was not delivered: retrying it cannot run
+    /// it twice.
     pub fn is_transport(&self) -> bool {
-        self.kind == Kind::Transport
+        matches!(self.kind, Kind::Transport | Kind::OutcomeUnknown)
+    }
+
+    /// The connection broke while a call was in flight: its request was
+    /// sent, but its reply cannot come (the reply queue went with the
+    /// connection). The server may have run the call, may run it later (a
+    /// request left unacknowledged is redelivered to another server), or
+    /// may never run it. Retry only what is idempotent, or what the server
+    /// deduplicates (warren's servers drop a request id seen within their
+    /// duplicate window). Implies [`is_transport`](Self::is_transport).
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.kind == Kind::OutcomeUnknown
     }
 
     /// The server raised a failure that is not one of the more specific kinds
@@ -151,6 +171,7 @@ impl fmt::Display for Error {
         let what = match self.kind {
             Kind::Timeout => "timed out",
             Kind::Transport => "transport error",
+            Kind::OutcomeUnknown => "outcome unknown",
             Kind::Remote => "remote failure",
             Kind::Decode => "decode error",
             Kind::NoSuchMethod => "no such method",

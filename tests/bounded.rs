@@ -147,6 +147,99 @@ fn black_hole() -> SocketAddr {
     addr
 }
 
+/// An address whose host drops every packet: a network namespace reached
+/// over a veth pair, whose only route back is a blackhole, so a SYN gets
+/// neither SYN-ACK nor RST (a firewall that drops, a host that vanished).
+/// Removed on drop. `Err` says why it cannot be made here (it takes root
+/// and iproute2's `ip`).
+struct DroppingHost {
+    netns: String,
+    veth: String,
+    addr: std::net::Ipv4Addr,
+}
+
+impl DroppingHost {
+    fn new() -> Result<Self, String> {
+        let id = std::process::id() % 16_000;
+        let (hi, lo) = ((id / 64) as u8, ((id % 64) * 4) as u8);
+        let host = DroppingHost {
+            netns: format!("warren-drop-{id}"),
+            veth: format!("wdrop{id}"),
+            addr: std::net::Ipv4Addr::new(10, 214, hi, lo + 2),
+        };
+        let ours = format!("10.214.{hi}.{}/30", lo + 1);
+        let back = format!("10.214.{hi}.{}/32", lo + 1);
+        let theirs = format!("{}/30", host.addr);
+        let peer = format!("{}p", host.veth);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &host.netns],
+            &[
+                "link", "add", &host.veth, "type", "veth", "peer", "name", &peer,
+            ],
+            &["link", "set", &peer, "netns", &host.netns],
+            &["addr", "add", &ours, "dev", &host.veth],
+            &["link", "set", &host.veth, "up"],
+            &["-n", &host.netns, "addr", "add", &theirs, "dev", &peer],
+            &["-n", &host.netns, "link", "set", &peer, "up"],
+            &["-n", &host.netns, "route", "add", "blackhole", &back],
+        ];
+        for step in steps {
+            let out = std::process::Command::new("ip")
+                .args(step)
+                .output()
+                .map_err(|e| format!("ip {step:?}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {step:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(host)
+    }
+}
+
+impl Drop for DroppingHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+    }
+}
+
+/// A host that drops every packet (not one that accepts and stays silent,
+/// as above) fails the connection within its timeout, and the next host
+/// of a fail-over list takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_drops_packets_fails_within_the_connection_timeout() {
+    let host = match DroppingHost::new() {
+        Ok(host) => host,
+        Err(why) => {
+            println!("SKIPPED: no packet-dropping host here: {why}");
+            return;
+        }
+    };
+    let dead = format!("{}:5672", host.addr);
+    for url in [
+        format!("amqp://guest:guest@{dead}/%2f?connection_timeout=300"),
+        format!("rabbit://guest:guest@{dead}/?connect_timeout=0.3"),
+    ] {
+        let err = connect_within_guard(&url)
+            .await
+            .expect_err("nothing answers");
+        assert!(err.is_transport(), "{url}: {err:?}");
+    }
+    let broker = embedded_broker().await;
+    let good = broker.local_addrs()[0];
+    answers(&format!(
+        "amqp://guest:guest@{dead},guest:guest@{good}/%2f?connection_timeout=3000"
+    ))
+    .await;
+}
+
 async fn connect_within_guard(url: &str) -> Result<warren::Connection, warren::Error> {
     tokio::time::timeout(HANG_GUARD, warren::connect(url))
         .await

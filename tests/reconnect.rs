@@ -1,5 +1,6 @@
-//! A broker restart: while the broker is down, calls and casts fail at once
-//! with a transport error; once it is back, the client reconnects on its
+//! A broker restart: a call in flight at the cut fails at once with an
+//! outcome-unknown error; while the broker is down, calls and casts fail at
+//! once with a transport error; once it is back, the client reconnects on its
 //! next call and the server declares its topology again and resumes
 //! consuming, with nothing restarted on the application's side.
 //!
@@ -38,9 +39,32 @@ async fn survives_a_restart<T>(
         .timeout(Duration::from_secs(2));
     assert_eq!(client.add(1, 2).await.expect("call before the restart"), 3);
 
+    // A call the server is running when the connection goes: its reply
+    // cannot come, and the caller hears so at once rather than at its
+    // timeout (30 s: a timeout fails the assertion below).
+    let in_flight = {
+        let client = client.clone().timeout(Duration::from_secs(30));
+        tokio::spawn(async move { client.sleep_ms(3_000).await })
+    };
+    let guard = Instant::now() + Duration::from_secs(60);
+    while server.in_flight() == 0 {
+        assert!(Instant::now() < guard, "the server never got the call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     down.await;
+    let err = in_flight
+        .await
+        .expect("the call's task")
+        .expect_err("the connection broke under the call");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(
+        err.is_transport(),
+        "outcome unknown is a transport error: {err:?}"
+    );
     let err = client.add(1, 2).await.expect_err("the broker is down");
     assert!(err.is_transport(), "{err:?}");
+    assert!(!err.is_outcome_unknown(), "nothing was sent: {err:?}");
     let err = client.record(1).await.expect_err("the broker is down");
     assert!(err.is_transport(), "{err:?}");
     let _restarted = up.await;

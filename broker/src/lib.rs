@@ -40,6 +40,9 @@
 
 pub mod core;
 pub mod server;
+// The durable store (issue #11), not yet called by the core.
+#[allow(dead_code)]
+pub(crate) mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -62,6 +65,12 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    /// TLS listeners without a TLS configuration.
+    #[error("tls_listen needs a certificate and key (BrokerBuilder::tls)")]
+    NoTlsConfig,
     /// A permission pattern is not a valid regular expression.
     #[error("invalid permission pattern for user {user} on vhost {vhost}: {source}")]
     Permission {
@@ -91,6 +100,8 @@ impl Broker {
 pub struct BrokerBuilder {
     listen: Vec<SocketAddr>,
     no_listen: bool,
+    tls_listen: Vec<SocketAddr>,
+    tls: Option<server::TlsConfig>,
     users: Vec<(String, core::PasswordHash)>,
     /// The first user's password when it was given as one, for
     /// [`BrokerHandle::url`] (never logged: see its `Debug`).
@@ -128,10 +139,25 @@ impl BrokerBuilder {
         self
     }
 
-    /// Do not open any TCP listener (core only, for in-process use).
+    /// Do not open any plain TCP listener (core only, for in-process use,
+    /// unless TLS listeners are added).
     pub fn no_listen(mut self) -> Self {
         self.no_listen = true;
         self.listen.clear();
+        self
+    }
+
+    /// Listen for AMQP over TLS (`amqps`) on `addr` (repeatable; port 0
+    /// picks a free port), with the certificate of [`tls`](Self::tls).
+    /// Without [`listen`](Self::listen), no plain listener is opened.
+    pub fn tls_listen(mut self, addr: SocketAddr) -> Self {
+        self.tls_listen.push(addr);
+        self
+    }
+
+    /// The TLS listeners' certificate, key and optional client CA.
+    pub fn tls(mut self, config: server::TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -253,7 +279,12 @@ impl BrokerBuilder {
                 }
             }
         }
-        let addrs = if self.no_listen {
+        let tls = match (&self.tls, self.tls_listen.is_empty()) {
+            (_, true) => None,
+            (None, false) => return Err(BrokerError::NoTlsConfig),
+            (Some(config), false) => Some(Arc::new(server::tls::TlsAcceptor::new(config.clone())?)),
+        };
+        let addrs = if self.no_listen || (self.listen.is_empty() && tls.is_some()) {
             Vec::new()
         } else if self.listen.is_empty() {
             vec![SocketAddr::from(([127, 0, 0, 1], 5672))]
@@ -271,12 +302,26 @@ impl BrokerBuilder {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        let mut tls_listeners = Vec::new();
+        for addr in self.tls_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            tls_listeners.push(l);
+        }
+        let tls_addrs: Vec<SocketAddr> = tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tracker, done) = mpsc::channel::<()>(1);
         let admission = server::limits::Admission::new(self.limits);
-        for l in listeners {
+        let plain = listeners.into_iter().map(|l| (l, None));
+        let secure = tls_listeners.into_iter().map(|l| (l, tls.clone()));
+        for (l, tls) in plain.chain(secure) {
             tokio::spawn(server::listener::accept_loop(
                 l,
+                tls,
                 core.clone(),
                 admission.clone(),
                 shutdown_rx.clone(),
@@ -295,6 +340,8 @@ impl BrokerBuilder {
             inner: Arc::new(HandleInner {
                 core,
                 local_addrs,
+                tls_addrs,
+                tls,
                 first_user,
                 shutdown: shutdown_tx,
                 tracker: Mutex::new(Some(tracker)),
@@ -308,6 +355,8 @@ impl BrokerBuilder {
 struct HandleInner {
     core: Arc<core::Core>,
     local_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    tls: Option<Arc<server::tls::TlsAcceptor>>,
     /// The first user's name, and its password unless it was given as a hash.
     first_user: (String, Option<String>),
     shutdown: watch::Sender<bool>,
@@ -347,6 +396,35 @@ impl BrokerHandle {
         match self.inner.local_addrs.first() {
             Some(addr) => format!("amqp://{login}@{addr}/%2f"),
             None => "embedded://".to_owned(),
+        }
+    }
+
+    /// `amqps://user:pass@host:port/%2f` for the first TLS listener and
+    /// first user, if there is a TLS listener. Clients need the server's
+    /// CA (`?cacertfile=`) and a name its certificate lists.
+    pub fn tls_url(&self) -> Option<String> {
+        let (u, p) = &self.inner.first_user;
+        let login = match p {
+            Some(p) => format!("{}:{}", url_escape(u), url_escape(p)),
+            None => url_escape(u),
+        };
+        let addr = self.inner.tls_addrs.first()?;
+        Some(format!("amqps://{login}@{addr}/%2f"))
+    }
+
+    /// The bound TLS listener addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.tls_addrs.clone()
+    }
+
+    /// Reads the TLS certificate, key and CA files again: connections
+    /// accepted from now on use them, established ones keep theirs (none is
+    /// dropped). On error the previous files stay in use. `warren broker`
+    /// does this on SIGHUP.
+    pub fn reload_tls(&self) -> Result<(), BrokerError> {
+        match &self.inner.tls {
+            Some(tls) => Ok(tls.reload()?),
+            None => Ok(()),
         }
     }
 

@@ -6,13 +6,35 @@ use std::time::Duration;
 
 use clap::Args;
 use warren_broker::core::PasswordHash;
+use warren_broker::server::TlsConfig;
 
 /// `warren broker` options.
 #[derive(Args)]
 pub struct BrokerArgs {
-    /// Address to listen on (repeatable, e.g. also `[::1]:5672`).
-    #[arg(long, default_value = "127.0.0.1:5672")]
+    /// Address to listen on (repeatable, e.g. also `[::1]:5672`). Default
+    /// 127.0.0.1:5672, unless only --tls-listen is given.
+    #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// Address to listen on for AMQP over TLS (repeatable; amqps, usually
+    /// port 5671), with --tls-cert and --tls-key. SIGHUP reads the
+    /// certificate files again without dropping connections.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Vec<SocketAddr>,
+    /// The TLS listeners' certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS listeners' private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: clients are
+    /// asked for one, and a client whose certificate checks out may log in
+    /// with EXTERNAL as the certificate's common name (the user must exist).
+    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    tls_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (RabbitMQ's
+    /// fail_if_no_peer_cert); needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls_verify_peer: bool,
     /// A user as `name:password` (repeatable; default guest:guest). Other
     /// processes see command lines: prefer `--users-file` or the variable.
     #[arg(
@@ -71,8 +93,23 @@ fn name_and_secret<'a>(
 
 pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = warren_broker::Broker::builder();
-    for addr in args.listen {
+    let listen = if args.listen.is_empty() && args.tls_listen.is_empty() {
+        vec![SocketAddr::from(([127, 0, 0, 1], 5672))]
+    } else {
+        args.listen
+    };
+    for addr in listen {
         builder = builder.listen(addr);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut tls = TlsConfig::new(cert, key).verify_peer(args.tls_verify_peer);
+        if let Some(ca) = &args.tls_ca {
+            tls = tls.client_ca(ca);
+        }
+        builder = builder.tls(tls);
+    }
+    for addr in args.tls_listen {
+        builder = builder.tls_listen(addr);
     }
     for user in &args.users {
         let (name, password) = name_and_secret("--user", user)?;
@@ -121,26 +158,39 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     for addr in broker.local_addrs() {
         tracing::info!(%addr, "warren broker listening");
     }
-    let signal = stop_signal().await?;
+    for addr in broker.tls_addrs() {
+        tracing::info!(%addr, "warren broker listening (TLS)");
+    }
+    let signal = stop_signal(&broker).await?;
     tracing::info!(signal, "shutting down");
     broker.shutdown().await;
     Ok(())
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and
-/// container runtimes send) and names the one that came.
-async fn stop_signal() -> std::io::Result<&'static str> {
+/// container runtimes send) and names the one that came. SIGHUP meanwhile
+/// reloads the TLS certificate files (a failed reload is logged and the
+/// previous files stay in use).
+async fn stop_signal(broker: &warren_broker::BrokerHandle) -> std::io::Result<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.map(|()| "SIGINT"),
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = hangup.recv() => match broker.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
+                },
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = broker;
         tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
     }
 }

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the embedded AMQP 0-9-1 broker as a server.
-    Broker(broker::BrokerArgs),
+    Broker(Box<broker::BrokerArgs>),
     /// Measure RPC calls/s and latency against a broker.
     Bench(Box<bench::BenchArgs>),
 }
@@ -46,7 +46,7 @@ fn init_logging() {
 async fn main() {
     init_logging();
     let result = match Cli::parse().command {
-        Command::Broker(args) => broker::run(args).await,
+        Command::Broker(args) => broker::run(*args).await,
         Command::Bench(args) => bench::run(*args).await,
     };
     if let Err(e) = result {

@@ -33,6 +33,34 @@ impl Engine for HeatEngine {
     }
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and
+/// container runtimes send), whichever comes first.
+#[allow(dead_code)] // heat_engine waits for it; heat runs to completion.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGINT/SIGTERM; waiting for Ctrl-C only")
+            }
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %e, "cannot wait for Ctrl-C; stopping");
+    }
+}
+
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::reply_queue::ReplyQueue;
+use super::reply_queue::{Registration, ReplyQueue, ReplyResult};
 use super::target::fanout_exchange;
 use super::{CallOptions, Outcome, ServiceRequest, Stub};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
 use crate::wire::{new_id, Args, Codec, Reply, ReplyTo, Request};
 use crate::{Connection, Error};
+
+/// A call's place in its reply queue's table, and where its reply arrives.
+type Registered = (Registration, tokio::sync::oneshot::Receiver<ReplyResult>);
 
 /// An RPC client: one reply queue, reused by all its calls. Cheap to clone.
 #[derive(Clone)]
@@ -148,11 +151,11 @@ impl Client {
             )));
         }
         let timeout = options.effective_timeout();
-        let replies = self.reply_queue().await?;
         let msg_id = new_id();
+        let (replies, (_registration, reply)) = self.register(&msg_id).await?;
         let reply_to = ReplyTo {
             queue: replies.name().to_owned(),
-            msg_id: msg_id.clone(),
+            msg_id,
         };
         let mut request = self.request(options, method, args, Some(reply_to));
         // The deadline travels so a server can drop the request if it is
@@ -167,13 +170,15 @@ impl Client {
             Some(timeout),
             false,
         )?;
-        let (_registration, reply) = replies.register(msg_id);
         self.inner.connection.transport().publish(message).await?;
         let reply = match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => reply?,
+            // The request went out; the reply queue's consumer ended
+            // (the connection broke, or the client closed) before the reply.
             Ok(Err(_)) => {
-                return Err(Error::transport(format!(
-                    "{method}: the reply consumer stopped (connection lost?)"
+                return Err(Error::outcome_unknown(format!(
+                    "{method}: the connection was lost after the request was sent; \
+                     the server may or may not have run it"
                 )))
             }
             Err(_) => {
@@ -250,6 +255,21 @@ impl Client {
     fn live_reply_queue(&self) -> Option<Arc<ReplyQueue>> {
         let slot = self.inner.replies.read().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().filter(|q| q.is_alive()).cloned()
+    }
+
+    /// Registers call `msg_id` on a live reply queue (a fresh one if the
+    /// last one's consumer stopped, even between the check and the
+    /// registration), before anything is sent.
+    async fn register(&self, msg_id: &str) -> Result<(Arc<ReplyQueue>, Registered), Error> {
+        for _ in 0..2 {
+            let queue = self.reply_queue().await?;
+            if let Some(registration) = queue.register(msg_id.to_owned()) {
+                return Ok((queue, registration));
+            }
+        }
+        Err(Error::transport(
+            "the reply queue stopped twice while a call registered (connection lost?)",
+        ))
     }
 
     async fn reply_queue(&self) -> Result<Arc<ReplyQueue>, Error> {

@@ -11,6 +11,7 @@
 mod client;
 mod context;
 mod dispatch;
+mod duplicates;
 mod exception;
 mod options;
 mod reply_queue;
@@ -24,11 +25,15 @@ mod version;
 pub use client::Client;
 pub use context::Context;
 pub use dispatch::{Dispatch, Endpoints, Request, Response, ServiceInfo};
+pub use duplicates::{DEFAULT_DUPLICATE_WINDOW, MAX_REMEMBERED_IDS};
 pub use exception::RemoteException;
 #[doc(hidden)]
 pub use exception::{ClassOf, ViaRemoteException, ViaTypeName};
 pub use options::{CallOptions, DEFAULT_TIMEOUT};
-pub use server::{DispatchService, ServerBuilder, ServerHandle, DEFAULT_PREFETCH};
+pub use server::{
+    DispatchService, ServerBuilder, ServerHandle, DEFAULT_DELIVERY_LIMIT, DEFAULT_GRACE_PERIOD,
+    DEFAULT_PREFETCH, POISON_FAILURE_CLASS,
+};
 #[doc(hidden)]
 pub use stub::mismatched_response;
 pub use stub::{Method, Outcome, ServiceRequest, Stub};

@@ -18,7 +18,10 @@ use crate::{Connection, Error};
 /// it could not be read.
 pub(crate) type ReplyResult = Result<(Codec, Reply), Error>;
 
-type Table = Mutex<HashMap<String, oneshot::Sender<ReplyResult>>>;
+/// The calls waiting for a reply, by correlation id; `None` once the
+/// consumer stopped, so a call cannot register on a queue whose replies
+/// will never be read (it takes a fresh queue instead).
+type Table = Mutex<Option<HashMap<String, oneshot::Sender<ReplyResult>>>>;
 
 /// A declared, consumed reply queue.
 pub(crate) struct ReplyQueue {
@@ -42,7 +45,7 @@ impl ReplyQueue {
                 no_ack: true,
             })
             .await?;
-        let pending: Arc<Table> = Arc::default();
+        let pending: Arc<Table> = Arc::new(Mutex::new(Some(HashMap::new())));
         let consumer = tokio::spawn(consume(subscription, pending.clone(), name.clone()));
         Ok(ReplyQueue {
             name,
@@ -58,23 +61,24 @@ impl ReplyQueue {
 
     /// Whether the consumer still runs (it stops when the connection breaks).
     pub(crate) fn is_alive(&self) -> bool {
-        !self.consumer.is_finished()
+        lock(&self.pending).is_some() && !self.consumer.is_finished()
     }
 
-    /// Registers a call; the guard unregisters it when dropped.
+    /// Registers a call; the guard unregisters it when dropped. `None` if
+    /// the consumer has stopped: take a fresh reply queue.
     pub(crate) fn register(
         &self,
         msg_id: String,
-    ) -> (Registration, oneshot::Receiver<ReplyResult>) {
+    ) -> Option<(Registration, oneshot::Receiver<ReplyResult>)> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(msg_id.clone(), tx);
-        (
+        lock(&self.pending).as_mut()?.insert(msg_id.clone(), tx);
+        Some((
             Registration {
                 msg_id,
                 pending: self.pending.clone(),
             },
             rx,
-        )
+        ))
     }
 }
 
@@ -93,11 +97,15 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&self.pending).remove(&self.msg_id);
+        if let Some(table) = lock(&self.pending).as_mut() {
+            table.remove(&self.msg_id);
+        }
     }
 }
 
-fn lock(table: &Table) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ReplyResult>>> {
+type Waiting = Option<HashMap<String, oneshot::Sender<ReplyResult>>>;
+
+fn lock(table: &Table) -> std::sync::MutexGuard<'_, Waiting> {
     table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -107,13 +115,21 @@ async fn consume(mut subscription: Box<dyn Subscription>, pending: Arc<Table>, q
             Ok(delivery) => route(&pending, &queue, delivery),
             Err(e) => {
                 tracing::warn!(%queue, error = %e, "reply consumer failed");
+                // Every waiting call sent its request: say why no reply comes.
+                let waiting = lock(&pending).take().unwrap_or_default();
+                for (msg_id, waiter) in waiting {
+                    let _ = waiter.send(Err(Error::outcome_unknown(format!(
+                        "call {msg_id}: the reply queue {queue} was lost with its \
+                         connection ({e}); the server may or may not have run the call"
+                    ))));
+                }
                 break;
             }
         }
     }
     tracing::debug!(%queue, "reply consumer stopped");
     // Dropping the senders wakes every waiting call with an error.
-    lock(&pending).clear();
+    lock(&pending).take();
 }
 
 fn route(pending: &Table, queue: &str, delivery: Delivery) {
@@ -132,7 +148,7 @@ fn route(pending: &Table, queue: &str, delivery: Delivery) {
         tracing::warn!(%queue, "dropping a reply without correlation id");
         return;
     };
-    let waiter = lock(pending).remove(msg_id);
+    let waiter = lock(pending).as_mut().and_then(|t| t.remove(msg_id));
     match waiter {
         Some(waiter) => {
             let _ = waiter.send(decoded);

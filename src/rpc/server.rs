@@ -6,7 +6,6 @@
 //! the prefetch count per queue, and acknowledged once handled (so a server
 //! that dies mid-call leaves the request to another server).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +17,11 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use super::dispatch::{Dispatch, Endpoints, Request, Response};
+use super::duplicates::{Duplicates, DEFAULT_DUPLICATE_WINDOW};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
 use super::topology::declare_topic_queues;
 use crate::transport::recovery::resubscribe;
-use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, Subscription};
+use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, QueueSpec, Subscription};
 use crate::wire::{new_id, Codec, Failure, Reply, ReplyTo, WARREN_MODULE};
 use crate::{BoxError, Connection, Error};
 
@@ -30,6 +30,19 @@ pub type DispatchService = BoxCloneSyncService<Request, Response, BoxError>;
 
 /// Requests in flight per queue unless set: the prefetch count.
 pub const DEFAULT_PREFETCH: u16 = 64;
+
+/// How many times a request may be delivered again before the poison
+/// guard sets it aside unless set: RabbitMQ's default `x-delivery-limit`
+/// for quorum queues.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// The failure class a caller receives for a request the poison guard set
+/// aside ([`Error::remote`](crate::Error::remote)'s `class`).
+pub const POISON_FAILURE_CLASS: &str = "PoisonRequest";
+
+/// How long [`ServerHandle::shutdown`] lets requests in flight finish
+/// unless set: Kubernetes' default termination grace period.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 type LayerFn = Box<dyn FnOnce(DispatchService) -> DispatchService + Send>;
 
@@ -40,6 +53,10 @@ pub struct ServerBuilder {
     prefetch: u16,
     topic: Option<String>,
     exchange: Option<String>,
+    duplicate_window: Duration,
+    grace_period: Duration,
+    delivery_limit: u32,
+    poison_queue: Option<String>,
 }
 
 impl ServerBuilder {
@@ -51,7 +68,51 @@ impl ServerBuilder {
             prefetch: DEFAULT_PREFETCH,
             topic: None,
             exchange: None,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            poison_queue: None,
         }
+    }
+
+    /// The poison guard: a request delivered again more than `limit` times
+    /// (each time, presumably, because handling it killed a server) is not
+    /// executed again but moved to the poison queue, and its caller gets a
+    /// [`POISON_FAILURE_CLASS`] failure (default [`DEFAULT_DELIVERY_LIMIT`]).
+    ///
+    /// Deliveries are counted by the broker on quorum queues
+    /// (`x-delivery-count`, RabbitMQ's and warren's); elsewhere a server
+    /// that receives a redelivered request publishes it again to the same
+    /// queue with the count in its `x-warren-delivery-count` header, with
+    /// a publisher confirm, before acknowledging the original.
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    /// Where the poison guard moves requests (default `<topic>.poison`, a
+    /// durable queue declared when first needed).
+    pub fn poison_queue(mut self, queue: impl Into<String>) -> Self {
+        self.poison_queue = Some(queue.into());
+        self
+    }
+
+    /// How long a request id (`_unique_id`) is remembered, so that the same
+    /// request delivered again within it is acknowledged and dropped rather
+    /// than executed twice (default [`DEFAULT_DUPLICATE_WINDOW`]; an id is
+    /// also kept until its request's deadline).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// How long [`ServerHandle::shutdown`] waits for requests in flight
+    /// (default [`DEFAULT_GRACE_PERIOD`]); those still running then are
+    /// cancelled and left unacknowledged, so the broker gives them to
+    /// another server.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
     }
 
     /// Adds another endpoint on the same target; endpoints are tried in the
@@ -107,6 +168,9 @@ impl ServerBuilder {
             service = layer(service);
         }
 
+        let poison_queue = self
+            .poison_queue
+            .unwrap_or_else(|| format!("{topic}.poison"));
         let plan = Plan {
             own_queue: server_queue(&topic, server),
             fanout: fanout_exchange(&topic),
@@ -118,13 +182,18 @@ impl ServerBuilder {
         plan.declare(connection).await?;
 
         let (stop, stopped) = watch::channel(false);
+        let (abort, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             connection: connection.clone(),
             service,
             in_flight: AtomicUsize::new(0),
             expired: AtomicU64::new(0),
             idle: Notify::new(),
-            recent: Mutex::new(VecDeque::with_capacity(DUPLICATE_WINDOW)),
+            duplicates: Mutex::new(Duplicates::new(self.duplicate_window)),
+            grace_period: self.grace_period,
+            delivery_limit: self.delivery_limit,
+            poison_queue,
+            abort,
             plan,
         });
         let mut loops = Vec::new();
@@ -153,7 +222,13 @@ struct Shared {
     /// Requests dropped unexecuted because their deadline had passed.
     expired: AtomicU64,
     idle: Notify,
-    recent: Mutex<VecDeque<String>>,
+    duplicates: Mutex<Duplicates>,
+    grace_period: Duration,
+    delivery_limit: u32,
+    poison_queue: String,
+    /// Turns true when the grace period is over: handlers still running
+    /// stop where they are.
+    abort: watch::Sender<bool>,
     plan: Plan,
 }
 
@@ -207,28 +282,22 @@ impl Plan {
     }
 }
 
-/// oslo.messaging drops a request whose `_unique_id` is among the last 16.
-const DUPLICATE_WINDOW: usize = 16;
-
 impl Shared {
-    /// Whether this request id was seen among the recent ones (remembering
-    /// it if not).
-    fn seen_before(&self, unique_id: Option<&str>) -> bool {
+    /// Whether this request id was taken within the duplicate window
+    /// (remembering it, until the window ends or `deadline`, if not).
+    fn is_known(&self, id: &str) -> bool {
+        self.duplicates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn seen_before(&self, unique_id: Option<&str>, deadline: Option<Instant>) -> bool {
         let Some(id) = unique_id else { return false };
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.iter().any(|seen| seen == id) {
-            return true;
-        }
-        // The oldest id's buffer takes the new one: no allocation once the
-        // window is full.
-        let mut slot = match recent.len() {
-            DUPLICATE_WINDOW => recent.pop_front().unwrap_or_default(),
-            _ => String::with_capacity(id.len()),
-        };
-        slot.clear();
-        slot.push_str(id);
-        recent.push_back(slot);
-        false
+        self.duplicates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen_before(id, deadline)
     }
 }
 
@@ -261,9 +330,19 @@ impl ServerHandle {
         self.shared.expired.load(Ordering::Relaxed)
     }
 
-    /// Stops taking requests, finishes (and replies to) the ones in flight,
-    /// then closes the consumers and deletes this server's fanout queue.
-    pub async fn shutdown(mut self) -> Result<(), Error> {
+    /// Stops taking requests, finishes (and replies to) the ones in flight
+    /// within the grace period ([`ServerBuilder::grace_period`]), then
+    /// closes the consumers and deletes this server's fanout queue.
+    /// Requests still running when the grace period ends are cancelled
+    /// unanswered and unacknowledged: closing the consumers' channels gives
+    /// them back to the broker for another server.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let grace = self.shared.grace_period;
+        self.shutdown_within(grace).await
+    }
+
+    /// [`shutdown`](Self::shutdown) with a grace period of `grace`.
+    pub async fn shutdown_within(mut self, grace: Duration) -> Result<(), Error> {
         let _ = self.stop.send(true);
         let mut subscriptions = Vec::new();
         for handle in std::mem::take(&mut self.loops) {
@@ -272,12 +351,16 @@ impl ServerHandle {
                 Err(e) => tracing::warn!(error = %e, "consumer task failed"),
             }
         }
-        loop {
-            let idle = self.shared.idle.notified();
-            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            idle.await;
+        if tokio::time::timeout(grace, self.idle()).await.is_err() {
+            let left = self.shared.in_flight.load(Ordering::Acquire);
+            tracing::warn!(
+                requests = left,
+                ?grace,
+                "grace period over: cancelling the requests still running; \
+                 the broker gives them to another server"
+            );
+            let _ = self.shared.abort.send(true);
+            self.idle().await;
         }
         for subscription in subscriptions {
             subscription.close().await?;
@@ -287,6 +370,19 @@ impl ServerHandle {
             .transport()
             .delete_queue(&self.shared.plan.fanout_queue)
             .await
+    }
+}
+
+impl ServerHandle {
+    /// Resolves when no request is in flight.
+    async fn idle(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 
@@ -324,11 +420,17 @@ async fn consume(
                 Some(Ok(delivery)) => {
                     shared.in_flight.fetch_add(1, Ordering::AcqRel);
                     let shared = shared.clone();
+                    let mut abort = shared.abort.subscribe();
+                    let queue = queue.clone();
                     tokio::spawn(async move {
                         // Released on drop, so that even a panic outside
                         // the dispatch guard cannot wedge `shutdown`.
                         let _in_flight = InFlight(&shared);
-                        handle(&shared, delivery).await;
+                        tokio::select! {
+                            () = handle(&shared, &queue, delivery) => {}
+                            // Past the grace period: dropped unacknowledged.
+                            _ = abort.wait_for(|abort| *abort) => {}
+                        }
                     });
                 }
                 Some(Err(e)) => {
@@ -392,6 +494,54 @@ fn request_deadline(
     Ok(relative.into_iter().chain(carried).min())
 }
 
+/// Publishes a redelivered request again to `queue` with its delivery count
+/// raised, for the poison guard to see next time (the broker does not
+/// count on this queue); `false` if that failed, so the caller handles
+/// the original instead.
+async fn count_redelivery(shared: &Shared, queue: &str, delivery: &Delivery) -> bool {
+    let count = delivery.properties.deliveries_before().saturating_add(1);
+    let properties = delivery.properties.clone().with_delivery_count(count);
+    let copy = Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        mandatory: false,
+        confirm: true,
+        properties,
+        body: delivery.body.clone(),
+    };
+    match shared.connection.transport().publish(copy).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "cannot count a redelivery; handling the request");
+            false
+        }
+    }
+}
+
+/// Moves a request delivered too many times to the poison queue; `Err`
+/// (and the request stays unacknowledged) if it cannot be stored there.
+async fn set_aside(shared: &Shared, delivery: &Delivery) -> Result<(), Error> {
+    let transport = shared.connection.transport();
+    transport
+        .declare_queue(&QueueSpec {
+            name: shared.poison_queue.clone(),
+            durable: true,
+            quorum: shared.connection.topology().quorum,
+            ..QueueSpec::default()
+        })
+        .await?;
+    transport
+        .publish(Outgoing {
+            exchange: String::new(),
+            routing_key: shared.poison_queue.clone(),
+            mandatory: false,
+            confirm: true,
+            properties: delivery.properties.clone(),
+            body: delivery.body.clone(),
+        })
+        .await
+}
+
 /// Where a request asks its reply to go: the address its body carries
 /// (oslo's `_reply_q` and `_msg_id`), else the AMQP `reply_to` and
 /// `correlation_id` (warren's MessagePack clients, plain AMQP clients).
@@ -408,7 +558,7 @@ fn reply_address(request: Option<&mut Request>, props: &Properties) -> Option<Re
     }
 }
 
-async fn handle(shared: &Shared, delivery: Delivery) {
+async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
     let props = &delivery.properties;
     // Answer in the caller's codec when known, else MessagePack.
     let (codec, decoded) = match Codec::for_message(props.content_type(), &delivery.body) {
@@ -423,7 +573,72 @@ async fn handle(shared: &Shared, delivery: Delivery) {
                 Err(Failure::decode(e.to_string())),
             )
         }
-        Ok(request) => serve(shared, codec, props, request).await,
+        Ok(request)
+            if request_deadline(props.expiration(), request.context.deadline()).is_err() =>
+        {
+            // The caller gave up while the request sat in the queue:
+            // executing it would be wasted (or, worse, a surprise) and no
+            // one reads the reply.
+            shared.expired.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
+            (None, Ok(Bytes::new()))
+        }
+        Ok(mut request) if props.deliveries_before() > shared.delivery_limit => {
+            let count = props.deliveries_before();
+            if let Err(e) = set_aside(shared, &delivery).await {
+                // Not acknowledged: the broker keeps it (and redelivers it).
+                tracing::error!(method = %request.method, error = %e, "cannot move a poison request aside");
+                return;
+            }
+            tracing::warn!(
+                method = %request.method,
+                deliveries = count,
+                poison_queue = %shared.poison_queue,
+                "a request delivered more often than the delivery limit was set aside, not executed"
+            );
+            let address = reply_address(Some(&mut request), props);
+            let failure = Failure::new(
+                POISON_FAILURE_CLASS,
+                WARREN_MODULE,
+                format!(
+                    "{} was delivered {count} times before, more than the limit of {}; \
+                     it was moved to queue {} and not executed again",
+                    request.method, shared.delivery_limit, shared.poison_queue
+                ),
+            );
+            (address, Err(failure))
+        }
+        Ok(request)
+            if delivery.redelivered
+                && props.broker_delivery_count().is_none()
+                && !request
+                    .unique_id
+                    .as_deref()
+                    .is_some_and(|id| shared.is_known(id)) =>
+        {
+            // Possibly the request that killed a server: count it and let
+            // the copy come round, unless the copy cannot be published.
+            if count_redelivery(shared, queue, &delivery).await {
+                if let Err(e) = delivery.acker.ack().await {
+                    tracing::warn!(error = %e, "cannot ack a counted redelivery");
+                }
+                return;
+            }
+            let _ = shared.seen_before(request.unique_id.as_deref(), None);
+            execute(shared, codec, request, props).await
+        }
+        Ok(request)
+            if shared.seen_before(
+                request.unique_id.as_deref(),
+                request_deadline(props.expiration(), request.context.deadline())
+                    .ok()
+                    .flatten(),
+            ) =>
+        {
+            tracing::debug!(method = %request.method, "dropping a duplicate request");
+            (None, Ok(Bytes::new()))
+        }
+        Ok(request) => execute(shared, codec, request, props).await,
     };
     if let Some(address) = address {
         if let Err(e) = send_reply(&shared.connection, codec, address, outcome, true).await {
@@ -435,36 +650,23 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     }
 }
 
-/// Runs a decoded request through the dispatch stack, unless its deadline
-/// passed while it was queued or it is a duplicate; returns where to reply
-/// (if anywhere) and what.
-async fn serve(
+/// Runs a request through the dispatch stack: where to reply, and what.
+async fn execute(
     shared: &Shared,
     codec: Codec,
-    props: &Properties,
     mut request: Request,
+    props: &Properties,
 ) -> (Option<ReplyTo>, Result<Bytes, Failure>) {
-    let Ok(deadline) = request_deadline(props.expiration(), request.context.deadline()) else {
-        // The caller gave up while the request sat in the queue: executing
-        // it would be wasted (or, worse, a surprise) and no one reads the
-        // reply.
-        shared.expired.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
-        return (None, Ok(Bytes::new()));
-    };
-    if shared.seen_before(request.unique_id.as_deref()) {
-        tracing::debug!(method = %request.method, "dropping a duplicate request");
-        return (None, Ok(Bytes::new()));
-    }
     let address = reply_address(Some(&mut request), props);
     let keepalive = keepalive_period(request.timeout);
-    // A deadline reached from here on is not dropped (the method can watch
-    // `Context::deadline_passed`).
-    request.context.deadline = deadline;
+    // Checked above; a deadline reached since then is not dropped (the
+    // method can watch `Context::deadline_passed`).
+    request.context.deadline = request_deadline(props.expiration(), request.context.deadline())
+        .unwrap_or_else(|()| Some(Instant::now()));
     let dispatch = shared.service.clone().oneshot(request);
     let response = match (keepalive, &address) {
-        // Boxed: only oslo callers ask for keepalives, and the timer would
-        // otherwise enlarge every request's task.
+        // Boxed: only oslo callers ask for keepalives, and the timer
+        // would otherwise enlarge every request's task.
         (Some(period), Some(address)) => {
             Box::pin(with_keepalives(
                 &shared.connection,

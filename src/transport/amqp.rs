@@ -38,7 +38,8 @@ use lapin::options::{
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, ConnectionProperties};
 
-use super::url::redact;
+use super::tls::{describe_handshake_error, ClientTls};
+use super::url::{redact, TlsOptions};
 use super::{
     short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
     QueueSpec, Subscription, Transport,
@@ -94,6 +95,8 @@ fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
 pub struct AmqpTransport {
     uris: Vec<String>,
     timeout: Duration,
+    /// TLS settings for `amqps://` hosts.
+    tls: Option<Arc<ClientTls>>,
     live: RwLock<Arc<Live>>,
     /// Serializes reconnecting, so a burst of failing operations opens one
     /// new connection, not one each. It holds the error of the last failed
@@ -128,10 +131,14 @@ impl std::fmt::Debug for AmqpTransport {
 impl Live {
     /// Connects to the first reachable URI, trying them in order (fail-over),
     /// giving each `timeout`.
-    async fn connect(uris: &[String], timeout: Duration) -> Result<Self, Error> {
+    async fn connect(
+        uris: &[String],
+        timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> Result<Self, Error> {
         let mut last = None;
         for uri in uris {
-            match Live::connect_one(uri, timeout).await {
+            match Live::connect_one(uri, timeout, tls).await {
                 Ok(live) => {
                     tracing::debug!(uri = %redact(uri), "connected");
                     return Ok(live);
@@ -150,9 +157,17 @@ impl Live {
     /// future leaves its I/O thread waiting on the socket for as long as
     /// the peer keeps it open: on a timeout the socket is shut down here,
     /// which ends that thread.
-    async fn connect_one(uri: &str, timeout: Duration) -> Result<Self, Error> {
+    async fn connect_one(
+        uri: &str,
+        timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> Result<Self, Error> {
         let socket: Arc<Mutex<Option<std::net::TcpStream>>> = Arc::default();
-        match tokio::time::timeout(timeout, Live::open(uri, socket.clone())).await {
+        let tls = match tls {
+            Some(tls) if uri.starts_with("amqps://") => Some(tls.clone()),
+            _ => None,
+        };
+        match tokio::time::timeout(timeout, Live::open(uri, socket.clone(), tls)).await {
             Ok(result) => result,
             Err(_) => {
                 if let Some(stream) = lock(&socket).take() {
@@ -166,13 +181,35 @@ impl Live {
         }
     }
 
-    /// Connects to one host, leaving a handle on its socket in `socket`.
+    /// Connects to one host (over TLS when `tls` is given), leaving a
+    /// handle on its socket in `socket`.
     async fn open(
         uri: &str,
         socket: Arc<Mutex<Option<std::net::TcpStream>>>,
+        tls: Option<Arc<ClientTls>>,
     ) -> Result<Self, Error> {
-        let cannot =
-            |e: lapin::Error| transport_error(format!("cannot connect to {}", redact(uri)), e);
+        // A failed TLS handshake, described; lapin's error would only say
+        // "invalid data".
+        let handshake: Arc<Mutex<Option<String>>> = Arc::default();
+        let failure = handshake.clone();
+        // Set once the connection is up (TCP, and TLS if any): what fails
+        // after that is the server's answer (or silence) to AMQP.
+        let reached = Arc::new(AtomicBool::new(false));
+        let reached_in_connector = reached.clone();
+        let secure = tls.is_some();
+        let cannot = |e: lapin::Error| {
+            let described = lock(&handshake).take().or_else(|| {
+                reached
+                    .load(Ordering::Acquire)
+                    .then(|| describe_amqp_handshake_error(&e, secure))
+                    .flatten()
+            });
+            match described {
+                Some(why) => Error::transport(format!("cannot connect to {}: {why}", redact(uri)))
+                    .with_source(e),
+                None => transport_error(format!("cannot connect to {}", redact(uri)), e),
+            }
+        };
         let parsed: lapin::uri::AMQPUri = uri
             .parse()
             .map_err(|e| Error::config(format!("invalid AMQP URI {}: {e}", redact(uri))))?;
@@ -184,7 +221,11 @@ impl Live {
             runtime,
             async move |uri, runtime| {
                 use lapin::tcp::AMQPUriTcpExt;
-                let stream = uri
+                // TCP first (TLS, if any, is set up below from the
+                // transport's own configuration, not lapin's defaults).
+                let mut tcp = uri.clone();
+                tcp.scheme = lapin::uri::AMQPScheme::AMQP;
+                let stream = tcp
                     .connect_with_config_async(lapin::tcp::TLSConfig::default(), &runtime)
                     .await
                     .map_err(lapin::Error::from)?;
@@ -194,6 +235,31 @@ impl Live {
                         *lock(&socket) = Some(std::net::TcpStream::from(fd));
                     }
                 }
+                let Some(tls) = &tls else {
+                    reached_in_connector.store(true, Ordering::Release);
+                    return Ok(stream);
+                };
+                if tls.insecure {
+                    tracing::warn!(
+                        host = %uri.authority.host,
+                        "TLS with verify=verify_none: the server's certificate is NOT checked, \
+                         anyone on the network path can impersonate it and read the credentials"
+                    );
+                }
+                let host = uri
+                    .authority
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = tls.server_name.as_deref().unwrap_or(host);
+                let stream = stream
+                    .into_rustls(&tls.connector, name)
+                    .await
+                    .map_err(|e| {
+                        *lock(&failure) = Some(describe_handshake_error(&e, name));
+                        lapin::Error::from(e)
+                    })?;
+                reached_in_connector.store(true, Ordering::Release);
                 Ok(stream)
             },
             properties,
@@ -209,6 +275,41 @@ impl Live {
     }
 }
 
+/// Why the AMQP handshake with a server that accepted the connection (TCP,
+/// and TLS when `secure`) failed, when the failure says more than lapin's
+/// words: a TLS alert that arrived after the client's side of the
+/// handshake (TLS 1.3 refuses a client certificate so), or a plain client
+/// hung up on without an answer (a TLS port).
+fn describe_amqp_handshake_error(e: &lapin::Error, secure: bool) -> Option<String> {
+    let io = match e.kind() {
+        lapin::ErrorKind::IOError(io) => io,
+        lapin::ErrorKind::ParsingError(_) if !secure => {
+            return Some(
+                "the server's answer is not AMQP (a TLS alert?): is this a TLS port \
+                 (amqps://, usually 5671)?"
+                    .to_owned(),
+            )
+        }
+        _ => return None,
+    };
+    let tls = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if tls.is_some() {
+        return Some(describe_handshake_error(io, ""));
+    }
+    use std::io::ErrorKind as K;
+    let hung_up = matches!(
+        io.kind(),
+        K::ConnectionReset | K::UnexpectedEof | K::ConnectionAborted | K::BrokenPipe
+    );
+    (hung_up && !secure).then(|| {
+        "the server hung up on the AMQP handshake without an answer: is this a TLS port \
+         (amqps://, usually 5671)? (or the server refused this client)"
+            .to_owned()
+    })
+}
+
 impl AmqpTransport {
     /// Connects to the first reachable URI, trying them in order (fail-over),
     /// giving each host [`DEFAULT_CONNECTION_TIMEOUT`].
@@ -220,10 +321,29 @@ impl AmqpTransport {
     /// giving each host `timeout` for the TCP connect, the AMQP handshake and
     /// opening channels; reconnections use the same bound.
     pub async fn connect_with_timeout(uris: &[String], timeout: Duration) -> Result<Self, Error> {
-        let live = Live::connect(uris, timeout).await?;
+        Self::connect_with_tls(uris, timeout, None).await
+    }
+
+    /// Connects as [`connect_with_timeout`](Self::connect_with_timeout)
+    /// does, securing `amqps://` URIs with `tls` (the system's roots and no
+    /// client certificate when `None`).
+    pub async fn connect_with_tls(
+        uris: &[String],
+        timeout: Duration,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Self, Error> {
+        let tls = match tls {
+            Some(options) => Some(Arc::new(ClientTls::new(options)?)),
+            None if uris.iter().any(|u| u.starts_with("amqps://")) => {
+                Some(Arc::new(ClientTls::new(&TlsOptions::default())?))
+            }
+            None => None,
+        };
+        let live = Live::connect(uris, timeout, tls.as_ref()).await?;
         Ok(AmqpTransport {
             uris: uris.to_vec(),
             timeout,
+            tls,
             live: RwLock::new(Arc::new(live)),
             reconnecting: tokio::sync::Mutex::new(None),
             failed_rounds: AtomicU64::new(0),
@@ -259,7 +379,7 @@ impl AmqpTransport {
                 return Err(Error::transport(error.clone()));
             }
         }
-        let fresh = match Live::connect(&self.uris, self.timeout).await {
+        let fresh = match Live::connect(&self.uris, self.timeout, self.tls.as_ref()).await {
             Ok(live) => Arc::new(live),
             Err(e) => {
                 let message = format!("connection lost and not re-established: {e}");

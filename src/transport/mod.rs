@@ -10,6 +10,7 @@ pub mod amqp;
 #[cfg(feature = "embedded")]
 pub mod local;
 pub(crate) mod recovery;
+pub(crate) mod tls;
 pub mod url;
 
 use std::sync::Arc;
@@ -62,6 +63,36 @@ impl PartialEq for Properties {
     fn eq(&self, other: &Self) -> bool {
         self.as_amqp() == other.as_amqp()
     }
+}
+
+/// The header in which warren's servers count a request's earlier
+/// deliveries on queues whose broker does not (see the server's poison
+/// guard).
+pub const WARREN_DELIVERY_COUNT: &str = "x-warren-delivery-count";
+
+/// The count in header `name`, if present and an integer.
+fn header_count(p: &BasicProperties, name: &str) -> Option<u32> {
+    p.headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .and_then(|(_, v)| count_of(v))
+}
+
+/// A count header's value, whichever integer type the broker used.
+fn count_of(value: &AMQPValue) -> Option<u32> {
+    let n: i128 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        _ => return None,
+    };
+    Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
 
 /// An AMQP short string (at most 255 bytes), or a configuration error
@@ -187,6 +218,37 @@ impl Properties {
     pub fn with_expiration_ms(self, ms: u128) -> Result<Self, Error> {
         let ms = short_owned(ms.to_string())?;
         Ok(Properties::from(self.into_amqp().with_expiration(ms)))
+    }
+
+    /// How many times warren's servers saw this request delivered before
+    /// (the [`WARREN_DELIVERY_COUNT`] header they set when they publish a
+    /// redelivered request again; see the server's poison guard).
+    pub fn delivery_count(&self) -> Option<u32> {
+        header_count(self.as_amqp(), WARREN_DELIVERY_COUNT)
+    }
+
+    /// How many times the broker delivered the message before, where it
+    /// counts (quorum queues' `x-delivery-count` header).
+    pub fn broker_delivery_count(&self) -> Option<u32> {
+        header_count(self.as_amqp(), "x-delivery-count")
+    }
+
+    /// Earlier deliveries, by whichever count is known (the larger).
+    pub fn deliveries_before(&self) -> u32 {
+        self.delivery_count()
+            .max(self.broker_delivery_count())
+            .unwrap_or(0)
+    }
+
+    /// Sets the [`WARREN_DELIVERY_COUNT`] header.
+    pub fn with_delivery_count(self, count: u32) -> Self {
+        let properties = self.into_amqp();
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            WARREN_DELIVERY_COUNT.into(),
+            AMQPValue::LongLongInt(count.into()),
+        );
+        Properties::from(properties.with_headers(headers))
     }
 
     /// Sets the delivery mode (1 transient, 2 persistent).

@@ -1,11 +1,18 @@
-//! Transport URLs: `amqp://`, oslo's `rabbit://` (several hosts for
-//! fail-over) and `embedded://`.
+//! Transport URLs: `amqp://`, `amqps://` (TLS), oslo's `rabbit://` (several
+//! hosts for fail-over; TLS with `ssl=true`) and `embedded://`.
 //!
 //! ```text
 //! amqp://user:pass@host:5672/vhost
+//! amqps://user:pass@host:5671/vhost?cacertfile=/etc/ssl/ca.pem
 //! rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost?amqp_durable_queues=true
+//! rabbit://user:pass@host:5671/vhost?ssl=true&ssl_ca_file=/etc/ssl/ca.pem
 //! embedded://
 //! ```
+//!
+//! TLS options take RabbitMQ's URI names (`cacertfile`, `certfile`,
+//! `keyfile`, `verify=verify_peer|verify_none`, `server_name_indication`)
+//! or oslo.messaging's (`ssl`, `ssl_ca_file`, `ssl_cert_file`,
+//! `ssl_key_file`), on either scheme; see [`TlsOptions`].
 
 use std::str::FromStr;
 
@@ -20,6 +27,49 @@ pub enum Scheme {
     Rabbit,
     /// `embedded://` (or no URL at all): the broker inside this process.
     Embedded,
+}
+
+/// The AMQP port, and the AMQP-over-TLS port (IANA's `amqps`).
+const AMQP_PORT: u16 = 5672;
+const AMQPS_PORT: u16 = 5671;
+
+/// How a client connection is secured, read from a URL by
+/// [`TransportUrl::tls`]. The default checks the server against the
+/// system's roots and presents no client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the certificate authorities to trust (`cacertfile`,
+    /// `ssl_ca_file`); the system's roots when `None`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client's certificate chain (`certfile`,
+    /// `ssl_cert_file`), presented when the server asks for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the client's private key (`keyfile`, `ssl_key_file`).
+    pub key_file: Option<std::path::PathBuf>,
+    /// Whether the server's certificate is checked (`verify=verify_peer`,
+    /// the default) or not (`verify=verify_none`: anyone on the path can
+    /// impersonate the server; warren logs a warning at every connection).
+    pub verify: bool,
+    /// The name sent in SNI and checked against the server's certificate
+    /// (`server_name_indication=NAME`), instead of the URL's host;
+    /// `server_name_indication=disable` sends no SNI (the certificate is
+    /// still checked against the URL's host).
+    pub server_name: Option<String>,
+    /// Whether SNI is sent (`false` with `server_name_indication=disable`).
+    pub sni: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            verify: true,
+            server_name: None,
+            sni: true,
+        }
+    }
 }
 
 /// One broker address of a URL.
@@ -46,6 +96,8 @@ pub struct TransportUrl {
     pub vhost: String,
     /// `?key=value` options, in order.
     pub options: Vec<(String, String)>,
+    /// TLS: `amqps://`, or `ssl=true` (oslo.messaging's option).
+    pub tls: bool,
 }
 
 impl TransportUrl {
@@ -56,7 +108,72 @@ impl TransportUrl {
             hosts: Vec::new(),
             vhost: "%2f".into(),
             options: Vec::new(),
+            tls: false,
         }
+    }
+
+    /// The TLS settings when the URL asks for TLS (`amqps://`, or `ssl=true`
+    /// on `rabbit://`), `None` otherwise. TLS options on a URL without
+    /// TLS are a configuration error rather than silently plain text.
+    pub fn tls(&self) -> Result<Option<TlsOptions>, Error> {
+        let path = |rabbitmq: &str, oslo: &str| {
+            self.option(rabbitmq)
+                .or_else(|| self.option(oslo))
+                .filter(|p| !p.is_empty())
+                .map(|p| std::path::PathBuf::from(percent_decode(p)))
+        };
+        let ca_file = path("cacertfile", "ssl_ca_file");
+        let cert_file = path("certfile", "ssl_cert_file");
+        let key_file = path("keyfile", "ssl_key_file");
+        let verify = match self.option("verify") {
+            None | Some("verify_peer") => true,
+            Some("verify_none") => false,
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "verify={other} is not supported (use verify_peer or verify_none)"
+                )))
+            }
+        };
+        let (server_name, sni) = match self.option("server_name_indication") {
+            None | Some("") => (None, true),
+            Some("disable") => (None, false),
+            Some(name) => (Some(percent_decode(name)), true),
+        };
+        if !self.tls {
+            let given = [
+                "cacertfile",
+                "certfile",
+                "keyfile",
+                "verify",
+                "server_name_indication",
+                "ssl_ca_file",
+                "ssl_cert_file",
+                "ssl_key_file",
+            ]
+            .into_iter()
+            .find(|k| self.option(k).is_some());
+            return match given {
+                Some(key) => Err(Error::config(format!(
+                    "option {key} is a TLS option but the URL does not ask for TLS \
+                     (use amqps://, or ssl=true on rabbit://)"
+                ))),
+                None => Ok(None),
+            };
+        }
+        if cert_file.is_some() != key_file.is_some() {
+            return Err(Error::config(
+                "a client certificate needs both certfile and keyfile \
+                 (ssl_cert_file and ssl_key_file)",
+            ));
+        }
+        Ok(Some(TlsOptions {
+            ca_file,
+            cert_file,
+            key_file,
+            verify,
+            server_name,
+            sni,
+        }))
     }
 
     /// An option's value (`?key=value`), the last one if repeated.
@@ -109,25 +226,40 @@ impl TransportUrl {
         Ok(Some(timeout))
     }
 
-    /// One `amqp://` URI per host, in fail-over order, as lapin reads them
-    /// (`rabbit_login_method` becomes lapin's `auth_mechanism`).
+    /// One `amqp://` (or, with TLS, `amqps://`) URI per host, in fail-over
+    /// order, as lapin reads them (`rabbit_login_method`, oslo's name, and
+    /// `auth_mechanism`, RabbitMQ's, become lapin's `auth_mechanism`).
+    /// `EXTERNAL` (the client certificate's name is the user name) needs TLS.
     pub fn amqp_uris(&self) -> Result<Vec<String>, Error> {
-        let query = match self.option("rabbit_login_method") {
+        let query = match self
+            .option("auth_mechanism")
+            .or_else(|| self.option("rabbit_login_method"))
+        {
             None => String::new(),
             Some(m) if m.eq_ignore_ascii_case("AMQPLAIN") => "?auth_mechanism=amqplain".to_owned(),
             Some(m) if m.eq_ignore_ascii_case("PLAIN") => "?auth_mechanism=plain".to_owned(),
+            Some(m) if m.eq_ignore_ascii_case("EXTERNAL") => {
+                if !self.tls {
+                    return Err(Error::config(
+                        "the EXTERNAL login method takes the user from a TLS client \
+                         certificate: use amqps:// (or ssl=true) with certfile and keyfile",
+                    ));
+                }
+                "?auth_mechanism=external".to_owned()
+            }
             Some(other) => {
                 return Err(Error::config(format!(
-                    "rabbit_login_method={other} is not supported (use PLAIN or AMQPLAIN)"
+                    "login method {other} is not supported (use PLAIN, AMQPLAIN or EXTERNAL)"
                 )))
             }
         };
+        let scheme = if self.tls { "amqps" } else { "amqp" };
         Ok(self
             .hosts
             .iter()
             .map(|h| {
                 format!(
-                    "amqp://{}:{}@{}:{}/{}{query}",
+                    "{scheme}://{}:{}@{}:{}/{}{query}",
                     h.user, h.password, h.host, h.port, self.vhost
                 )
             })
@@ -146,13 +278,16 @@ impl FromStr for TransportUrl {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| Error::config(format!("transport URL {url:?} has no scheme")))?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "amqp" => Scheme::Amqp,
-            "rabbit" | "kombu+amqp" => Scheme::Rabbit,
-            "embedded" => Scheme::Embedded,
+        let (scheme, amqps) = match scheme.to_ascii_lowercase().as_str() {
+            "amqp" => (Scheme::Amqp, false),
+            "amqps" => (Scheme::Amqp, true),
+            "rabbit" | "kombu+amqp" => (Scheme::Rabbit, false),
+            "kombu+amqps" => (Scheme::Rabbit, true),
+            "embedded" => (Scheme::Embedded, false),
             other => {
                 return Err(Error::config(format!(
-                    "unsupported transport scheme {other:?} (use amqp://, rabbit:// or embedded://)"
+                    "unsupported transport scheme {other:?} \
+                     (use amqp://, amqps://, rabbit:// or embedded://)"
                 )))
             }
         };
@@ -173,27 +308,33 @@ impl FromStr for TransportUrl {
                 None => (kv.to_owned(), String::new()),
             })
             .collect();
-        let vhost = if path.is_empty() {
+        let mut url = TransportUrl {
+            scheme,
+            hosts: Vec::new(),
+            vhost: String::new(),
+            options,
+            tls: amqps,
+        };
+        if scheme != Scheme::Embedded {
+            url.tls = amqps || url.flag("ssl")?;
+        }
+        let default_port = if url.tls { AMQPS_PORT } else { AMQP_PORT };
+        url.vhost = if path.is_empty() {
             "%2f".to_owned()
         } else {
             path.to_owned()
         };
-        let hosts = if scheme == Scheme::Embedded {
+        url.hosts = if scheme == Scheme::Embedded {
             Vec::new()
         } else if authority.is_empty() {
-            vec![parse_host("")?]
+            vec![parse_host("", default_port)?]
         } else {
             authority
                 .split(',')
-                .map(parse_host)
+                .map(|h| parse_host(h, default_port))
                 .collect::<Result<_, _>>()?
         };
-        Ok(TransportUrl {
-            scheme,
-            hosts,
-            vhost,
-            options,
-        })
+        Ok(url)
     }
 }
 
@@ -220,7 +361,29 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{}{tail}", hosts.join(","))
 }
 
-fn parse_host(spec: &str) -> Result<Host, Error> {
+/// `%XX` escapes decoded (file names and host names in options); an
+/// invalid escape is kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_host(spec: &str, default_port: u16) -> Result<Host, Error> {
     let (credentials, address) = match spec.rsplit_once('@') {
         Some((c, a)) => (Some(c), a),
         None => (None, spec),
@@ -247,7 +410,7 @@ fn parse_host(spec: &str) -> Result<Host, Error> {
         Some(p) => p
             .parse()
             .map_err(|_| Error::config(format!("invalid port {p:?} in transport URL")))?,
-        None => 5672,
+        None => default_port,
     };
     let host = if host.is_empty() {
         "localhost".to_owned()
@@ -322,6 +485,71 @@ mod tests {
                 .is_config());
         }
         assert!(timeout("amqp://h/?connection_timeout=0")
+            .unwrap_err()
+            .is_config());
+    }
+
+    #[test]
+    fn tls_urls_rabbitmq_and_oslo_names() {
+        let url: TransportUrl =
+            "amqps://u:p@h/v?cacertfile=/ca.pem&certfile=/c%20d.pem&keyfile=/k.pem&auth_mechanism=external"
+                .parse()
+                .unwrap();
+        assert!(url.tls);
+        assert_eq!(
+            url.amqp_uris().unwrap(),
+            vec!["amqps://u:p@h:5671/v?auth_mechanism=external"]
+        );
+        let tls = url.tls().unwrap().unwrap();
+        assert_eq!(tls.ca_file.unwrap(), std::path::Path::new("/ca.pem"));
+        assert_eq!(tls.cert_file.unwrap(), std::path::Path::new("/c d.pem"));
+        assert!(tls.verify && tls.sni && tls.server_name.is_none());
+
+        let url: TransportUrl =
+            "rabbit://u:p@h1,u:p@h2:5999/v?ssl=true&ssl_ca_file=/ca.pem&rabbit_login_method=EXTERNAL"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            url.amqp_uris().unwrap(),
+            vec![
+                "amqps://u:p@h1:5671/v?auth_mechanism=external",
+                "amqps://u:p@h2:5999/v?auth_mechanism=external"
+            ]
+        );
+        assert_eq!(
+            url.tls().unwrap().unwrap().ca_file.unwrap(),
+            std::path::Path::new("/ca.pem")
+        );
+
+        let url: TransportUrl = "amqps://h?verify=verify_none&server_name_indication=disable"
+            .parse()
+            .unwrap();
+        let tls = url.tls().unwrap().unwrap();
+        assert!(!tls.verify && !tls.sni);
+        let url: TransportUrl = "amqps://h?server_name_indication=broker.example"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.tls().unwrap().unwrap().server_name.as_deref(),
+            Some("broker.example")
+        );
+
+        let plain: TransportUrl = "amqp://h/".parse().unwrap();
+        assert_eq!(plain.tls().unwrap(), None);
+        assert_eq!(plain.hosts[0].port, 5672);
+        for bad in [
+            "amqp://h/?cacertfile=/ca.pem",
+            "rabbit://h/?ssl_ca_file=/ca.pem",
+            "amqps://h/?verify=maybe",
+            "amqps://h/?certfile=/c.pem",
+        ] {
+            let url: TransportUrl = bad.parse().unwrap();
+            assert!(url.tls().unwrap_err().is_config(), "{bad}");
+        }
+        let url: TransportUrl = "amqp://h/?auth_mechanism=external".parse().unwrap();
+        assert!(url.amqp_uris().unwrap_err().is_config());
+        assert!("rabbit://h/?ssl=perhaps"
+            .parse::<TransportUrl>()
             .unwrap_err()
             .is_config());
     }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use warren::rpc::Context;
 
+pub mod cluster;
 pub mod raw;
+pub mod tls;
 
 /// The RabbitMQ the tests use: `$WARREN_TEST_RABBITMQ`, else the local one.
 pub fn rabbitmq_url() -> String {

@@ -207,6 +207,11 @@ impl Core {
             .cloned()
     }
 
+    /// Whether `user` exists (an `EXTERNAL` login needs only that).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Whether `user` may use `vhost`.
     pub fn can_access(&self, user: &str, vhost: &str) -> bool {
         self.users.contains_key(user)

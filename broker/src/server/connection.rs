@@ -33,7 +33,7 @@ use super::{CHANNEL_MAX, FRAME_MAX, HEARTBEAT};
 const READ_SPARE: usize = 16 * 1024;
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection keeps reading (and dropping) the peer's input.
 const LINGER: Duration = Duration::from_secs(1);
@@ -87,6 +87,9 @@ struct Conn {
     core: Arc<Core>,
     admission: Arc<Admission>,
     peer: Option<IpAddr>,
+    /// The common name of the client's verified TLS certificate: the user
+    /// an `EXTERNAL` login is.
+    external: Option<String>,
     out: Arc<Outbound>,
     /// Blocked while the memory alarm is on (see `flow`).
     flow: Flow,
@@ -108,10 +111,12 @@ fn may_log_in_from(user: &str, peer: Option<IpAddr>) -> bool {
 }
 
 /// Serve one accepted socket until it closes. `peer` is the client's address
-/// (`None` for an in-process stream).
+/// (`None` for an in-process stream); `external` the common name of its
+/// verified TLS client certificate, if any.
 pub(crate) async fn serve<S>(
     stream: S,
     peer: Option<IpAddr>,
+    external: Option<String>,
     core: Arc<Core>,
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
@@ -131,6 +136,16 @@ pub(crate) async fn serve<S>(
         };
         let seen = buf.len().min(8);
         if buf.get(..seen) != PROTOCOL_HEADER.get(..seen) {
+            // A TLS record (handshake, TLS 1.x): the client wants amqps.
+            // It gets the protocol header as any bad header does, which
+            // its TLS layer reports as a server that does not speak TLS.
+            if buf.starts_with(&[0x16, 0x03]) {
+                tracing::info!(
+                    ?peer,
+                    "TLS client on a plain AMQP port: hung up on (it should use amqp://, \
+                     or the TLS port)"
+                );
+            }
             let _ = wr.write_all(PROTOCOL_HEADER).await;
             let _ = wr.shutdown().await;
             return;
@@ -149,6 +164,7 @@ pub(crate) async fn serve<S>(
         core,
         admission,
         peer,
+        external,
         out,
         flow,
         phase: Phase::StartOk,
@@ -232,7 +248,11 @@ impl Conn {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: props,
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                mechanisms: if self.external.is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL".into()
+                } else {
+                    "PLAIN AMQPLAIN".into()
+                },
                 locales: "en_US".into(),
             })),
         );
@@ -713,6 +733,26 @@ impl Conn {
         let creds = match mech {
             "PLAIN" => parse_plain(s.response.as_bytes()),
             "AMQPLAIN" => parse_amqplain(s.response.as_bytes()),
+            // The user the client's verified certificate names, who must
+            // exist (as in RabbitMQ); its password plays no part.
+            "EXTERNAL" => match &self.external {
+                Some(user) if self.core.has_user(user) => {
+                    return self.logged_in(user.clone(), mech);
+                }
+                Some(user) => {
+                    return Err(AmqpError::access_refused(format!(
+                        "EXTERNAL login refused: no user '{user}' (the client \
+                         certificate's common name)"
+                    ))
+                    .during(10, 11))
+                }
+                None => {
+                    return Err(AmqpError::access_refused(
+                        "EXTERNAL login needs a TLS client certificate the broker verified",
+                    )
+                    .during(10, 11))
+                }
+            },
             _ => {
                 return Err(AmqpError::command_invalid(format!(
                     "unknown authentication mechanism '{mech}'"
@@ -726,17 +766,7 @@ impl Conn {
                     .during(10, 11),
             ),
             Some((user, pass)) if self.core.authenticate(&user, &pass) => {
-                self.user = Some(user);
-                self.phase = Phase::TuneOk;
-                self.send(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                        channel_max: CHANNEL_MAX,
-                        frame_max: FRAME_MAX,
-                        heartbeat: HEARTBEAT,
-                    })),
-                );
-                Ok(())
+                self.logged_in(user, mech)
             }
             _ => Err(AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mech}. For details see the \
@@ -744,6 +774,28 @@ impl Conn {
             ))
             .during(10, 11)),
         }
+    }
+
+    /// `user` is authenticated: on to tune (guest only from loopback).
+    fn logged_in(&mut self, user: String, mech: &str) -> Result<(), AmqpError> {
+        if !may_log_in_from(&user, self.peer) {
+            return Err(AmqpError::access_refused(format!(
+                "User '{user}' can only connect via localhost"
+            ))
+            .during(10, 11));
+        }
+        tracing::debug!(%user, mechanism = mech, "logged in");
+        self.user = Some(user);
+        self.phase = Phase::TuneOk;
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: CHANNEL_MAX,
+                frame_max: FRAME_MAX,
+                heartbeat: HEARTBEAT,
+            })),
+        );
+        Ok(())
     }
 }
 

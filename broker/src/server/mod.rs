@@ -4,7 +4,7 @@
 //! `channel` maps channel methods to core calls, `writer` encodes output from the
 //! bounded `outbound` queue, and `flow` blocks publishers while memory is short.
 //! `tables` checks field tables before they are parsed, `limits` holds what
-//! peers may do.
+//! peers may do, `tls` the TLS listeners' configuration.
 
 pub(crate) mod channel;
 pub(crate) mod connection;
@@ -13,9 +13,11 @@ pub mod limits;
 pub(crate) mod listener;
 pub(crate) mod outbound;
 pub(crate) mod tables;
+pub mod tls;
 pub(crate) mod writer;
 
 pub use limits::Limits;
+pub use tls::{TlsConfig, TlsError};
 
 /// Largest frame the server accepts and proposes (`connection.tune`).
 pub const FRAME_MAX: u32 = 131_072;
@@ -34,7 +36,9 @@ pub async fn serve_bytes(core: std::sync::Arc<super::core::Core>, input: &[u8]) 
     let (client, server) = tokio::io::duplex(1 << 16);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let admission = limits::Admission::new(Limits::default());
-    let task = tokio::spawn(connection::serve(server, None, core, admission, stopped));
+    let task = tokio::spawn(connection::serve(
+        server, None, None, core, admission, stopped,
+    ));
     let (mut rd, mut wr) = tokio::io::split(client);
     let input = input.to_vec();
     let writer = tokio::spawn(async move {

@@ -306,7 +306,7 @@ async fn write_all_items<W: AsyncWrite + Unpin>(
                         if !enc.frame(&heartbeat_frame) {
                             return;
                         }
-                        if sock.write_all(&enc.buf).await.is_err() {
+                        if sock.write_all(&enc.buf).await.is_err() || sock.flush().await.is_err() {
                             return;
                         }
                         enc.buf.clear();
@@ -342,7 +342,10 @@ async fn write_all_items<W: AsyncWrite + Unpin>(
             closing = true;
         }
         if !enc.buf.is_empty() {
-            if sock.write_all(&enc.buf).await.is_err() {
+            // Flushed too: a TLS stream takes bytes into its own buffer
+            // when the socket is full and writes them only on the next
+            // write or flush (a no-op on TCP).
+            if sock.write_all(&enc.buf).await.is_err() || sock.flush().await.is_err() {
                 return;
             }
             enc.buf.clear();

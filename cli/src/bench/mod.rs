@@ -45,7 +45,7 @@ enum Role {
 /// What to run.
 #[derive(Args, Debug, Clone)]
 pub struct Workload {
-    /// Broker URL (amqp://, rabbit://); empty: the embedded broker.
+    /// Broker URL (amqp://, amqps://, rabbit://); empty: the embedded broker.
     #[arg(long, default_value = "", env = "TRANSPORT_URL")]
     pub url: String,
     /// call (request/reply), cast (fire-and-forget), fanout (cast to every server).
