@@ -3,7 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
-use warren::wire::{new_id, Args, Codec, ContextMap, Reply, Request};
+use warren::rpc::Context;
+use warren::wire::{new_id, Args, Codec, Reply, ReplyTo, Request};
 
 #[derive(Serialize, Deserialize)]
 struct HealthCheck {
@@ -23,12 +24,13 @@ fn request(codec: Codec) -> Request {
         args: Args::encode(codec, &args).expect("encodable"),
         namespace: None,
         version: Some("1.0".into()),
-        msg_id: Some(new_id()),
-        reply_q: Some(format!("reply_{}", new_id())),
+        reply: Some(ReplyTo {
+            queue: format!("reply_{}", new_id()),
+            msg_id: new_id(),
+        }),
         timeout: None,
-        deadline: None,
         unique_id: Some(new_id()),
-        context: ContextMap::new(),
+        context: Context::new(),
     }
 }
 
@@ -37,7 +39,8 @@ fn reply(codec: Codec) -> Reply {
         msg_id: Some(new_id()),
         outcome: Ok(codec
             .encode_value(&(42u64, "vm", "I'm fine!"))
-            .expect("encodable")),
+            .expect("encodable")
+            .into()),
         ending: true,
         unique_id: Some(new_id()),
     }

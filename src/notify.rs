@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -190,7 +191,13 @@ impl Notifier {
             inner.insert(format!("_context_{key}"), value.clone());
         }
         inner.insert("_unique_id".into(), Value::String(new_id()));
-        let body = oslo::wrap(&inner)?;
+        let body = oslo::wrap(&inner)?.into();
+        // oslo's notification properties.
+        let properties = Properties::default()
+            .with_content_type(JSON_CONTENT_TYPE)?
+            .with_content_encoding("utf-8")?
+            .with_delivery_mode(2)
+            .with_priority(0);
         self.connection
             .transport()
             .publish(Outgoing {
@@ -198,13 +205,7 @@ impl Notifier {
                 routing_key,
                 mandatory: false,
                 confirm: true,
-                properties: Properties {
-                    content_type: Some(JSON_CONTENT_TYPE.to_owned()),
-                    content_encoding: Some("utf-8".to_owned()),
-                    delivery_mode: Some(2),
-                    priority: Some(0),
-                    ..Properties::default()
-                },
+                properties,
                 body,
             })
             .await
@@ -274,7 +275,7 @@ pub struct Notification {
 }
 
 impl Notification {
-    fn decode(body: &[u8]) -> Result<Notification, Error> {
+    fn decode(body: &Bytes) -> Result<Notification, Error> {
         let inner = oslo::unwrap(body)?;
         let mut map: Map<String, Value> = serde_json::from_slice(&inner)
             .map_err(|e| Error::decode(format!("invalid notification: {e}")).with_source(e))?;
@@ -485,11 +486,13 @@ mod tests {
     #[test]
     fn captured_python_notification_decodes() {
         let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"message_id\": \"04194355-6142-4f6d-a87d-14044d5cb4f5\", \"publisher_id\": \"compute.host1\", \"event_type\": \"compute.instance.create.end\", \"priority\": \"INFO\", \"payload\": {\"id\": 1}, \"timestamp\": \"2026-11-22 11:23:11.658751\", \"_unique_id\": \"2e4c1c58801040d3a65a5eae9d25962f\", \"_context_user_id\": \"u1\"}"}"#;
-        let n = Notification::decode(body).unwrap();
+        let n = Notification::decode(&Bytes::from_static(body)).unwrap();
         assert_eq!(n.publisher_id, "compute.host1");
         assert_eq!(n.priority, Priority::Info);
         assert_eq!(n.payload, serde_json::json!({"id": 1}));
         assert_eq!(n.context.get("user_id"), Some(&serde_json::json!("u1")));
-        assert!(Notification::decode(b"{}").unwrap_err().is_decode());
+        assert!(Notification::decode(&Bytes::from_static(b"{}"))
+            .unwrap_err()
+            .is_decode());
     }
 }

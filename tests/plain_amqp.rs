@@ -111,7 +111,7 @@ async fn garbage_request_gets_a_decode_failure_and_the_server_keeps_serving() {
         )
         .unwrap();
         let failure = codec
-            .decode_reply(&delivery.data)
+            .decode_reply(&delivery.data.clone().into())
             .unwrap()
             .outcome
             .unwrap_err();

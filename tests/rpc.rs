@@ -370,28 +370,49 @@ fn raw_request(
     timeout: Option<f64>,
     deadline: Option<std::time::SystemTime>,
 ) -> warren::transport::Outgoing {
+    let reply = reply_q.map(|queue| warren::wire::ReplyTo {
+        queue: queue.to_owned(),
+        msg_id: warren::wire::new_id(),
+    });
+    let mut context = warren::rpc::Context::new();
+    if let Some(deadline) = deadline {
+        // `_deadline` travels as wall-clock time; the request carries it as
+        // an instant on this machine's clock.
+        let now = std::time::Instant::now();
+        context = context.with_deadline(
+            match deadline.duration_since(std::time::SystemTime::now()) {
+                Ok(left) => now + left,
+                Err(passed) => now.checked_sub(passed.duration()).unwrap_or(now),
+            },
+        );
+    }
     let request = warren::wire::Request {
         method: method.into(),
         args: warren::wire::Args::encode(codec, &args).unwrap(),
         namespace: None,
         version: Some("1.0".into()),
-        msg_id: reply_q.map(|_| warren::wire::new_id()),
-        reply_q: reply_q.map(str::to_owned),
+        reply: reply.clone(),
         timeout,
-        deadline,
         unique_id: Some(warren::wire::new_id()),
-        context: Default::default(),
+        context,
     };
+    // MessagePack carries the reply address only in the AMQP properties.
+    let mut properties = warren::transport::Properties::default()
+        .with_content_type(codec.content_type())
+        .unwrap();
+    if let Some(reply) = &reply {
+        properties = properties
+            .with_reply_to(&reply.queue)
+            .unwrap()
+            .with_correlation_id(&reply.msg_id)
+            .unwrap();
+    }
     warren::transport::Outgoing {
         exchange: warren::rpc::DEFAULT_EXCHANGE.into(),
         routing_key: s.topic.clone(),
         mandatory: false,
         confirm: true,
-        properties: warren::transport::Properties {
-            content_type: Some(codec.content_type().into()),
-            correlation_id: request.msg_id.clone(),
-            ..Default::default()
-        },
+        properties,
         body: codec.encode_request(&request).unwrap(),
     }
 }

@@ -5,7 +5,7 @@
 //! be used directly with hand-built arguments.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use super::target::fanout_exchange;
 use super::{CallOptions, Outcome, ServiceRequest, Stub};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
-use crate::wire::{new_id, Args, Codec, Reply, Request};
+use crate::wire::{new_id, Args, Codec, Reply, ReplyTo, Request};
 use crate::{Connection, Error};
 
 /// A call's place in its reply queue's table, and where its reply arrives.
@@ -153,11 +153,15 @@ impl Client {
         let timeout = options.effective_timeout();
         let msg_id = new_id();
         let (replies, (_registration, reply)) = self.register(&msg_id).await?;
-        let mut request = self.request(options, method, args, Some((&msg_id, replies.name())));
+        let reply_to = ReplyTo {
+            queue: replies.name().to_owned(),
+            msg_id,
+        };
+        let mut request = self.request(options, method, args, Some(reply_to));
         // The deadline travels so a server can drop the request if it is
         // dequeued after the caller gave up; a timeout too large for the
         // clock is no deadline.
-        request.deadline = SystemTime::now().checked_add(timeout);
+        request.context.deadline = Instant::now().checked_add(timeout);
         self.declare_control_exchange(&target.exchange).await?;
         let message = self.outgoing(
             target.exchange.clone(),
@@ -193,19 +197,17 @@ impl Client {
         options: &CallOptions,
         method: &str,
         args: Args,
-        reply: Option<(&str, &str)>,
+        reply: Option<ReplyTo>,
     ) -> Request {
         Request {
             method: method.to_owned(),
             args,
             namespace: options.target.namespace.clone(),
             version: options.target.version.clone(),
-            msg_id: reply.map(|(id, _)| id.to_owned()),
-            reply_q: reply.map(|(_, q)| q.to_owned()),
+            reply,
             timeout: None,
-            deadline: None,
             unique_id: Some(new_id()),
-            context: options.context.values().clone(),
+            context: options.context.clone(),
         }
     }
 
@@ -218,24 +220,27 @@ impl Client {
         confirm: bool,
     ) -> Result<Outgoing, Error> {
         let codec = self.inner.codec;
-        let mut properties = Properties {
-            content_type: Some(codec.content_type().to_owned()),
-            expiration: timeout.map(|t| t.as_millis().max(1).to_string()),
-            ..Properties::default()
-        };
-        match codec {
+        let mut properties = Properties::default().with_content_type(codec.content_type())?;
+        if let Some(timeout) = timeout {
+            properties = properties.with_expiration_ms(timeout.as_millis().max(1))?;
+        }
+        match (codec, &request.reply) {
             // Exactly oslo's properties, so Python peers see what they expect.
-            Codec::OsloJson => {
-                properties.content_encoding = Some("utf-8".to_owned());
-                properties.delivery_mode = Some(2);
-                properties.priority = Some(0);
+            (Codec::OsloJson, _) => {
+                properties = properties
+                    .with_content_encoding("utf-8")?
+                    .with_delivery_mode(2)
+                    .with_priority(0);
             }
-            // Plain AMQP RPC properties too, so a server can answer even a
-            // request whose body it cannot read.
-            Codec::MsgPack => {
-                properties.reply_to = request.reply_q.clone();
-                properties.correlation_id = request.msg_id.clone();
+            // The reply address as plain AMQP RPC carries it, the only place
+            // MessagePack carries it (so a server can answer even a request
+            // whose body it cannot read).
+            (Codec::MsgPack, Some(reply)) => {
+                properties = properties
+                    .with_reply_to(&reply.queue)?
+                    .with_correlation_id(&reply.msg_id)?;
             }
+            (Codec::MsgPack, None) => {}
         }
         Ok(Outgoing {
             exchange,

@@ -11,13 +11,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Serialize;
 
 use super::exception::type_path;
-use super::{Context, Version};
-use crate::wire::{Args, Codec, Failure, WARREN_MODULE};
+use super::Version;
+use crate::wire::{Codec, Failure, WARREN_MODULE};
 use crate::{BoxError, Error};
 
 /// Static facts about a service, written by `#[warren::service]`.
@@ -37,40 +38,23 @@ pub struct ServiceInfo {
     pub methods: &'static [&'static str],
 }
 
-/// A request as a server dispatches it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The method.
-    pub method: String,
-    /// The encoded arguments.
-    pub args: Args,
-    /// The request context (also available as [`Context::current`] inside
-    /// the method).
-    pub context: Context,
-    /// The version the caller asked for.
-    pub version: Option<String>,
-    /// The namespace the caller addressed.
-    pub namespace: Option<String>,
-}
-
-impl Request {
-    /// The codec of the request, which the reply uses too.
-    pub fn codec(&self) -> Codec {
-        self.args.codec()
-    }
-}
+/// A request as a server dispatches it: the one request type, decoded once
+/// from the message (see [`crate::wire::Request`]).
+pub use crate::wire::Request;
 
 /// A dispatcher's answer: an encoded value or a failure.
 #[derive(Debug, Clone)]
 pub struct Response {
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Bytes, Failure>,
 }
 
 impl Response {
     /// A successful result.
     pub fn value<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Self {
         match codec.encode_value(value) {
-            Ok(bytes) => Response { outcome: Ok(bytes) },
+            Ok(bytes) => Response {
+                outcome: Ok(bytes.into()),
+            },
             Err(e) => Response::failure(Failure::new("EncodeError", WARREN_MODULE, e.to_string())),
         }
     }
@@ -122,12 +106,12 @@ impl Response {
     }
 
     /// The outcome.
-    pub fn outcome(&self) -> &Result<Vec<u8>, Failure> {
+    pub fn outcome(&self) -> &Result<Bytes, Failure> {
         &self.outcome
     }
 
     /// The outcome, owned.
-    pub fn into_outcome(self) -> Result<Vec<u8>, Failure> {
+    pub fn into_outcome(self) -> Result<Bytes, Failure> {
         self.outcome
     }
 }
@@ -158,8 +142,9 @@ impl Endpoints {
         }
     }
 
-    /// Picks the endpoint for a request, or the failure oslo would raise.
-    fn select(&self, request: &Request) -> Result<&Arc<dyn Dispatch>, Failure> {
+    /// Picks the endpoint for a request, and the method's name as the
+    /// endpoint spells it, or the failure oslo would raise.
+    fn select(&self, request: &Request) -> Result<(&Arc<dyn Dispatch>, &'static str), Failure> {
         let method = request.method.as_str();
         let requested = request.version.as_deref().unwrap_or("1.0");
         if method.starts_with('_') {
@@ -185,7 +170,10 @@ impl Endpoints {
             return Err(Failure::unsupported_version(requested, method));
         }
         candidates
-            .find(|e| e.info().methods.contains(&method))
+            .find_map(|e| {
+                let name = e.info().methods.iter().find(|m| **m == method)?;
+                Some((e, *name))
+            })
             .ok_or_else(|| Failure::no_such_method(method))
     }
 }
@@ -200,11 +188,10 @@ impl tower::Service<Request> for Endpoints {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let endpoint = match self.select(&request) {
-            Ok(endpoint) => endpoint.clone(),
+        let (endpoint, method) = match self.select(&request) {
+            Ok((endpoint, method)) => (endpoint.clone(), method),
             Err(failure) => return Box::pin(async move { Ok(Response::failure(failure)) }),
         };
-        let method = request.method.clone();
         let context = request.context.clone();
         let call = context.scope(endpoint.dispatch(request));
         Box::pin(async move {

@@ -134,26 +134,21 @@ async fn consume(mut subscription: Box<dyn Subscription>, pending: Arc<Table>, q
 
 fn route(pending: &Table, queue: &str, delivery: Delivery) {
     let props = &delivery.properties;
-    let decoded = Codec::for_message(props.content_type.as_deref(), &delivery.body)
+    let decoded = Codec::for_message(props.content_type(), &delivery.body)
         .and_then(|codec| Ok((codec, codec.decode_reply(&delivery.body)?)));
-    let msg_id = match &decoded {
-        Ok((_, reply)) => reply
-            .msg_id
-            .clone()
-            .or_else(|| props.correlation_id.clone()),
-        Err(_) => props.correlation_id.clone(),
-    };
-    let Some(msg_id) = msg_id else {
-        tracing::warn!(%queue, "dropping a reply without correlation id");
-        return;
-    };
     if let Ok((_, reply)) = &decoded {
         if !reply.ending {
-            tracing::trace!(%queue, %msg_id, "keepalive reply");
+            tracing::trace!(%queue, "keepalive reply");
             return;
         }
     }
-    let waiter = lock(pending).as_mut().and_then(|t| t.remove(&msg_id));
+    // The correlation id: the body's (oslo's JSON), else the AMQP property.
+    let body_id = decoded.as_ref().ok().and_then(|(_, r)| r.msg_id.as_deref());
+    let Some(msg_id) = body_id.or(props.correlation_id()) else {
+        tracing::warn!(%queue, "dropping a reply without correlation id");
+        return;
+    };
+    let waiter = lock(pending).as_mut().and_then(|t| t.remove(msg_id));
     match waiter {
         Some(waiter) => {
             let _ = waiter.send(decoded);

@@ -8,8 +8,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneSyncService;
@@ -19,10 +20,9 @@ use super::dispatch::{Dispatch, Endpoints, Request, Response};
 use super::duplicates::{Duplicates, DEFAULT_DUPLICATE_WINDOW};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
 use super::topology::declare_topic_queues;
-use super::Context;
 use crate::transport::recovery::resubscribe;
 use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, QueueSpec, Subscription};
-use crate::wire::{new_id, Codec, Failure, Reply, WARREN_MODULE};
+use crate::wire::{new_id, Codec, Failure, Reply, ReplyTo, WARREN_MODULE};
 use crate::{BoxError, Connection, Error};
 
 /// The type-erased dispatch stack layers wrap.
@@ -475,32 +475,23 @@ fn keepalive_period(timeout: Option<f64>) -> Option<Duration> {
 }
 
 /// The instant a request's caller stops waiting, from the AMQP `expiration`
-/// (relative, restarted at dequeue) and warren's `_deadline` (wall clock,
-/// so it also counts time spent queued); the earlier of the two. `Err` when
-/// the wall-clock deadline has already passed. Values too large for the
-/// clock mean no deadline rather than an overflow panic.
+/// (relative, restarted at dequeue) and the deadline the request carried
+/// (warren's `_deadline`: wall clock, so it also counts time spent queued);
+/// the earlier of the two. `Err` when the carried deadline has already
+/// passed. Values too large for the clock mean no deadline rather than an
+/// overflow panic.
 fn request_deadline(
     expiration: Option<&str>,
-    deadline: Option<SystemTime>,
+    carried: Option<Instant>,
 ) -> Result<Option<Instant>, ()> {
     let now = Instant::now();
+    if carried.is_some_and(|deadline| deadline <= now) {
+        return Err(());
+    }
     let relative = expiration
         .and_then(|ms| ms.parse::<u64>().ok())
         .and_then(|ms| now.checked_add(Duration::from_millis(ms)));
-    let absolute = match deadline {
-        None => None,
-        Some(deadline) => match deadline.duration_since(SystemTime::now()) {
-            Ok(left) if !left.is_zero() => now.checked_add(left),
-            _ => return Err(()),
-        },
-    };
-    Ok(relative.into_iter().chain(absolute).min())
-}
-
-/// Where a reply goes: queue and correlation id.
-struct ReplyAddress {
-    queue: String,
-    msg_id: String,
+    Ok(relative.into_iter().chain(carried).min())
 }
 
 /// Publishes a redelivered request again to `queue` with its delivery count
@@ -508,8 +499,8 @@ struct ReplyAddress {
 /// count on this queue); `false` if that failed, so the caller handles
 /// the original instead.
 async fn count_redelivery(shared: &Shared, queue: &str, delivery: &Delivery) -> bool {
-    let mut properties = delivery.properties.clone();
-    properties.delivery_count = Some(properties.deliveries_before().saturating_add(1));
+    let count = delivery.properties.deliveries_before().saturating_add(1);
+    let properties = delivery.properties.clone().with_delivery_count(count);
     let copy = Outgoing {
         exchange: String::new(),
         routing_key: queue.to_owned(),
@@ -551,47 +542,48 @@ async fn set_aside(shared: &Shared, delivery: &Delivery) -> Result<(), Error> {
         .await
 }
 
-/// Where to reply: warren's and oslo's `_reply_q` + `_msg_id`, else the
-/// plain AMQP `reply_to` + `correlation_id`.
-fn reply_address(
-    reply_q: Option<String>,
-    msg_id: Option<String>,
-    plain: Option<ReplyAddress>,
-) -> Option<ReplyAddress> {
-    match (reply_q, msg_id) {
-        (Some(queue), Some(msg_id)) => Some(ReplyAddress { queue, msg_id }),
-        _ => plain,
+/// Where a request asks its reply to go: the address its body carries
+/// (oslo's `_reply_q` and `_msg_id`), else the AMQP `reply_to` and
+/// `correlation_id` (warren's MessagePack clients, plain AMQP clients).
+fn reply_address(request: Option<&mut Request>, props: &Properties) -> Option<ReplyTo> {
+    if let Some(reply) = request.and_then(|r| r.reply.take()) {
+        return Some(reply);
+    }
+    match (props.reply_to(), props.correlation_id()) {
+        (Some(queue), Some(msg_id)) => Some(ReplyTo {
+            queue: queue.to_owned(),
+            msg_id: msg_id.to_owned(),
+        }),
+        _ => None,
     }
 }
 
 async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
     let props = &delivery.properties;
-    let plain_address = match (&props.reply_to, &props.correlation_id) {
-        (Some(queue), Some(msg_id)) => Some(ReplyAddress {
-            queue: queue.clone(),
-            msg_id: msg_id.clone(),
-        }),
-        _ => None,
-    };
     // Answer in the caller's codec when known, else MessagePack.
-    let (codec, decoded) = match Codec::for_message(props.content_type.as_deref(), &delivery.body) {
+    let (codec, decoded) = match Codec::for_message(props.content_type(), &delivery.body) {
         Ok(codec) => (codec, codec.decode_request(&delivery.body)),
         Err(e) => (Codec::default(), Err(e)),
     };
     let (address, outcome) = match decoded {
         Err(e) => {
             tracing::warn!(error = %e, "undecodable request");
-            (plain_address, Err(Failure::decode(e.to_string())))
+            (
+                reply_address(None, props),
+                Err(Failure::decode(e.to_string())),
+            )
         }
-        Ok(request) if request_deadline(props.expiration.as_deref(), request.deadline).is_err() => {
+        Ok(request)
+            if request_deadline(props.expiration(), request.context.deadline()).is_err() =>
+        {
             // The caller gave up while the request sat in the queue:
             // executing it would be wasted (or, worse, a surprise) and no
             // one reads the reply.
             shared.expired.fetch_add(1, Ordering::Relaxed);
             tracing::info!(method = %request.method, "dropping a request whose deadline passed while it was queued");
-            (None, Ok(Vec::new()))
+            (None, Ok(Bytes::new()))
         }
-        Ok(request) if props.deliveries_before() > shared.delivery_limit => {
+        Ok(mut request) if props.deliveries_before() > shared.delivery_limit => {
             let count = props.deliveries_before();
             if let Err(e) = set_aside(shared, &delivery).await {
                 // Not acknowledged: the broker keeps it (and redelivers it).
@@ -604,7 +596,7 @@ async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
                 poison_queue = %shared.poison_queue,
                 "a request delivered more often than the delivery limit was set aside, not executed"
             );
-            let address = reply_address(request.reply_q, request.msg_id, plain_address);
+            let address = reply_address(Some(&mut request), props);
             let failure = Failure::new(
                 POISON_FAILURE_CLASS,
                 WARREN_MODULE,
@@ -618,7 +610,7 @@ async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
         }
         Ok(request)
             if delivery.redelivered
-                && props.broker_delivery_count.is_none()
+                && props.broker_delivery_count().is_none()
                 && !request
                     .unique_id
                     .as_deref()
@@ -633,29 +625,23 @@ async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
                 return;
             }
             let _ = shared.seen_before(request.unique_id.as_deref(), None);
-            execute(shared, codec, request, plain_address, props).await
+            execute(shared, codec, request, props).await
         }
         Ok(request)
             if shared.seen_before(
                 request.unique_id.as_deref(),
-                request_deadline(props.expiration.as_deref(), request.deadline)
+                request_deadline(props.expiration(), request.context.deadline())
                     .ok()
                     .flatten(),
             ) =>
         {
             tracing::debug!(method = %request.method, "dropping a duplicate request");
-            (None, Ok(Vec::new()))
+            (None, Ok(Bytes::new()))
         }
-        Ok(request) => execute(shared, codec, request, plain_address, props).await,
+        Ok(request) => execute(shared, codec, request, props).await,
     };
     if let Some(address) = address {
-        let reply = Reply {
-            msg_id: Some(address.msg_id.clone()),
-            outcome,
-            ending: true,
-            unique_id: Some(new_id()),
-        };
-        if let Err(e) = send_reply(&shared.connection, codec, &address, reply).await {
+        if let Err(e) = send_reply(&shared.connection, codec, address, outcome, true).await {
             tracing::warn!(error = %e, "cannot send reply");
         }
     }
@@ -668,23 +654,15 @@ async fn handle(shared: &Shared, queue: &str, delivery: Delivery) {
 async fn execute(
     shared: &Shared,
     codec: Codec,
-    request: crate::wire::Request,
-    plain_address: Option<ReplyAddress>,
+    mut request: Request,
     props: &Properties,
-) -> (Option<ReplyAddress>, Result<Vec<u8>, Failure>) {
-    let address = reply_address(request.reply_q, request.msg_id, plain_address);
+) -> (Option<ReplyTo>, Result<Bytes, Failure>) {
+    let address = reply_address(Some(&mut request), props);
     let keepalive = keepalive_period(request.timeout);
-    // Checked above; a deadline reached since then is not dropped
-    // (the method can watch `Context::deadline_passed`).
-    let deadline = request_deadline(props.expiration.as_deref(), request.deadline)
+    // Checked above; a deadline reached since then is not dropped (the
+    // method can watch `Context::deadline_passed`).
+    request.context.deadline = request_deadline(props.expiration(), request.context.deadline())
         .unwrap_or_else(|()| Some(Instant::now()));
-    let request = Request {
-        method: request.method,
-        args: request.args,
-        context: Context::from_wire(request.context, deadline),
-        version: request.version,
-        namespace: request.namespace,
-    };
     let dispatch = shared.service.clone().oneshot(request);
     let response = match (keepalive, &address) {
         // Boxed: only oslo callers ask for keepalives, and the timer
@@ -713,7 +691,7 @@ async fn execute(
 async fn with_keepalives<F: std::future::Future>(
     connection: &Connection,
     codec: Codec,
-    address: &ReplyAddress,
+    address: &ReplyTo,
     period: Duration,
     dispatch: F,
 ) -> F::Output {
@@ -723,13 +701,11 @@ async fn with_keepalives<F: std::future::Future>(
         tokio::select! {
             output = &mut dispatch => return output,
             _ = ticks.tick() => {
-                let keepalive = Reply {
-                    msg_id: Some(address.msg_id.clone()),
-                    outcome: codec.encode_value(&()).map_err(|e| Failure::new("EncodeError", WARREN_MODULE, e.to_string())),
-                    ending: false,
-                    unique_id: Some(new_id()),
-                };
-                if let Err(e) = send_reply(connection, codec, address, keepalive).await {
+                let outcome = codec
+                    .encode_value(&())
+                    .map(Bytes::from)
+                    .map_err(|e| Failure::new("EncodeError", WARREN_MODULE, e.to_string()));
+                if let Err(e) = send_reply(connection, codec, address.clone(), outcome, false).await {
                     tracing::warn!(error = %e, "cannot send keepalive");
                 }
             }
@@ -750,12 +726,24 @@ fn middleware_failure(e: BoxError) -> Failure {
     Failure::new(class, WARREN_MODULE, e.to_string())
 }
 
+/// Sends a reply (`ending`) or a keepalive to `address`, in `codec`.
 async fn send_reply(
     connection: &Connection,
     codec: Codec,
-    address: &ReplyAddress,
-    reply: Reply,
+    address: ReplyTo,
+    outcome: Result<Bytes, Failure>,
+    ending: bool,
 ) -> Result<(), Error> {
+    // oslo's JSON carries the correlation id in the body (and oslo's
+    // clients drop replies whose `_unique_id` they saw); MessagePack leaves
+    // it to the AMQP `correlation_id`.
+    let oslo = codec.carries_reply_address();
+    let reply = Reply {
+        msg_id: oslo.then(|| address.msg_id.clone()),
+        outcome,
+        ending,
+        unique_id: oslo.then(new_id),
+    };
     let body = match codec.encode_reply(&reply) {
         Ok(body) => body,
         // A result this codec cannot carry (JSON with non-string map keys,
@@ -765,21 +753,21 @@ async fn send_reply(
             ..reply
         })?,
     };
-    let mut properties = Properties {
-        content_type: Some(codec.content_type().to_owned()),
-        correlation_id: Some(address.msg_id.clone()),
-        ..Properties::default()
-    };
-    if codec == Codec::OsloJson {
-        properties.content_encoding = Some("utf-8".to_owned());
-        properties.delivery_mode = Some(2);
-        properties.priority = Some(0);
+    let ReplyTo { queue, msg_id } = address;
+    let mut properties = Properties::default()
+        .with_content_type(codec.content_type())?
+        .with_correlation_id(msg_id)?;
+    if oslo {
+        properties = properties
+            .with_content_encoding("utf-8")?
+            .with_delivery_mode(2)
+            .with_priority(0);
     }
     connection
         .transport()
         .publish(Outgoing {
             exchange: String::new(),
-            routing_key: address.queue.clone(),
+            routing_key: queue,
             // A reply whose caller is gone (its queue deleted) is dropped
             // by the broker. oslo.messaging publishes replies mandatory only
             // to log that it abandoned one; without confirms on the reply
@@ -824,9 +812,9 @@ mod tests {
         assert!(request_deadline(Some(&max), None).is_ok());
         assert_eq!(request_deadline(Some("soon"), None), Ok(None));
         assert!(matches!(request_deadline(Some("60000"), None), Ok(Some(_))));
-        let past = SystemTime::now() - Duration::from_secs(1);
+        let past = Instant::now() - Duration::from_secs(1);
         assert_eq!(request_deadline(Some("60000"), Some(past)), Err(()));
-        let far = SystemTime::now() + Duration::from_secs(3600);
+        let far = Instant::now() + Duration::from_secs(3600);
         let near = request_deadline(Some("1000"), Some(far)).unwrap().unwrap();
         assert!(near <= Instant::now() + Duration::from_secs(1));
     }

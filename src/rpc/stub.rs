@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -107,11 +108,11 @@ impl<T> Method<T> {
 #[derive(Debug)]
 pub struct Outcome {
     codec: Codec,
-    outcome: Result<Vec<u8>, Failure>,
+    outcome: Result<Bytes, Failure>,
 }
 
 impl Outcome {
-    pub(crate) fn new(codec: Codec, outcome: Result<Vec<u8>, Failure>) -> Self {
+    pub(crate) fn new(codec: Codec, outcome: Result<Bytes, Failure>) -> Self {
         Outcome { codec, outcome }
     }
 

@@ -511,7 +511,7 @@ impl Transport for AmqpTransport {
 
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
         let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
-        let properties = message.properties.to_amqp()?;
+        let properties = message.properties.into_amqp();
         let live = self.live().await?;
         let pool = if message.confirm {
             &live.confirmed
@@ -652,8 +652,9 @@ impl Subscription for AmqpSubscription {
             Box::new(LapinAcker(delivery.acker))
         };
         Some(Ok(Delivery {
-            properties: Properties::from_amqp(&delivery.properties),
-            body: delivery.data,
+            properties: Properties::from(delivery.properties),
+            // lapin hands over the body it assembled: taken, not copied.
+            body: delivery.data.into(),
             redelivered: delivery.redelivered,
             acker,
         }))

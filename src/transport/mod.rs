@@ -13,44 +13,55 @@ pub(crate) mod recovery;
 pub(crate) mod tls;
 pub mod url;
 
+use std::sync::Arc;
+
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::Error;
 
-/// The AMQP properties warren reads and writes on a message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
-    /// MIME type of the body; selects the codec.
-    pub content_type: Option<String>,
-    /// Encoding of the body (oslo sets `utf-8`).
-    pub content_encoding: Option<String>,
-    /// Correlation id of a reply (plain AMQP RPC).
-    pub correlation_id: Option<String>,
-    /// Where to reply (plain AMQP RPC).
-    pub reply_to: Option<String>,
-    /// Per-message TTL in milliseconds, as a decimal string.
-    pub expiration: Option<String>,
-    /// 1 transient, 2 persistent.
-    pub delivery_mode: Option<u8>,
-    /// Message priority.
-    pub priority: Option<u8>,
-    /// How many times warren's servers saw this request delivered before
-    /// (the [`WARREN_DELIVERY_COUNT`] header they set when they publish a
-    /// redelivered request again; see the server's poison guard).
-    pub delivery_count: Option<u32>,
-    /// How many times the broker delivered the message before, where it
-    /// counts (quorum queues' `x-delivery-count` header). Read only.
-    pub broker_delivery_count: Option<u32>,
+/// The AMQP properties of a message.
+///
+/// A thin wrapper around AMQP's own `BasicProperties`, the type the embedded
+/// broker's core and lapin both speak: a sender builds a message's
+/// properties once and no transport converts them on the way (the
+/// in-process transport hands them to the core as they are, and a delivery
+/// shares them with the message the core holds; the AMQP transport hands
+/// them to lapin and takes lapin's). Strings are checked against AMQP's
+/// 255-byte limit when set.
+#[derive(Clone)]
+pub struct Properties(Repr);
+
+// Boxing the owned properties would make moves cheaper at the price of an
+// allocation per message; every message owns its properties, so keep them
+// inline.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Repr {
+    Owned(BasicProperties),
+    /// Those of a message a transport still holds (the in-process broker's
+    /// queued message, until it is acknowledged): shared, not copied.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    Shared(Arc<dyn HasProperties>),
 }
 
-impl Properties {
-    /// Earlier deliveries, by whichever count is known (the larger).
-    pub fn deliveries_before(&self) -> u32 {
-        self.delivery_count
-            .max(self.broker_delivery_count)
-            .unwrap_or(0)
+/// Something carrying AMQP properties a [`Properties`] can share.
+pub(crate) trait HasProperties: Send + Sync {
+    /// The properties.
+    fn properties(&self) -> &BasicProperties;
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_amqp().fmt(f)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_amqp() == other.as_amqp()
     }
 }
 
@@ -87,69 +98,193 @@ fn count_of(value: &AMQPValue) -> Option<u32> {
 /// An AMQP short string (at most 255 bytes), or a configuration error
 /// naming the value.
 pub fn short(value: &str) -> Result<ShortString, Error> {
-    ShortString::try_new(value).map_err(|_| {
-        let mut cut = value.len().min(32);
+    short_owned(value.to_owned())
+}
+
+/// Like [`short`], taking the string (no copy).
+pub fn short_owned(value: String) -> Result<ShortString, Error> {
+    let len = value.len();
+    if len > 255 {
+        let mut cut = 32;
         while !value.is_char_boundary(cut) {
             cut -= 1;
         }
         let head = &value[..cut];
-        Error::config(format!(
-            "{head:?}… is {} bytes long; AMQP names and properties hold at most 255",
-            value.len()
+        return Err(Error::config(format!(
+            "{head:?}… is {len} bytes long; AMQP names and properties hold at most 255"
+        )));
+    }
+    ShortString::try_new(value).map_err(|e| Error::config(format!("not an AMQP short string: {e}")))
+}
+
+impl Default for Properties {
+    /// No properties but oslo's empty `headers` table.
+    #[inline]
+    fn default() -> Self {
+        Properties(Repr::Owned(
+            BasicProperties::default().with_headers(FieldTable::default()),
         ))
-    })
+    }
+}
+
+impl From<BasicProperties> for Properties {
+    #[inline]
+    fn from(properties: BasicProperties) -> Self {
+        Properties(Repr::Owned(properties))
+    }
+}
+
+fn text(value: &Option<ShortString>) -> Option<&str> {
+    value.as_ref().map(ShortString::as_str)
 }
 
 impl Properties {
-    /// As AMQP properties (with oslo's empty `headers` table); a value too
-    /// long for an AMQP short string is a configuration error.
-    pub fn to_amqp(&self) -> Result<BasicProperties, Error> {
-        let p = self;
-        let mut headers = FieldTable::default();
-        if let Some(count) = p.delivery_count {
-            headers.insert(
-                WARREN_DELIVERY_COUNT.into(),
-                AMQPValue::LongLongInt(count.into()),
-            );
-        }
-        let mut out = BasicProperties::default().with_headers(headers);
-        if let Some(v) = &p.content_type {
-            out = out.with_content_type(short(v)?);
-        }
-        if let Some(v) = &p.content_encoding {
-            out = out.with_content_encoding(short(v)?);
-        }
-        if let Some(v) = &p.correlation_id {
-            out = out.with_correlation_id(short(v)?);
-        }
-        if let Some(v) = &p.reply_to {
-            out = out.with_reply_to(short(v)?);
-        }
-        if let Some(v) = &p.expiration {
-            out = out.with_expiration(short(v)?);
-        }
-        if let Some(v) = p.delivery_mode {
-            out = out.with_delivery_mode(v);
-        }
-        if let Some(v) = p.priority {
-            out = out.with_priority(v);
-        }
-        Ok(out)
+    /// MIME type of the body; selects the codec.
+    #[inline]
+    pub fn content_type(&self) -> Option<&str> {
+        text(self.as_amqp().content_type())
     }
 
-    /// From AMQP properties.
-    pub fn from_amqp(p: &BasicProperties) -> Properties {
-        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-        Properties {
-            content_type: text(p.content_type()),
-            content_encoding: text(p.content_encoding()),
-            correlation_id: text(p.correlation_id()),
-            reply_to: text(p.reply_to()),
-            expiration: text(p.expiration()),
-            delivery_mode: *p.delivery_mode(),
-            priority: *p.priority(),
-            delivery_count: header_count(p, WARREN_DELIVERY_COUNT),
-            broker_delivery_count: header_count(p, "x-delivery-count"),
+    /// Encoding of the body (oslo sets `utf-8`).
+    #[inline]
+    pub fn content_encoding(&self) -> Option<&str> {
+        text(self.as_amqp().content_encoding())
+    }
+
+    /// Correlation id of a reply (plain AMQP RPC).
+    #[inline]
+    pub fn correlation_id(&self) -> Option<&str> {
+        text(self.as_amqp().correlation_id())
+    }
+
+    /// Where to reply (plain AMQP RPC).
+    #[inline]
+    pub fn reply_to(&self) -> Option<&str> {
+        text(self.as_amqp().reply_to())
+    }
+
+    /// Per-message TTL in milliseconds, as a decimal string.
+    #[inline]
+    pub fn expiration(&self) -> Option<&str> {
+        text(self.as_amqp().expiration())
+    }
+
+    /// 1 transient, 2 persistent.
+    #[inline]
+    pub fn delivery_mode(&self) -> Option<u8> {
+        *self.as_amqp().delivery_mode()
+    }
+
+    /// Message priority.
+    #[inline]
+    pub fn priority(&self) -> Option<u8> {
+        *self.as_amqp().priority()
+    }
+
+    /// Sets the content type.
+    #[inline]
+    pub fn with_content_type(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(self.into_amqp().with_content_type(value)))
+    }
+
+    /// Sets the content encoding.
+    #[inline]
+    pub fn with_content_encoding(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(
+            self.into_amqp().with_content_encoding(value),
+        ))
+    }
+
+    /// Sets the correlation id.
+    #[inline]
+    pub fn with_correlation_id(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(
+            self.into_amqp().with_correlation_id(value),
+        ))
+    }
+
+    /// Sets the reply queue.
+    #[inline]
+    pub fn with_reply_to(self, value: impl Into<String>) -> Result<Self, Error> {
+        let value = short_owned(value.into())?;
+        Ok(Properties::from(self.into_amqp().with_reply_to(value)))
+    }
+
+    /// Sets the per-message TTL, in milliseconds.
+    #[inline]
+    pub fn with_expiration_ms(self, ms: u128) -> Result<Self, Error> {
+        let ms = short_owned(ms.to_string())?;
+        Ok(Properties::from(self.into_amqp().with_expiration(ms)))
+    }
+
+    /// How many times warren's servers saw this request delivered before
+    /// (the [`WARREN_DELIVERY_COUNT`] header they set when they publish a
+    /// redelivered request again; see the server's poison guard).
+    pub fn delivery_count(&self) -> Option<u32> {
+        header_count(self.as_amqp(), WARREN_DELIVERY_COUNT)
+    }
+
+    /// How many times the broker delivered the message before, where it
+    /// counts (quorum queues' `x-delivery-count` header).
+    pub fn broker_delivery_count(&self) -> Option<u32> {
+        header_count(self.as_amqp(), "x-delivery-count")
+    }
+
+    /// Earlier deliveries, by whichever count is known (the larger).
+    pub fn deliveries_before(&self) -> u32 {
+        self.delivery_count()
+            .max(self.broker_delivery_count())
+            .unwrap_or(0)
+    }
+
+    /// Sets the [`WARREN_DELIVERY_COUNT`] header.
+    pub fn with_delivery_count(self, count: u32) -> Self {
+        let properties = self.into_amqp();
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            WARREN_DELIVERY_COUNT.into(),
+            AMQPValue::LongLongInt(count.into()),
+        );
+        Properties::from(properties.with_headers(headers))
+    }
+
+    /// Sets the delivery mode (1 transient, 2 persistent).
+    #[inline]
+    pub fn with_delivery_mode(self, mode: u8) -> Self {
+        Properties::from(self.into_amqp().with_delivery_mode(mode))
+    }
+
+    /// Sets the priority.
+    #[inline]
+    pub fn with_priority(self, priority: u8) -> Self {
+        Properties::from(self.into_amqp().with_priority(priority))
+    }
+
+    /// Properties shared with what carries them, not copied.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn shared(source: Arc<dyn HasProperties>) -> Self {
+        Properties(Repr::Shared(source))
+    }
+
+    /// The AMQP properties, as the transports hand them on.
+    #[inline]
+    pub fn as_amqp(&self) -> &BasicProperties {
+        match &self.0 {
+            Repr::Owned(properties) => properties,
+            Repr::Shared(source) => source.properties(),
+        }
+    }
+
+    /// The AMQP properties, owned (copied only if they were shared).
+    #[inline]
+    pub fn into_amqp(self) -> BasicProperties {
+        match self.0 {
+            Repr::Owned(properties) => properties,
+            Repr::Shared(source) => source.properties().clone(),
         }
     }
 }
@@ -170,8 +305,8 @@ pub struct Outgoing {
     pub confirm: bool,
     /// Properties.
     pub properties: Properties,
-    /// Body.
-    pub body: Vec<u8>,
+    /// Body (shared, not copied, on its way through the in-process broker).
+    pub body: Bytes,
 }
 
 /// Acknowledges one delivery.
@@ -201,8 +336,9 @@ impl Acker for NoAck {
 pub struct Delivery {
     /// Properties.
     pub properties: Properties,
-    /// Body.
-    pub body: Vec<u8>,
+    /// Body: a view of the received bytes, which decoding slices rather
+    /// than copies.
+    pub body: Bytes,
     /// Whether the broker delivered this message before.
     pub redelivered: bool,
     /// Acknowledges it (a no-op for `no_ack` subscriptions).

@@ -6,14 +6,17 @@
 //! services). The codec is carried by the AMQP `content_type` of each message,
 //! so a server decodes whatever its caller sent and answers in kind.
 
+mod context;
 mod failure;
 mod msgpack;
 pub(crate) mod oslo;
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use context::Context;
 pub use failure::Failure;
 
 use crate::Error;
@@ -73,7 +76,7 @@ impl Codec {
     /// Encodes one value (arguments, a result, an application error).
     pub fn encode_value<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, Error> {
         match self {
-            Codec::MsgPack => msgpack::to_vec(value, 64)
+            Codec::MsgPack => msgpack::to_vec(value, 128)
                 .map_err(|e| Error::decode("cannot encode value as MessagePack").with_source(e)),
             Codec::OsloJson => serde_json::to_vec(value)
                 .map_err(|e| Error::decode("cannot encode value as JSON").with_source(e)),
@@ -91,16 +94,26 @@ impl Codec {
         }
     }
 
+    /// Whether this codec's envelope carries the reply address (`_msg_id`,
+    /// `_reply_q`) in the body. oslo's JSON does; MessagePack leaves it to
+    /// the AMQP `reply_to` and `correlation_id` properties, so the address
+    /// travels in one place (its decoder still reads the body fields older
+    /// warren peers wrote).
+    pub fn carries_reply_address(self) -> bool {
+        self == Codec::OsloJson
+    }
+
     /// Writes a request envelope.
-    pub fn encode_request(self, request: &Request) -> Result<Vec<u8>, Error> {
+    pub fn encode_request(self, request: &Request) -> Result<Bytes, Error> {
         match self {
             Codec::MsgPack => msgpack::encode_request(request),
             Codec::OsloJson => oslo::encode_request(request),
         }
+        .map(Bytes::from)
     }
 
-    /// Reads a request envelope.
-    pub fn decode_request(self, body: &[u8]) -> Result<Request, Error> {
+    /// Reads a request envelope. Its arguments stay a slice of `body`.
+    pub fn decode_request(self, body: &Bytes) -> Result<Request, Error> {
         match self {
             Codec::MsgPack => msgpack::decode_request(body),
             Codec::OsloJson => oslo::decode_request(body),
@@ -108,15 +121,16 @@ impl Codec {
     }
 
     /// Writes a reply envelope.
-    pub fn encode_reply(self, reply: &Reply) -> Result<Vec<u8>, Error> {
+    pub fn encode_reply(self, reply: &Reply) -> Result<Bytes, Error> {
         match self {
             Codec::MsgPack => msgpack::encode_reply(reply),
             Codec::OsloJson => oslo::encode_reply(reply),
         }
+        .map(Bytes::from)
     }
 
-    /// Reads a reply envelope.
-    pub fn decode_reply(self, body: &[u8]) -> Result<Reply, Error> {
+    /// Reads a reply envelope. Its result stays a slice of `body`.
+    pub fn decode_reply(self, body: &Bytes) -> Result<Reply, Error> {
         match self {
             Codec::MsgPack => msgpack::decode_reply(body),
             Codec::OsloJson => oslo::decode_reply(body),
@@ -125,11 +139,12 @@ impl Codec {
 }
 
 /// A method's arguments, still encoded: a map of parameter name → value in
-/// the codec of the message that carried them.
+/// the codec of the message that carried them. Received arguments are a
+/// slice of the message body, not a copy.
 #[derive(Debug, Clone)]
 pub struct Args {
     codec: Codec,
-    raw: Vec<u8>,
+    raw: Bytes,
 }
 
 impl Args {
@@ -137,13 +152,16 @@ impl Args {
     pub fn encode<T: Serialize + ?Sized>(codec: Codec, args: &T) -> Result<Self, Error> {
         Ok(Args {
             codec,
-            raw: codec.encode_value(args)?,
+            raw: codec.encode_value(args)?.into(),
         })
     }
 
     /// Wraps already encoded arguments.
-    pub fn from_raw(codec: Codec, raw: Vec<u8>) -> Self {
-        Args { codec, raw }
+    pub fn from_raw(codec: Codec, raw: impl Into<Bytes>) -> Self {
+        Args {
+            codec,
+            raw: raw.into(),
+        }
     }
 
     /// Decodes the arguments into the method's parameter struct.
@@ -157,7 +175,7 @@ impl Args {
     }
 
     /// The encoded bytes.
-    pub fn raw(&self) -> &[u8] {
+    pub fn raw(&self) -> &Bytes {
         &self.raw
     }
 }
@@ -165,7 +183,19 @@ impl Args {
 /// Request-context items, as they travel (oslo's `_context_<key>` entries).
 pub type ContextMap = BTreeMap<String, serde_json::Value>;
 
-/// A request envelope: what a client sends for a call or a cast.
+/// Where the reply to a call goes: the caller's reply queue and the
+/// correlation id its reply must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The queue to reply to (`_reply_q`, AMQP `reply_to`).
+    pub queue: String,
+    /// The correlation id (`_msg_id`, AMQP `correlation_id`).
+    pub msg_id: String,
+}
+
+/// A request: what a client sends for a call or a cast, and what a server's
+/// dispatch stack receives (`warren::rpc::Request` is this type). Decoded
+/// once from the message, its arguments a slice of the body.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The method to invoke.
@@ -176,36 +206,56 @@ pub struct Request {
     pub namespace: Option<String>,
     /// The requested version (`major.minor`); none means `1.0`.
     pub version: Option<String>,
-    /// For a call: the correlation id the reply must carry.
-    pub msg_id: Option<String>,
-    /// For a call: the queue to reply to.
-    pub reply_q: Option<String>,
+    /// For a call: where to reply. On the server, the AMQP `reply_to` and
+    /// `correlation_id` properties fill it when the body does not.
+    pub reply: Option<ReplyTo>,
     /// oslo's call-monitor timeout in seconds: when set, the server sends
     /// keepalive replies. Peer data: may be absurd, infinite or NaN.
     pub timeout: Option<f64>,
-    /// When the caller stops waiting, as wall-clock time. MessagePack
-    /// carries it as `_deadline` (milliseconds since the Unix epoch), so a
-    /// server can drop a request that waited in a queue past it; oslo's JSON
-    /// envelope has no such field (oslo peers rely on the AMQP `expiration`
-    /// property) and ignores it.
-    pub deadline: Option<std::time::SystemTime>,
     /// A unique id per message, used to drop duplicates.
     pub unique_id: Option<String>,
-    /// The request context.
-    pub context: ContextMap,
+    /// The request context (also [`Context::current`] inside the method).
+    /// Its deadline is when the caller stops waiting: MessagePack carries it
+    /// as `_deadline` (wall-clock milliseconds since the Unix epoch), so a
+    /// server can drop a request that waited in a queue past it; oslo's
+    /// JSON envelope has no such field (oslo peers rely on the AMQP
+    /// `expiration` property, which a server folds in).
+    pub context: Context,
+}
+
+impl Request {
+    /// The codec of the request, which the reply uses too.
+    pub fn codec(&self) -> Codec {
+        self.args.codec()
+    }
 }
 
 /// A reply envelope: what a server sends back for a call.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// The request's correlation id.
+    /// The request's correlation id (in the body for oslo's JSON; MessagePack
+    /// leaves it to the AMQP `correlation_id`).
     pub msg_id: Option<String>,
-    /// The encoded result, or the failure the server raised.
-    pub outcome: Result<Vec<u8>, Failure>,
+    /// The encoded result (received: a slice of the body), or the failure
+    /// the server raised.
+    pub outcome: Result<Bytes, Failure>,
     /// `false` for oslo's keepalive replies, `true` for the final one.
     pub ending: bool,
     /// A unique id for this reply.
     pub unique_id: Option<String>,
+}
+
+/// `part` of `body` as a view into it (no copy); a copy if `part` is not
+/// inside `body` after all (which a codec that borrows from its input never
+/// does, but a panic here would be reachable from the network).
+pub(crate) fn view(body: &Bytes, part: &[u8]) -> Bytes {
+    let range = body.as_ptr_range();
+    let inside = range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end;
+    if inside && !part.is_empty() {
+        body.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 /// A fresh 32-hex-digit id, the form oslo.messaging uses for `_msg_id` and
@@ -220,7 +270,15 @@ pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}{:016x}", seed, mix(n ^ seed.rotate_left(17)))
+    // Written by hand: `format!` grows its string twice on the way.
+    let mut id = String::with_capacity(32);
+    for word in [seed, mix(n ^ seed.rotate_left(17))] {
+        for shift in (0..16).rev() {
+            let digit = ((word >> (shift * 4)) & 0xf) as u8;
+            id.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
+        }
+    }
+    id
 }
 
 /// splitmix64's finalizer: a bijection on u64 that scatters a counter.

@@ -5,12 +5,12 @@
 //! values so the server can hand them, still encoded, to the method that
 //! knows their types.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::Bytes;
 
-use super::{Args, Codec, ContextMap, Failure, Reply, Request};
+use super::{Args, Codec, Context, ContextMap, Failure, Reply, ReplyTo, Request};
 use crate::Error;
 
 #[derive(Serialize)]
@@ -21,10 +21,6 @@ struct RequestOut<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a str>,
-    #[serde(rename = "_msg_id", skip_serializing_if = "Option::is_none")]
-    msg_id: Option<&'a str>,
-    #[serde(rename = "_reply_q", skip_serializing_if = "Option::is_none")]
-    reply_q: Option<&'a str>,
     #[serde(rename = "_timeout", skip_serializing_if = "Option::is_none")]
     timeout: Option<f64>,
     #[serde(rename = "_deadline", skip_serializing_if = "Option::is_none")]
@@ -35,6 +31,8 @@ struct RequestOut<'a> {
     context: &'a ContextMap,
 }
 
+/// Older warren peers also wrote `_msg_id` and `_reply_q`; they are read
+/// when present (the AMQP properties carry the same address).
 #[derive(Deserialize)]
 struct RequestIn<'a> {
     method: String,
@@ -109,45 +107,61 @@ pub(super) fn encode_request(request: &Request) -> Result<Vec<u8>, Error> {
         args: Bytes::new(request.args.raw()),
         namespace: request.namespace.as_deref(),
         version: request.version.as_deref(),
-        msg_id: request.msg_id.as_deref(),
-        reply_q: request.reply_q.as_deref(),
         timeout: request.timeout,
-        deadline: request.deadline.map(to_epoch_ms),
+        deadline: request.context.deadline.map(to_epoch_ms),
         unique_id: request.unique_id.as_deref(),
-        context: &request.context,
+        context: &request.context.values,
     };
-    to_vec(&out, 160 + request.args.raw().len()).map_err(|e| encoded("request", e))
+    to_vec(&out, 128 + request.args.raw().len()).map_err(|e| encoded("request", e))
 }
 
-pub(super) fn decode_request(body: &[u8]) -> Result<Request, Error> {
+pub(super) fn decode_request(body: &bytes::Bytes) -> Result<Request, Error> {
     let r: RequestIn<'_> = rmp_serde::from_slice(body).map_err(|e| invalid("request", e))?;
     let args = match r.args {
-        Some(raw) => raw.to_vec(),
+        Some(raw) => super::view(body, raw),
         // No arguments: an empty map.
-        None => vec![0x80],
+        None => bytes::Bytes::from_static(&[0x80]),
+    };
+    let reply = match (r.reply_q, r.msg_id) {
+        (Some(queue), Some(msg_id)) => Some(ReplyTo { queue, msg_id }),
+        _ => None,
     };
     Ok(Request {
         method: r.method,
         args: Args::from_raw(Codec::MsgPack, args),
         namespace: r.namespace,
         version: r.version,
-        msg_id: r.msg_id,
-        reply_q: r.reply_q,
+        reply,
         timeout: r.timeout,
-        // A deadline past what `SystemTime` can hold is no deadline.
-        deadline: r
-            .deadline
-            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
         unique_id: r.unique_id,
-        context: r.context,
+        context: Context {
+            deadline: r.deadline.and_then(from_epoch_ms),
+            values: r.context,
+        },
     })
 }
 
-/// A wall-clock time as `_deadline` carries it; times before the epoch (a
-/// clock set far back) become 0, i.e. already passed.
-fn to_epoch_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
+/// A deadline as `_deadline` carries it: wall-clock milliseconds since the
+/// epoch. A deadline already passed is "now" (so, passed); times before the
+/// epoch (a clock set far back) become 0, i.e. already passed.
+fn to_epoch_ms(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    SystemTime::now()
+        .checked_add(left)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The instant a `_deadline` names on this machine's monotonic clock; a
+/// deadline past what the clocks can hold is no deadline, one already
+/// passed is an instant in the past.
+fn from_epoch_ms(ms: u64) -> Option<Instant> {
+    let at = UNIX_EPOCH.checked_add(Duration::from_millis(ms))?;
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    match at.duration_since(wall) {
+        Ok(left) => now.checked_add(left),
+        Err(passed) => Some(now.checked_sub(passed.duration()).unwrap_or(now)),
+    }
 }
 
 pub(super) fn encode_reply(reply: &Reply) -> Result<Vec<u8>, Error> {
@@ -166,13 +180,13 @@ pub(super) fn encode_reply(reply: &Reply) -> Result<Vec<u8>, Error> {
     to_vec(&out, size).map_err(|e| encoded("reply", e))
 }
 
-pub(super) fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
+pub(super) fn decode_reply(body: &bytes::Bytes) -> Result<Reply, Error> {
     let r: ReplyIn<'_> = rmp_serde::from_slice(body).map_err(|e| invalid("reply", e))?;
     let outcome = match (r.failure, r.result) {
         (Some(failure), _) => Err(failure),
-        (None, Some(value)) => Ok(value.to_vec()),
+        (None, Some(value)) => Ok(super::view(body, value)),
         // A unit result travels as nil.
-        (None, None) => Ok(vec![0xc0]),
+        (None, None) => Ok(bytes::Bytes::from_static(&[0xc0])),
     };
     Ok(Reply {
         msg_id: r.msg_id,

@@ -5,12 +5,13 @@
 //! legacy form, the inner message itself. Inner keys are written in the order
 //! oslo.messaging writes them (see `shared/design/oslo-wire.md`).
 
+use bytes::Bytes;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use super::{Args, Codec, ContextMap, Failure, Reply, Request};
+use super::{view, Args, Codec, Context, ContextMap, Failure, Reply, ReplyTo, Request};
 use crate::Error;
 
 const ENVELOPE_VERSION: &str = "2.0";
@@ -47,16 +48,16 @@ pub(crate) fn wrap(inner: &impl Serialize) -> Result<Vec<u8>, Error> {
     .map_err(|e| Error::decode("cannot encode oslo envelope").with_source(e))
 }
 
-/// Returns the inner message of a body: the envelope's string, or the body
-/// itself in the legacy form.
-pub(crate) fn unwrap(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+/// Returns the inner message of a body: the envelope's string (unescaped:
+/// the one copy JSON cannot avoid), or the body itself in the legacy form.
+pub(crate) fn unwrap(body: &Bytes) -> Result<Bytes, Error> {
     let envelope: EnvelopeIn = serde_json::from_slice(body).map_err(|e| invalid("message", e))?;
     match (envelope.version, envelope.message) {
         (Some(v), Some(m)) if v == ENVELOPE_VERSION => Ok(m.into_bytes().into()),
         (Some(v), Some(_)) => Err(Error::decode(format!(
             "unsupported oslo envelope version {v:?} (this side speaks {ENVELOPE_VERSION})"
         ))),
-        (None, None) => Ok(body.into()),
+        (None, None) => Ok(body.clone()),
         _ => Err(Error::decode(
             "malformed oslo envelope: needs both oslo.version and oslo.message",
         )),
@@ -84,15 +85,15 @@ impl Serialize for InnerRequestOut<'_> {
         if let Some(v) = &r.version {
             map.serialize_entry("version", v)?;
         }
-        if let Some(id) = &r.msg_id {
-            map.serialize_entry("_msg_id", id)?;
-            map.serialize_entry("_reply_q", &r.reply_q)?;
+        if let Some(reply) = &r.reply {
+            map.serialize_entry("_msg_id", &reply.msg_id)?;
+            map.serialize_entry("_reply_q", &reply.queue)?;
             map.serialize_entry("_timeout", &r.timeout)?;
         }
         if let Some(id) = &r.unique_id {
             map.serialize_entry("_unique_id", id)?;
         }
-        for (key, value) in &r.context {
+        for (key, value) in r.context.values() {
             map.serialize_entry(&format!("{CONTEXT_PREFIX}{key}"), value)?;
         }
         map.end()
@@ -105,9 +106,9 @@ pub(super) fn encode_request(request: &Request) -> Result<Vec<u8>, Error> {
 }
 
 #[derive(Default)]
-struct InnerRequestIn {
+struct InnerRequestIn<'a> {
     method: Option<String>,
-    args: Option<Box<RawValue>>,
+    args: Option<&'a RawValue>,
     namespace: Option<String>,
     version: Option<String>,
     msg_id: Option<String>,
@@ -117,11 +118,11 @@ struct InnerRequestIn {
     context: ContextMap,
 }
 
-impl<'de> Deserialize<'de> for InnerRequestIn {
+impl<'de> Deserialize<'de> for InnerRequestIn<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = InnerRequestIn;
+            type Value = InnerRequestIn<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an oslo.messaging request object")
             }
@@ -157,24 +158,29 @@ impl<'de> Deserialize<'de> for InnerRequestIn {
     }
 }
 
-pub(super) fn decode_request(body: &[u8]) -> Result<Request, Error> {
+pub(super) fn decode_request(body: &Bytes) -> Result<Request, Error> {
     let inner = unwrap(body)?;
     let r: InnerRequestIn = serde_json::from_slice(&inner).map_err(|e| invalid("request", e))?;
     let args = match r.args {
-        Some(raw) if raw.get() != "null" => raw.get().as_bytes().to_vec(),
-        _ => b"{}".to_vec(),
+        Some(raw) if raw.get() != "null" => view(&inner, raw.get().as_bytes()),
+        _ => Bytes::from_static(b"{}"),
+    };
+    let reply = match (r.reply_q, r.msg_id) {
+        (Some(queue), Some(msg_id)) => Some(ReplyTo { queue, msg_id }),
+        _ => None,
     };
     Ok(Request {
         method: r.method.unwrap_or_default(),
         args: Args::from_raw(Codec::OsloJson, args),
         namespace: r.namespace,
         version: r.version,
-        msg_id: r.msg_id,
-        reply_q: r.reply_q,
+        reply,
         timeout: r.timeout,
-        deadline: None,
         unique_id: r.unique_id,
-        context: r.context,
+        context: Context {
+            deadline: None,
+            values: r.context,
+        },
     })
 }
 
@@ -240,9 +246,9 @@ struct InnerReplyOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct InnerReplyIn {
-    #[serde(default)]
-    result: Option<Box<RawValue>>,
+struct InnerReplyIn<'a> {
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
     #[serde(default)]
     failure: Option<String>,
     #[serde(default)]
@@ -267,14 +273,14 @@ pub(super) fn encode_reply(reply: &Reply) -> Result<Vec<u8>, Error> {
     })
 }
 
-pub(super) fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
+pub(super) fn decode_reply(body: &Bytes) -> Result<Reply, Error> {
     let inner = unwrap(body)?;
     let r: InnerReplyIn = serde_json::from_slice(&inner).map_err(|e| invalid("reply", e))?;
     let outcome = match r.failure {
         Some(text) => Err(decode_failure(&text)?),
         None => Ok(match r.result {
-            Some(raw) => raw.get().as_bytes().to_vec(),
-            None => b"null".to_vec(),
+            Some(raw) => view(&inner, raw.get().as_bytes()),
+            None => Bytes::from_static(b"null"),
         }),
     };
     Ok(Reply {

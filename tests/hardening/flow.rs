@@ -869,7 +869,7 @@ async fn in_process_publishes_wait_for_the_alarm_too() {
             mandatory: false,
             confirm: false,
             properties: Default::default(),
-            body: b"waited".to_vec(),
+            body: bytes::Bytes::from_static(b"waited"),
         })
         .await
     });
