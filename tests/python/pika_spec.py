@@ -1,13 +1,14 @@
-"""pika against an AMQP 0-9-1 broker, one function per broker feature, each
-with its own assertions. Runs unchanged on warren's embedded broker and on
-RabbitMQ (the reference): every queue and exchange name carries SUFFIX, so
-runs on a shared RabbitMQ never collide, and each feature deletes what it
-declared.
+"""pika doing the broker spec's rows (tests/broker/spec.rs): one @feature
+function per row that lists pika, named as the row, each with its own
+assertions. Runs unchanged on warren's embedded broker and on RabbitMQ (the
+reference): every queue and exchange name carries SUFFIX, so runs on a shared
+RabbitMQ never collide, and each feature deletes what it declared.
 
-Usage: pika_features.py AMQP_URL SUFFIX [FEATURE ...]
+Usage: pika_spec.py AMQP_URL SUFFIX [FEATURE ...]
 
 Prints "ok <feature>" per passed feature, then "pika OK"; a failed feature
-prints its traceback, the others still run, and the exit status is 1.
+prints "FAILED <feature>" and its traceback, the others still run, and the
+run ends with "pika FAILED: ..." and exit status 1.
 """
 import signal
 import sys
