@@ -86,7 +86,7 @@ spec! {
     binding_errors: [pika],
 
     // Getting and consuming.
-    consume_and_ack: [lapin, kombu],
+    consume_and_ack: [lapin, pika, kombu],
     basic_get_and_get_empty: [pika],
     round_robin_between_consumers: [lapin],
     server_named_queue_and_large_message: [lapin],
@@ -108,7 +108,7 @@ spec! {
     direct_reply_to: [lapin, pika],
 
     // Queue arguments.
-    message_ttl: [lapin, pika],
+    message_ttl: [lapin, pika, kombu],
     queue_expires: [lapin, pika],
     dead_lettering: [lapin, pika, kombu],
     dead_letter_routing_key_and_count: [pika],
@@ -132,8 +132,8 @@ spec! {
     consume_from_missing_queue_is_404: [pika],
     publish_to_missing_exchange_is_404: [lapin, pika],
     exclusive_consumer_is_403: [pika],
-    reserved_names_are_403: [lapin, pika],
-    redeclare_with_other_flags_is_406: [lapin, pika],
+    reserved_names_are_403: [lapin, pika, kombu],
+    redeclare_with_other_flags_is_406: [lapin, pika, kombu],
     unknown_delivery_tag_is_406: [lapin, pika],
     user_id_must_match_is_406: [pika],
     invalid_expiration_is_406: [pika],

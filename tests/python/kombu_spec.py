@@ -96,6 +96,27 @@ def message_count(channel, queue):
     return queue(channel).queue_declare(passive=True).message_count
 
 
+def eventually(probe, expected, timeout=5.0):
+    """Polls `probe()` until it returns `expected`."""
+    deadline = time.time() + timeout
+    while True:
+        got = probe()
+        if got == expected:
+            return
+        assert time.time() < deadline, "still %r, expected %r" % (got, expected)
+        time.sleep(0.02)
+
+
+def expect_channel_error(conn, code, fn):
+    """Runs `fn`; the broker must close the channel with `code`."""
+    try:
+        fn()
+    except conn.channel_errors as e:
+        assert code_of(e) == code, "expected %d, got %r" % (code, e)
+        return
+    raise AssertionError("expected channel.close %d" % code)
+
+
 # --- routing ---------------------------------------------------------------
 
 
@@ -322,6 +343,24 @@ def max_length(conn):
         assert drain(channel, head) == ["new"]
 
 
+@feature
+def message_ttl(conn):
+    per_queue = kombu.Queue(name("per-queue"), durable=False, auto_delete=False,
+                            queue_arguments={"x-message-ttl": 100})
+    plain = kombu.Queue(name("plain"), durable=False, auto_delete=False)
+    with conn.channel() as channel:
+        per_queue(channel).declare()
+        plain(channel).declare()
+        producer = kombu.Producer(channel, serializer="json")
+        producer.publish("short", routing_key=per_queue.name)
+        producer.publish("old", routing_key=plain.name, expiration=0.05)
+        producer.publish("keep", routing_key=plain.name, expiration=600)
+        eventually(lambda: message_count(channel, per_queue), 0)
+        eventually(lambda: message_count(channel, plain), 1)
+        assert drain(channel, per_queue) == []
+        assert drain(channel, plain) == ["keep"]
+
+
 # --- lifetimes and errors --------------------------------------------------
 
 
@@ -347,6 +386,36 @@ def passive_declare_missing_is_404(conn):
             raise AssertionError("expected 404 NOT_FOUND")
         except conn.channel_errors as e:
             assert code_of(e) == 404, e
+
+
+@feature
+def redeclare_with_other_flags_is_406(conn):
+    q = name("q")
+    with conn.channel() as channel:
+        kombu.Queue(q, durable=False, auto_delete=False)(channel).declare()
+    with conn.channel() as channel:
+        expect_channel_error(
+            conn, 406, lambda: kombu.Queue(q, durable=True, auto_delete=False)(channel).declare())
+    x = name("x")
+    with conn.channel() as channel:
+        kombu.Exchange(x, type="direct", durable=False)(channel).declare()
+    with conn.channel() as channel:
+        expect_channel_error(
+            conn, 406, lambda: kombu.Exchange(x, type="fanout", durable=False)(channel).declare())
+
+
+@feature
+def reserved_names_are_403(conn):
+    reserved = "amq.custom-" + SUFFIX
+    with conn.channel() as channel:
+        expect_channel_error(
+            conn, 403, lambda: kombu.Queue(reserved, durable=False)(channel).declare())
+    # kombu's Exchange.declare skips amq. names: ask the channel itself.
+    with conn.channel() as channel:
+        expect_channel_error(
+            conn, 403,
+            lambda: channel.exchange_declare(reserved, "direct", durable=False,
+                                             auto_delete=False))
 
 
 # --- runner ----------------------------------------------------------------

@@ -304,6 +304,23 @@ def ack_nack_reject_requeue(conn, n):
 
 
 @feature
+def consume_and_ack(conn, n):
+    ch = confirmed_channel(conn)
+    q = n.q("q")
+    ch.queue_declare(q)
+    publish(ch, "", q, b"hello")
+    for method, _props, body in ch.consume(q, inactivity_timeout=5):
+        assert method is not None, "timed out"
+        assert body == b"hello" and method.routing_key == q, (method, body)
+        assert not method.redelivered, method
+        ch.basic_ack(method.delivery_tag)
+        break
+    ok = ch.queue_declare(q, passive=True).method
+    assert (ok.message_count, ok.consumer_count) == (0, 1), ok
+    ch.cancel()
+
+
+@feature
 def consumer_redelivery(conn, n):
     ch = confirmed_channel(conn)
     q = n.q("q")
