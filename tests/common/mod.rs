@@ -292,6 +292,45 @@ pub async fn run_python(script: &str, args: &[&str]) -> String {
 /// script still running after `limit` and failing with what it printed so
 /// far.
 pub async fn run_python_within(limit: Duration, script: &str, args: &[&str]) -> String {
+    let script = script.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = python_run(limit, &script, &args);
+        match run.status {
+            None => panic!(
+                "{script} {args:?} still ran after {limit:?} (killed)\nstdout:\n{}\nstderr:\n{}",
+                run.stdout, run.stderr
+            ),
+            Some(status) => assert!(
+                status.success(),
+                "{script} {args:?} failed ({status})\nstdout:\n{}\nstderr:\n{}",
+                run.stdout,
+                run.stderr
+            ),
+        }
+        run.stdout
+    })
+    .await
+    .expect("join")
+}
+
+/// What a Python peer did: its exit status (`None`: still running at its
+/// limit, and killed) and what it printed.
+#[derive(Debug)]
+pub struct PythonRun {
+    /// The exit status, or `None` when the script was killed at its limit.
+    pub status: Option<std::process::ExitStatus>,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `tests/python/<script>` with `args` to completion, blocking the
+/// calling thread, and kills it if still running after `limit`. Whatever the
+/// script's outcome, returns it: the caller judges.
+pub fn python_run(limit: Duration, script: &str, args: &[&str]) -> PythonRun {
     use std::io::Read;
     use std::process::Stdio;
 
@@ -300,48 +339,45 @@ pub async fn run_python_within(limit: Duration, script: &str, args: &[&str]) -> 
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let script = script.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("python runs");
-        let collect = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut out = String::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_string(&mut out);
-                }
-                out
-            })
-        };
-        let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let deadline = std::time::Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for python") {
-                break Some(status);
+    let mut child = command.spawn().expect("python runs");
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut out);
             }
-            if std::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
-        match status {
-            None => panic!(
-                "{script} {args:?} still ran after {limit:?} (killed)\nstdout:\n{stdout}\nstderr:\n{stderr}"
-            ),
-            Some(status) => assert!(
-                status.success(),
-                "{script} {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
-            ),
+            out
+        })
+    };
+    let stdout = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for python") {
+            break Some(status);
         }
-        stdout
-    })
-    .await
-    .expect("join")
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    PythonRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 /// Collects what arrives on `rx` within `wait` (a safety net, not a timing

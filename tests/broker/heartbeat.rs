@@ -10,22 +10,20 @@
 //! - the broker itself sends heartbeats at the negotiated interval (a silent
 //!   broker would be dropped by its clients).
 
-mod common;
-
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use tokio::time::{timeout, Instant};
 
-use common::raw::{channel_open, Opts, Peer};
+use crate::common::raw::{channel_open, Opts, Peer};
 
 /// The heartbeat interval the tests negotiate, in seconds.
 const HEARTBEAT: u16 = 1;
 /// Hang guard for anything the broker must do.
 const GUARD: Duration = Duration::from_secs(15);
 
-on_both_brokers!(
+crate::on_both_brokers!(
     a_silent_peer_is_hung_up_on,
     a_peer_sending_heartbeats_stays_connected,
     the_broker_sends_heartbeats_at_the_negotiated_interval,

@@ -1,13 +1,14 @@
-"""pika against an AMQP 0-9-1 broker, one function per broker feature, each
-with its own assertions. Runs unchanged on warren's embedded broker and on
-RabbitMQ (the reference): every queue and exchange name carries SUFFIX, so
-runs on a shared RabbitMQ never collide, and each feature deletes what it
-declared.
+"""pika doing the broker spec's rows (tests/broker/spec.rs): one @feature
+function per row that lists pika, named as the row, each with its own
+assertions. Runs unchanged on warren's embedded broker and on RabbitMQ (the
+reference): every queue and exchange name carries SUFFIX, so runs on a shared
+RabbitMQ never collide, and each feature deletes what it declared.
 
-Usage: pika_features.py AMQP_URL SUFFIX [FEATURE ...]
+Usage: pika_spec.py AMQP_URL SUFFIX [FEATURE ...]
 
 Prints "ok <feature>" per passed feature, then "pika OK"; a failed feature
-prints its traceback, the others still run, and the exit status is 1.
+prints "FAILED <feature>" and its traceback, the others still run, and the
+run ends with "pika FAILED: ..." and exit status 1.
 """
 import signal
 import sys
@@ -300,6 +301,23 @@ def ack_nack_reject_requeue(conn, n):
     ch2.close()
     method, _, body = wait_get(ch, q)
     assert body == b"unacked" and method.redelivered
+
+
+@feature
+def consume_and_ack(conn, n):
+    ch = confirmed_channel(conn)
+    q = n.q("q")
+    ch.queue_declare(q)
+    publish(ch, "", q, b"hello")
+    for method, _props, body in ch.consume(q, inactivity_timeout=5):
+        assert method is not None, "timed out"
+        assert body == b"hello" and method.routing_key == q, (method, body)
+        assert not method.redelivered, method
+        ch.basic_ack(method.delivery_tag)
+        break
+    ok = ch.queue_declare(q, passive=True).method
+    assert (ok.message_count, ok.consumer_count) == (0, 1), ok
+    ch.cancel()
 
 
 @feature

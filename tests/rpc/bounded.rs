@@ -3,14 +3,12 @@
 //! fails a connection within its `connection_timeout` instead of stalling
 //! it, with the next host of the URL tried.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::BasicProperties;
@@ -131,7 +129,7 @@ async fn replies_to_missing_queues_are_not_kept(url: String) {
     );
 }
 
-on_both_brokers!(replies_to_missing_queues_are_not_kept);
+crate::on_both_brokers!(replies_to_missing_queues_are_not_kept);
 
 /// A listener that accepts connections and never says a word (a
 /// black-holed or hung broker), keeping them open.

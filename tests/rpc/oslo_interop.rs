@@ -2,13 +2,11 @@
 //! (oslo.messaging from PyPI): a Python client calling warren servers, and a
 //! warren client calling a Python server.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use warren::rpc::{Context, RemoteException};
@@ -156,8 +154,10 @@ async fn python_client_calls_warren_servers(url: &str) {
     assert_eq!(got, vec![5, 6, 6], "cast once, fanout to both servers");
 }
 
-/// The Python engine, as a warren client sees it.
+/// The Python engine, as a warren client sees it (only its generated client
+/// is used).
 #[warren::service(topic = "engine", version = "1.2", exchange = "heat")]
+#[allow(dead_code)]
 pub trait PyEngine {
     async fn health_check(&self, seqid: u64, host: String, req: String) -> (u64, String, String);
     async fn add(&self, a: i64, b: i64) -> i64;

@@ -2,12 +2,10 @@
 //! the one oslo.messaging declares (captured listing in
 //! `tests/fixtures/oslo-topology.txt`), modulo uuids.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[warren::service(topic = "engine", version = "1.0", exchange = "heat")]
 pub trait Engine {
@@ -45,7 +43,7 @@ fn without_uuids(line: &str) -> String {
 
 fn expected(section: &str) -> BTreeSet<String> {
     let header = format!("[{section}]");
-    let lines: BTreeSet<String> = include_str!("fixtures/oslo-topology.txt")
+    let lines: BTreeSet<String> = include_str!("../fixtures/oslo-topology.txt")
         .lines()
         .skip_while(|l| *l != header)
         .skip(1)

@@ -2,11 +2,9 @@
 //! `correlation_id` pattern) against a warren server: pika from Python, and
 //! lapin sending a body no codec can read.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;

@@ -1,10 +1,8 @@
 //! Connecting: URLs, SASL mechanisms, fail-over, refused logins.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,4 +107,4 @@ async fn closing_ends_subscriptions_cleanly(url: String) {
     );
 }
 
-on_both_brokers!(closing_ends_subscriptions_cleanly);
+crate::on_both_brokers!(closing_ends_subscriptions_cleanly);

@@ -1,17 +1,15 @@
 //! The RPC conformance suite: every behaviour of calls, casts and servers,
 //! run against each backend (see `common::Backend`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::sync::mpsc;
 use warren::rpc::{CallOptions, Client, Context, Target};
 use warren::wire::Codec;
 
-conformance!(
+crate::conformance!(
     call_returns_the_result,
     cast_reaches_exactly_one_server,
     fanout_cast_reaches_every_server_once,

@@ -97,3 +97,27 @@ async fn core_without_broker() {
     assert_eq!(&got.message.body[..], b"x");
     assert!(ch.basic_get("q", true).unwrap().is_none());
 }
+
+/// Shutting the broker down closes its clients' connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_clients() {
+    let b = Broker::builder()
+        .listen("127.0.0.1:0".parse().expect("an address"))
+        .start()
+        .await
+        .expect("the broker starts");
+    let c = lapin::Connection::connect(&b.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let _ch = c.create_channel().await.expect("channel");
+    tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+        .await
+        .expect("shutdown hangs");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while c.status().connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("client still connected");
+}

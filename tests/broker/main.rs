@@ -1,0 +1,23 @@
+//! The AMQP broker as clients see it: one binary with a module per area, so
+//! the suite links the crate once.
+//!
+//! - [`spec`]: the conformance spec, each behaviour once, run as a matrix of
+//!   clients (lapin, pika, kombu) × brokers (warren's over TCP, RabbitMQ),
+//!   with the same assertions on both brokers;
+//! - [`wire`]: protocol headers and malformed frames;
+//! - [`heartbeat`]: heartbeats over a raw socket, on both brokers;
+//! - [`embedded`] and [`permissions`]: warren's own broker API (the socket-free
+//!   core, users and permission patterns, shutdown).
+//!
+//! Tests share the process: names are unique per test and embedded brokers
+//! listen on ephemeral ports.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod embedded;
+mod heartbeat;
+mod lapin_spec;
+mod permissions;
+mod spec;
+mod wire;
