@@ -8,7 +8,12 @@
 //!   resources bounded under failure;
 //! - [`topology`]: what warren declares equals what oslo.messaging declares;
 //! - [`oslo_interop`], [`plain_amqp`]: Python peers (oslo.messaging, pika)
-//!   and plain AMQP clients calling and serving warren.
+//!   and plain AMQP clients calling and serving warren;
+//! - [`tower`]: the generated clients as `tower::Service`s, under tower's
+//!   middleware;
+//! - [`reliability`]: duplicates, poison requests, a shutdown's grace period;
+//! - [`cluster`]: failover on a three-node RabbitMQ cluster of the test's own;
+//! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers.
 //!
 //! Tests share the process: topics and queue names are unique per test,
 //! embedded brokers listen on ephemeral ports, and tests that inspect
@@ -21,7 +26,11 @@ mod common;
 
 mod bounded;
 mod calls;
+mod cluster;
 mod connect;
 mod oslo_interop;
 mod plain_amqp;
+mod reliability;
+mod tls;
 mod topology;
+mod tower;

@@ -4,16 +4,14 @@
 //! pika and oslo.messaging over TLS; and each way a TLS connection goes
 //! wrong, with the error that says so.
 
-mod common;
-
-#[path = "../examples/heat/service.rs"]
+#[path = "../../examples/heat/service.rs"]
 #[allow(dead_code)]
 mod heat;
 
 use std::time::Duration;
 
-use common::rabbit::free_port;
-use common::tls::{rabbitmq_with_tls, Pki};
+use crate::common::rabbit::free_port;
+use crate::common::tls::{rabbitmq_with_tls, Pki};
 use warren::broker::server::TlsConfig;
 
 /// The error `warren::connect(url)` fails with, as text. A connect still
@@ -44,31 +42,31 @@ async fn tls_endpoint_checks(pki: &Pki, tls_port: u16, plain_port: u16) {
     let (cert, key) = (pki.client.cert.display(), pki.client.key.display());
 
     // amqps:// with the CA, by name and by address (both in the certificate)
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://guest:guest@localhost:{tls_port}/?cacertfile={ca}"
     ))
     .await;
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://guest:guest@127.0.0.1:{tls_port}/%2f?cacertfile={ca}"
     ))
     .await;
     // oslo's names on a rabbit:// URL
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "rabbit://guest:guest@localhost:{tls_port}/?ssl=true&ssl_ca_file={ca}"
     ))
     .await;
     // mutual TLS, logging in as the certificate's CN with EXTERNAL, in
     // RabbitMQ's names and in oslo's
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://localhost:{tls_port}/?cacertfile={ca}&certfile={cert}&keyfile={key}&auth_mechanism=external"
     ))
     .await;
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "rabbit://localhost:{tls_port}/?ssl=1&ssl_ca_file={ca}&ssl_cert_file={cert}&ssl_key_file={key}&rabbit_login_method=EXTERNAL"
     ))
     .await;
     // verify_none connects to a server nobody vouches for
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://guest:guest@localhost:{tls_port}/?verify=verify_none"
     ))
     .await;
@@ -126,7 +124,8 @@ async fn oslo_calls_the_rust_heat_engine(pki: &Pki, tls_port: u16) {
     .expect("serve the engine");
     let python_url = format!("rabbit://guest:guest@localhost:{tls_port}/");
     let config_dir = pki.dir.path().display().to_string();
-    let out = common::run_python("oslo_tls_client.py", &[&python_url, &config_dir, &ca]).await;
+    let out =
+        crate::common::run_python("oslo_tls_client.py", &[&python_url, &config_dir, &ca]).await;
     assert_eq!(
         out.trim(),
         r#"{"health_check": [11, "rust-engine", "I'm fine!"]}"#
@@ -137,7 +136,7 @@ async fn oslo_calls_the_rust_heat_engine(pki: &Pki, tls_port: u16) {
         pki.client.cert.display().to_string(),
         pki.client.key.display().to_string(),
     );
-    let out = common::run_python(
+    let out = crate::common::run_python(
         "oslo_tls_client.py",
         &[&python_url, &config_dir, &ca, &cert, &key],
     )
@@ -207,11 +206,11 @@ async fn warren_broker_requiring_client_certificates() {
     .await;
     assert_says(&error, "client certificate");
     // with one, PLAIN and EXTERNAL both log in
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://guest:guest@localhost:{tls_port}/?cacertfile={ca}&certfile={cert}&keyfile={key}"
     ))
     .await;
-    common::answers(&format!(
+    crate::common::answers(&format!(
         "amqps://localhost:{tls_port}/?cacertfile={ca}&certfile={cert}&keyfile={key}&auth_mechanism=external"
     ))
     .await;
@@ -261,16 +260,16 @@ async fn pika_over_tls_against_warren_broker() {
     ))
     .await
     .expect("connect over TLS");
-    let topic = common::unique("calc");
+    let topic = crate::common::unique("calc");
     let (records, _) = tokio::sync::mpsc::unbounded_channel();
-    let _server = common::calc("s1", &records)
+    let _server = crate::common::calc("s1", &records)
         .builder()
         .topic(&topic)
         .serve(&connection, "s1")
         .await
         .expect("serve");
     let port = tls_port.to_string();
-    let out = common::run_python(
+    let out = crate::common::run_python(
         "pika_tls_client.py",
         &["localhost", &port, &topic, "20", "22", &ca],
     )
@@ -281,7 +280,7 @@ async fn pika_over_tls_against_warren_broker() {
         pki.client.cert.display().to_string(),
         pki.client.key.display().to_string(),
     );
-    let out = common::run_python(
+    let out = crate::common::run_python(
         "pika_tls_client.py",
         &["localhost", &port, &topic, "1", "2", &ca, &cert, &key],
     )
@@ -301,9 +300,9 @@ async fn embedded_url_serves_tls_to_other_clients() {
         pki.server.key.display()
     );
     let local = warren::connect(&embedded).await.expect("embedded");
-    let topic = common::unique("calc");
+    let topic = crate::common::unique("calc");
     let (records, _) = tokio::sync::mpsc::unbounded_channel();
-    let _server = common::calc("s1", &records)
+    let _server = crate::common::calc("s1", &records)
         .builder()
         .topic(&topic)
         .serve(&local, "s1")
@@ -316,7 +315,7 @@ async fn embedded_url_serves_tls_to_other_clients() {
     ))
     .await
     .expect("connect over TLS");
-    let client = common::CalcClient::new(&remote)
+    let client = crate::common::CalcClient::new(&remote)
         .topic(&topic)
         .timeout(Duration::from_secs(20));
     assert_eq!(client.add(2, 40).await.expect("call over TLS"), 42);
@@ -333,7 +332,7 @@ async fn warren_broker_command_reloads_certificates_on_sighup() {
     std::fs::copy(&pki.server.cert, &cert).expect("copy");
     std::fs::copy(&pki.server.key, &key).expect("copy");
     let (plain_port, tls_port) = (free_port(), free_port());
-    let mut broker = std::process::Command::new(common::warren_bin())
+    let mut broker = std::process::Command::new(crate::common::warren_bin())
         .args(["broker", "--listen", &format!("127.0.0.1:{plain_port}")])
         .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
         .arg("--tls-cert")
@@ -357,15 +356,15 @@ async fn warren_broker_command_reloads_certificates_on_sighup() {
     }
     assert!(up, "warren broker does not listen on its TLS port");
     let connection = warren::connect(&old_url).await.expect("connect over TLS");
-    let topic = common::unique("calc");
+    let topic = crate::common::unique("calc");
     let (records, _) = tokio::sync::mpsc::unbounded_channel();
-    let _server = common::calc("s1", &records)
+    let _server = crate::common::calc("s1", &records)
         .builder()
         .topic(&topic)
         .serve(&connection, "s1")
         .await
         .expect("serve");
-    let client = common::CalcClient::new(&connection)
+    let client = crate::common::CalcClient::new(&connection)
         .topic(&topic)
         .timeout(Duration::from_secs(20));
     assert_eq!(client.add(1, 1).await.expect("call"), 2);
@@ -397,7 +396,7 @@ async fn warren_broker_command_reloads_certificates_on_sighup() {
     // ... and the connection made before still works
     assert_eq!(client.add(2, 2).await.expect("call after reload"), 4);
     // and the plain port serves as before
-    common::answers(&format!("amqp://guest:guest@127.0.0.1:{plain_port}/")).await;
+    crate::common::answers(&format!("amqp://guest:guest@127.0.0.1:{plain_port}/")).await;
 
     let _ = std::process::Command::new("sh")
         .args(["-c", &format!("kill -TERM {}", broker.id())])

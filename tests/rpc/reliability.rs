@@ -3,16 +3,14 @@
 //! bounded by its grace period, handing what it could not finish to
 //! another server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 
-on_both_brokers!(
+crate::on_both_brokers!(
     a_request_delivered_twice_is_executed_once,
     a_call_outliving_the_grace_period_is_answered_by_another_server,
     a_request_that_keeps_killing_servers_is_set_aside,

@@ -16,14 +16,12 @@
 //! timed out; calls succeed again after each cut; casts sent after the
 //! last cut all arrive. Failover times are printed, not asserted.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::rabbit::RabbitCluster;
-use common::*;
+use crate::common::rabbit::RabbitCluster;
+use crate::common::*;
 use tokio::sync::mpsc;
 
 const CALLERS: usize = 4;

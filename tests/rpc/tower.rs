@@ -2,15 +2,13 @@
 //! tower's timeout, retry, concurrency-limit and load-shed layers, and
 //! server-side layers around dispatch (auth, limits, counting).
 
-mod common;
-
 use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tower::limit::ConcurrencyLimitLayer;
