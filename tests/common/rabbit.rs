@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// A directory of the test's own under the system's temporary directory,
 /// readable and writable by the `rabbitmq` user too (Debian's
 /// `rabbitmq-server`, run as root, runs the node as `rabbitmq`); removed on
@@ -55,14 +57,6 @@ pub fn write_shared(path: &Path, contents: &str) {
     // Keys too: the test's own throw-away keys, read by a node running as
     // another user.
     share(path, 0o644);
-}
-
-/// A free TCP port on loopback (free when asked; good enough for a test).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A RabbitMQ node of the test's own, beside the system one: its own name,

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::rabbit::{free_port, write_shared as write, RabbitNode, TempDir};
+use super::free_port;
+use super::rabbit::{write_shared as write, RabbitNode, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

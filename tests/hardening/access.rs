@@ -650,12 +650,7 @@ mod signals {
     use amq_protocol::protocol::{connection, AMQPClass};
 
     use super::{method, opts, Peer, GUARD};
-
-    /// A port free a moment ago.
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("address").port()
-    }
+    use crate::common::free_port;
 
     /// Starts `warren broker` on a free port with `extra` arguments and
     /// environment, and waits until it accepts connections.

@@ -73,10 +73,7 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     fn start(watermark: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::common::free_port();
         let child = Command::new(crate::common::warren_bin())
             .args([
                 "broker",

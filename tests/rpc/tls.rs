@@ -10,7 +10,7 @@ mod heat;
 
 use std::time::Duration;
 
-use crate::common::rabbit::free_port;
+use crate::common::free_port;
 use crate::common::tls::{rabbitmq_with_tls, Pki};
 use warren::broker::server::TlsConfig;
 
