@@ -44,6 +44,8 @@
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub mod dead_letter;
+pub mod disk;
+pub(crate) mod durable;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod locks;
@@ -53,10 +55,12 @@ pub(crate) mod password;
 pub mod permission;
 pub(crate) mod queue;
 pub(crate) mod reply_to;
+pub(crate) mod restore;
 pub(crate) mod session;
 pub(crate) mod vhost;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -74,6 +78,8 @@ pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
 pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
+pub use restore::RecoveryReport;
+pub use crate::store::StoreError;
 use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.
@@ -156,6 +162,19 @@ pub struct Core {
     /// In milliseconds; [`NO_CONSUMER_TIMEOUT`] for none.
     consumer_timeout_ms: AtomicU64,
     memory: Arc<MemoryMonitor>,
+    /// The durable store, for a core opened on a data directory.
+    durable: Option<Arc<durable::Persistence>>,
+    /// What was restored from the store at start.
+    recovery: Option<RecoveryReport>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Dropping the queues must not record their messages as settled.
+        if let Some(p) = &self.durable {
+            p.abandon();
+        }
+    }
 }
 
 impl Core {
@@ -174,19 +193,63 @@ impl Core {
 
     /// [`new`](Self::new) with users given by their password hashes.
     pub fn with_password_hashes(users: &[(String, PasswordHash)], vhosts: &[String]) -> Arc<Self> {
-        let mut map = HashMap::new();
-        map.insert("/".to_string(), VHost::new("/"));
-        for v in vhosts {
-            map.entry(v.clone()).or_insert_with(|| VHost::new(v));
+        Self::started(Self::build(users.iter().cloned().collect(), vhosts, None))
+    }
+
+    /// A core keeping its durable state in `dir` (see [`crate::store`]): what the
+    /// store holds is restored first (vhosts, users, permissions, durable
+    /// exchanges, queues, bindings, persistent messages; see [`Core::recovery`]),
+    /// then `users` (which win over stored ones of the same name) and `vhosts`
+    /// are added. Fails when another broker holds `dir`
+    /// ([`StoreError::Locked`]) or its files cannot be read.
+    pub fn open_durable(
+        dir: &Path,
+        users: &[(String, PasswordHash)],
+        vhosts: &[String],
+    ) -> Result<Arc<Self>, StoreError> {
+        let started = Instant::now();
+        let (p, recovered) = durable::Persistence::open(dir, None)?;
+        let (mut stored_users, rest) = restore::split_users(recovered);
+        for (name, hash) in users {
+            stored_users.insert(name.clone(), hash.clone());
         }
-        let core = Arc::new(Self {
-            users: users.iter().cloned().collect(),
+        let mut core = Self::build(stored_users, &[], Some(p.clone()));
+        let mut report = restore::restore(&core, &p, rest);
+        for v in vhosts {
+            core.add_vhost(v);
+        }
+        report.duration = started.elapsed();
+        report.log();
+        core.recovery = Some(report);
+        Ok(Self::started(core))
+    }
+
+    fn build(
+        users: HashMap<String, PasswordHash>,
+        vhosts: &[String],
+        durable: Option<Arc<durable::Persistence>>,
+    ) -> Self {
+        let mut map = HashMap::new();
+        map.insert("/".to_string(), VHost::with_store("/", durable.clone()));
+        for v in vhosts {
+            map.entry(v.clone())
+                .or_insert_with(|| VHost::with_store(v, durable.clone()));
+        }
+        Self {
+            users,
             permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
             consumer_timeout_ms: AtomicU64::new(timeout_ms(Some(DEFAULT_CONSUMER_TIMEOUT))),
             memory: MemoryMonitor::new(MemoryWatermark::default().resolve()),
-        });
+            durable,
+            recovery: None,
+        }
+    }
+
+    /// Shares the core and starts its background tasks.
+    fn started(core: Self) -> Arc<Self> {
+        let core = Arc::new(core);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             memory::spawn_sampler(&handle, &core.memory);
             let weak: Weak<Core> = Arc::downgrade(&core);
@@ -201,6 +264,32 @@ impl Core {
             });
         }
         core
+    }
+
+    /// What was restored from the data directory at start (`None` for a core
+    /// kept in memory).
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// The data directory, for a durable core.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.durable.as_ref().map(|p| p.dir())
+    }
+
+    /// Follows the store's disk-full state (`None` for a core kept in memory).
+    pub(crate) fn watch_disk_full(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.durable.as_ref().map(|p| p.watch_disk_full())
+    }
+
+    /// Closes the durable store cleanly: everything pending reaches the disk and
+    /// the next start knows the shutdown was clean. Settlements after this are
+    /// not recorded (the broker is stopping). A no-op for a core kept in memory.
+    pub fn close_durable(&self) -> Result<(), StoreError> {
+        match &self.durable {
+            Some(p) => p.close(),
+            None => Ok(()),
+        }
     }
 
     /// The memory gauge and alarm: above its watermark, publishers are blocked.
@@ -227,6 +316,14 @@ impl Core {
     /// Sets `user`'s permissions on `vhost`, as RabbitMQ's `set_permissions`:
     /// a user may use only the vhosts it has permissions on.
     pub fn set_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
+        if let Some(p) = &self.durable {
+            restore::store_permissions(p, user, vhost, &permissions);
+        }
+        self.insert_permissions(user, vhost, permissions);
+    }
+
+    /// Sets permissions without recording them (restore).
+    fn insert_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
         write(&self.permissions).insert((user.to_owned(), vhost.to_owned()), Arc::new(permissions));
     }
 
@@ -272,9 +369,19 @@ impl Core {
 
     /// Add a vhost at runtime.
     pub fn add_vhost(&self, name: &str) {
-        write(&self.vhosts)
-            .entry(name.to_string())
-            .or_insert_with(|| VHost::new(name));
+        let added = {
+            let mut vhosts = write(&self.vhosts);
+            match vhosts.entry(name.to_string()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(VHost::with_store(name, self.durable.clone()));
+                    true
+                }
+            }
+        };
+        if let (true, Some(p)) = (added, &self.durable) {
+            p.put(crate::store::DefClass::VHOST, name.as_bytes(), b"");
+        }
     }
 
     /// Open a connection for an (already authenticated) user on a vhost.

@@ -46,6 +46,15 @@ impl Permissions {
         })
     }
 
+    /// The configure, write and read patterns.
+    pub(crate) fn patterns(&self) -> [&str; 3] {
+        [
+            self.configure.as_str(),
+            self.write.as_str(),
+            self.read.as_str(),
+        ]
+    }
+
     /// Whether `access` to the resource `name` is allowed.
     pub(crate) fn allows(&self, access: Access, name: &str) -> bool {
         match access {
