@@ -78,6 +78,29 @@ pub struct BrokerArgs {
     /// unlimited when unset.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Keep durable exchanges, queues, bindings, vhosts, permissions and
+    /// persistent messages here (default: `$XDG_DATA_HOME/warren`, else
+    /// `~/.local/share/warren`). One broker at a time may use a directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: every restart starts empty.
+    #[arg(long)]
+    in_memory: bool,
+    /// Block publishers while the data directory's disk has less free space
+    /// than SIZE (RabbitMQ's disk_free_limit): bytes or a size with a unit
+    /// (`50MB`, `1GB`, `512MiB`).
+    #[arg(long, value_name = "SIZE", default_value = "50MB", value_parser = parse_size)]
+    disk_free_limit: u64,
+}
+
+/// A size in bytes: `50MB`, `1GB`, `512MiB`, `1000000`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    match s.parse::<warren_broker::core::MemoryWatermark>() {
+        Ok(warren_broker::core::MemoryWatermark::Bytes(b)) => Ok(b),
+        _ => Err(format!(
+            "invalid size {s:?}: expected bytes or a size with a unit, like 50MB or 1GB"
+        )),
+    }
 }
 
 /// `name:secret` split at the first colon (names have none, secrets may).
@@ -150,7 +173,33 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(max) = args.max_connections {
         builder = builder.max_connections(max);
     }
+    if !args.in_memory {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::data_dir::default_data_dir);
+        tracing::info!(dir = %dir.display(), "data directory");
+        builder = builder
+            .data_dir(dir)
+            .disk_free_limit(args.disk_free_limit);
+    } else {
+        tracing::info!("in memory: nothing is kept on disk");
+    }
     let broker = builder.start().await?;
+    if let Some(r) = broker.recovery() {
+        if let Some(t) = &r.torn_tail {
+            tracing::warn!("recovery: a torn write was dropped: {t}");
+        }
+        tracing::info!(
+            exchanges = r.exchanges,
+            queues = r.queues,
+            bindings = r.bindings,
+            messages = r.messages,
+            clean_shutdown = r.clean_shutdown,
+            ms = r.duration.as_millis() as u64,
+            "recovered"
+        );
+    }
     tracing::info!(
         bytes = broker.core().memory().watermark(),
         "memory high watermark"

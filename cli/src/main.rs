@@ -4,6 +4,7 @@
 
 mod bench;
 mod broker;
+mod data_dir;
 
 use clap::{Parser, Subcommand};
 
