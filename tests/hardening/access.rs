@@ -657,7 +657,7 @@ mod signals {
     fn spawn_broker(extra: &[&str], env: &[(&str, &str)]) -> (std::process::Child, u16) {
         let port = free_port();
         let mut cmd = Command::new(crate::common::warren_bin());
-        cmd.args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+        cmd.args(["broker", "--in-memory", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
