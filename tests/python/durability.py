@@ -6,7 +6,7 @@ Usage:
       Declares the durable direct exchange `dx.SUFFIX`, the durable queue
       `dq.SUFFIX` bound to it with key `k`, and the transient queue `tq.SUFFIX`;
       then publishes COUNT persistent messages (ids 0, 1, ...; bodies of
-      BODY_BYTES, the id first) with publisher confirms, one at a time, printing
+      BODY_BYTES, the id first, a header) with publisher confirms, one at a time, printing
       "ok ID" once each is confirmed and "nack ID" when the broker refuses one
       (it is published again). "blocked REASON" / "unblocked" when the broker
       blocks or unblocks the connection. Ends with "done", or "closed" when the
@@ -35,35 +35,66 @@ def say(line):
 
 
 def publish(url, suffix, count, body_bytes):
-    conn = pika.BlockingConnection(params(url))
+    # An event-driven connection: a BlockingConnection reports connection.blocked
+    # only once the publish it is waiting in returns, i.e. after the unblock.
+    state = {"i": 0, "ch": None, "ended": False}
+    props = pika.BasicProperties(delivery_mode=2, headers={"origin": "durability"})
+
+    def send():
+        i = state["i"]
+        if i >= count:
+            say("done")
+            state["ended"] = True
+            conn.close()
+            return
+        head = b"%d " % i
+        body = head + b"x" * max(0, body_bytes - len(head))
+        state["ch"].basic_publish("dx." + suffix, "k", body, props)
+
+    def on_confirm(frame):
+        if isinstance(frame.method, pika.spec.Basic.Ack):
+            say("ok %d" % state["i"])
+            state["i"] += 1
+            send()
+        else:
+            say("nack %d" % state["i"])
+            conn.ioloop.call_later(0.1, send)
+
+    def on_channel(ch):
+        state["ch"] = ch
+        steps = [
+            lambda k: ch.exchange_declare("dx." + suffix, "direct", durable=True, callback=k),
+            lambda k: ch.queue_declare("dq." + suffix, durable=True, callback=k),
+            lambda k: ch.queue_declare("tq." + suffix, durable=False, callback=k),
+            lambda k: ch.queue_bind("dq." + suffix, "dx." + suffix, "k", callback=k),
+            lambda k: ch.confirm_delivery(on_confirm, callback=k),
+        ]
+
+        def step(_frame=None):
+            if steps:
+                steps.pop(0)(step)
+            else:
+                send()
+        step()
+
+    def on_closed(_conn, _reason):
+        if not state["ended"]:
+            say("closed")
+        conn.ioloop.stop()
+
+    def on_open_error(_conn, err):
+        say("closed")
+        conn.ioloop.stop()
+
+    conn = pika.SelectConnection(
+        params(url),
+        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_open_error_callback=on_open_error,
+        on_close_callback=on_closed)
     conn.add_on_connection_blocked_callback(
         lambda _c, frame: say("blocked %s" % frame.method.reason))
     conn.add_on_connection_unblocked_callback(lambda _c, _f: say("unblocked"))
-    ch = conn.channel()
-    ch.exchange_declare("dx." + suffix, "direct", durable=True)
-    ch.queue_declare("dq." + suffix, durable=True)
-    ch.queue_declare("tq." + suffix, durable=False)
-    ch.queue_bind("dq." + suffix, "dx." + suffix, "k")
-    ch.confirm_delivery()
-    props = pika.BasicProperties(delivery_mode=2, headers={"origin": "durability"})
-    try:
-        i = 0
-        while i < count:
-            head = b"%d " % i
-            body = head + b"x" * max(0, body_bytes - len(head))
-            try:
-                ch.basic_publish("dx." + suffix, "k", body, props, mandatory=True)
-            except pika.exceptions.NackError:
-                say("nack %d" % i)
-                conn.sleep(0.1)
-                continue
-            say("ok %d" % i)
-            i += 1
-        say("done")
-        conn.close()
-    except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
-            pika.exceptions.StreamLostError, ConnectionError, OSError):
-        say("closed")
+    conn.ioloop.start()
 
 
 def check(url, suffix):

@@ -257,9 +257,12 @@ impl QueueConfig {
                 None => return Err(unacceptable("x-queue-type", v)),
             };
         }
-        if let Some(n) = int("x-delivery-limit", 0)? {
-            cfg.delivery_limit = Some(u32::try_from(n).unwrap_or(u32::MAX));
-        }
+        // As RabbitMQ 3.x: a limit that is not a non-negative integer is ignored.
+        cfg.delivery_limit = args
+            .inner()
+            .get("x-delivery-limit")
+            .and_then(value_as_i64)
+            .and_then(|n| u32::try_from(n.max(0)).ok());
         if let Some(v) = args.inner().get("x-overflow") {
             cfg.overflow = Some(match value_as_string(v).as_deref() {
                 Some("drop-head") => Overflow::DropHead,
@@ -508,6 +511,12 @@ impl Queue {
         let now = Instant::now();
         let expires_at = self.expiry_for(&msg, now);
         let stored = self.store.as_ref().and_then(|s| s.token(&msg));
+        // A quorum queue tells every delivery its count, from 0.
+        let msg = if self.config.quorum {
+            with_delivery_count(&msg, Some(0))
+        } else {
+            msg
+        };
         let qm = QueuedMessage {
             msg,
             redelivered: false,
@@ -683,16 +692,11 @@ impl Queue {
             .delivery_limit
             .is_some_and(|limit| m.delivery_count > limit)
         {
+            // Dead-lettered without the count, as RabbitMQ does.
+            m.msg = with_delivery_count(&m.msg, None);
             return Err(m);
         }
-        let mut copy = Message::clone(&m.msg);
-        let mut headers = copy.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            "x-delivery-count".into(),
-            AMQPValue::LongLongInt(i64::from(m.delivery_count)),
-        );
-        copy.properties = copy.properties.with_headers(headers);
-        m.msg = Arc::new(copy);
+        m.msg = with_delivery_count(&m.msg, Some(m.delivery_count));
         Ok(m)
     }
 
@@ -795,6 +799,28 @@ impl Queue {
     pub fn has_consumers(&self) -> bool {
         !self.st().consumers.is_empty()
     }
+}
+
+/// A copy of `msg` with its `x-delivery-count` header set to `count` (removed
+/// for `None`).
+fn with_delivery_count(msg: &Arc<Message>, count: Option<u32>) -> Arc<Message> {
+    let mut copy = Message::clone(msg);
+    let mut headers = copy.properties.headers().clone().unwrap_or_default();
+    match count {
+        Some(n) => {
+            headers.insert(
+                "x-delivery-count".into(),
+                AMQPValue::LongLongInt(i64::from(n)),
+            );
+        }
+        None => {
+            let mut map = headers.inner().clone();
+            map.remove("x-delivery-count");
+            headers = FieldTable::from(map);
+        }
+    }
+    copy.properties = copy.properties.with_headers(headers);
+    Arc::new(copy)
 }
 
 /// A [`Subscriber`] for tests: takes up to `capacity` unsettled messages and
