@@ -46,6 +46,8 @@ pub(crate) mod connection;
 pub mod dead_letter;
 pub mod disk;
 pub(crate) mod durable;
+#[cfg(test)]
+mod durable_tests;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod locks;
@@ -207,8 +209,18 @@ impl Core {
         users: &[(String, PasswordHash)],
         vhosts: &[String],
     ) -> Result<Arc<Self>, StoreError> {
+        Self::open_durable_with(dir, users, vhosts, None)
+    }
+
+    /// [`open_durable`](Self::open_durable) with segments of `segment_size` bytes.
+    pub(crate) fn open_durable_with(
+        dir: &Path,
+        users: &[(String, PasswordHash)],
+        vhosts: &[String],
+        segment_size: Option<u64>,
+    ) -> Result<Arc<Self>, StoreError> {
         let started = Instant::now();
-        let (p, recovered) = durable::Persistence::open(dir, None)?;
+        let (p, recovered) = durable::Persistence::open(dir, segment_size)?;
         let (mut stored_users, rest) = restore::split_users(recovered);
         for (name, hash) in users {
             stored_users.insert(name.clone(), hash.clone());

@@ -119,7 +119,8 @@ impl DeadLetters {
 pub struct QueueDeclareOptions {
     /// Only check that the queue exists (404 if not); change nothing.
     pub passive: bool,
-    /// Declared durable (nothing is persisted).
+    /// Durable: kept in the data directory of a durable core (unless exclusive or
+    /// auto-delete), with its persistent messages.
     pub durable: bool,
     /// Owned by the declaring connection, deleted when it closes.
     pub exclusive: bool,
@@ -396,7 +397,8 @@ pub enum EnqueueResult {
 pub struct Queue {
     /// Queue name.
     pub name: String,
-    /// Declared durable flag (nothing is persisted).
+    /// Declared durable (kept in the data directory of a durable core unless
+    /// exclusive or auto-delete).
     pub durable: bool,
     /// Owning connection id for exclusive queues.
     pub exclusive_owner: Option<u64>,
