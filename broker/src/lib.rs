@@ -294,12 +294,13 @@ impl BrokerBuilder {
         let users = self.users;
         let core = match &self.data_dir {
             Some(dir) => {
-                let core = core::Core::open_durable(dir, &users, &self.vhosts).map_err(
-                    |source| BrokerError::DataDir {
-                        dir: dir.clone(),
-                        source,
-                    },
-                )?;
+                let core =
+                    core::Core::open_durable(dir, &users, &self.vhosts).map_err(|source| {
+                        BrokerError::DataDir {
+                            dir: dir.clone(),
+                            source,
+                        }
+                    })?;
                 core::disk::spawn(
                     &core,
                     self.disk_free_limit

@@ -179,9 +179,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
             .clone()
             .unwrap_or_else(crate::data_dir::default_data_dir);
         tracing::info!(dir = %dir.display(), "data directory");
-        builder = builder
-            .data_dir(dir)
-            .disk_free_limit(args.disk_free_limit);
+        builder = builder.data_dir(dir).disk_free_limit(args.disk_free_limit);
     } else {
         tracing::info!("in memory: nothing is kept on disk");
     }

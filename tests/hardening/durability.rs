@@ -102,7 +102,13 @@ struct Publisher {
 impl Publisher {
     fn start(url: &str, suffix: &str, count: usize, body: usize) -> Self {
         let mut child = python_script("durability.py")
-            .args(["publish", url, suffix, &count.to_string(), &body.to_string()])
+            .args([
+                "publish",
+                url,
+                suffix,
+                &count.to_string(),
+                &body.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -125,12 +131,18 @@ impl Publisher {
         match self.lines.recv_timeout(GUARD) {
             Ok(l) => Some(l),
             Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the publisher printed nothing for {GUARD:?}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the publisher printed nothing for {GUARD:?}")
+            }
         }
     }
 
     /// Reads lines, recording confirmed ids, until `stop` says so (or the end).
-    fn read_until(&self, confirmed: &mut BTreeSet<u64>, stop: impl Fn(&str, usize) -> bool) -> Option<String> {
+    fn read_until(
+        &self,
+        confirmed: &mut BTreeSet<u64>,
+        stop: impl Fn(&str, usize) -> bool,
+    ) -> Option<String> {
         while let Some(line) = self.next() {
             if let Some(id) = line.strip_prefix("ok ") {
                 confirmed.insert(id.parse().expect("an id"));
@@ -183,24 +195,42 @@ fn check(url: &str, suffix: &str) -> Checked {
 /// Every confirmed id is back, each once, and nothing that was never published.
 fn assert_all_back(confirmed: &BTreeSet<u64>, published_upto: u64, found: &[u64], broker: &str) {
     let back: BTreeSet<u64> = found.iter().copied().collect();
-    assert_eq!(back.len(), found.len(), "{broker}: a message came back twice");
+    assert_eq!(
+        back.len(),
+        found.len(),
+        "{broker}: a message came back twice"
+    );
     for id in confirmed {
-        assert!(back.contains(id), "{broker}: confirmed message {id} lost in the crash");
+        assert!(
+            back.contains(id),
+            "{broker}: confirmed message {id} lost in the crash"
+        );
     }
     if let Some(&max) = back.iter().next_back() {
-        assert!(max <= published_upto, "{broker}: message {max} was never published");
+        assert!(
+            max <= published_upto,
+            "{broker}: message {max} was never published"
+        );
     }
 }
 
 /// Publishes persistent messages with confirms, crashes the broker once `at`
 /// are confirmed, restarts it and checks what came back.
-fn crash_mid_stream(broker: &str, url: String, crash: impl FnOnce(), restart: impl FnOnce() -> String) {
+fn crash_mid_stream(
+    broker: &str,
+    url: String,
+    crash: impl FnOnce(),
+    restart: impl FnOnce() -> String,
+) {
     let suffix = unique("crash");
     let publisher = Publisher::start(&url, &suffix, 1_000_000, 200);
     let mut confirmed = BTreeSet::new();
     let at = 300;
     let line = publisher.read_until(&mut confirmed, |_, n| n >= at);
-    assert!(line.is_some(), "{broker}: the publisher ended before {at} confirms");
+    assert!(
+        line.is_some(),
+        "{broker}: the publisher ended before {at} confirms"
+    );
     crash();
     // Confirms that arrived before the crash are confirmed too.
     publisher.read_until(&mut confirmed, |l, _| l == "closed" || l == "done");
@@ -208,8 +238,14 @@ fn crash_mid_stream(broker: &str, url: String, crash: impl FnOnce(), restart: im
     let url = restart();
     let found = check(&url, &suffix);
     assert_all_back(&confirmed, published_upto, &found.ids, broker);
-    assert!(found.transient_gone, "{broker}: the transient queue survived");
-    assert!(found.routed, "{broker}: the durable exchange and binding do not route");
+    assert!(
+        found.transient_gone,
+        "{broker}: the transient queue survived"
+    );
+    assert!(
+        found.routed,
+        "{broker}: the durable exchange and binding do not route"
+    );
 }
 
 #[test]
@@ -365,7 +401,9 @@ fn a_full_disk_blocks_publishers_and_resumes_when_space_returns() {
     // segment it cannot make.
     let publisher = Publisher::start(&warren.url(), &suffix, 700, 64 << 10);
     let mut confirmed = BTreeSet::new();
-    let line = publisher.read_until(&mut confirmed, |l, _| l.starts_with("blocked") || l == "done");
+    let line = publisher.read_until(&mut confirmed, |l, _| {
+        l.starts_with("blocked") || l == "done"
+    });
     assert_eq!(
         line.as_deref(),
         Some("blocked low on disk"),

@@ -36,8 +36,10 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 /// Follows free space and the store's disk-full state for `core` (a durable core)
 /// in the current runtime, until the core is dropped.
 pub(crate) fn spawn(core: &Arc<Core>, limit: u64) {
-    let (Some(dir), Some(mut full)) = (core.data_dir().map(Path::to_path_buf), core.watch_disk_full())
-    else {
+    let (Some(dir), Some(mut full)) = (
+        core.data_dir().map(Path::to_path_buf),
+        core.watch_disk_full(),
+    ) else {
         return;
     };
     let Ok(handle) = tokio::runtime::Handle::try_current() else {

@@ -36,9 +36,7 @@ use tokio::sync::watch;
 use super::locks::{read, write};
 use super::message::Message;
 use super::queue::Queue;
-use crate::store::{
-    DefClass, Durable, MsgId, QueueId, Recovered, Store, StoreError, StoreOptions,
-};
+use crate::store::{DefClass, Durable, MsgId, QueueId, Recovered, Store, StoreError, StoreOptions};
 
 /// The durable store as the core sees it (one per [`super::Core`]).
 #[derive(Debug)]

@@ -95,7 +95,10 @@ fn publish(ch: &CoreChannel, exchange: &str, key: &str, body: &str, persistent: 
 fn take_all(ch: &CoreChannel, queue: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     while let Some(m) = ch.basic_get(queue, true).expect("basic.get") {
-        out.push((String::from_utf8_lossy(&m.message.body).into_owned(), m.redelivered));
+        out.push((
+            String::from_utf8_lossy(&m.message.body).into_owned(),
+            m.redelivered,
+        ));
     }
     out
 }
@@ -110,13 +113,15 @@ fn durable_topology_and_persistent_messages_survive_a_crash() {
             durable: true,
             ..Default::default()
         };
-        ch.exchange_declare("x", "direct", x).expect("exchange.declare");
+        ch.exchange_declare("x", "direct", x)
+            .expect("exchange.declare");
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongInt(10));
         durable_queue(&ch, "q", args);
         ch.queue_declare("transient", QueueDeclareOptions::default())
             .expect("queue.declare");
-        ch.queue_bind("q", "x", "k", FieldTable::default()).expect("queue.bind");
+        ch.queue_bind("q", "x", "k", FieldTable::default())
+            .expect("queue.bind");
         ch.queue_bind("transient", "x", "k", FieldTable::default())
             .expect("queue.bind");
         for (body, persistent) in [("a", true), ("b", false), ("c", true), ("d", true)] {
@@ -132,7 +137,10 @@ fn durable_topology_and_persistent_messages_survive_a_crash() {
     let core = open(&dir.0).expect("reopen");
     let report = core.recovery().expect("a durable core reports").clone();
     assert!(!report.clean_shutdown);
-    assert_eq!((report.exchanges, report.queues, report.bindings), (1, 1, 1));
+    assert_eq!(
+        (report.exchanges, report.queues, report.bindings),
+        (1, 1, 1)
+    );
     assert_eq!(report.messages, 2);
     let ch = channel(&core);
     assert_eq!(
@@ -217,7 +225,10 @@ fn a_quorum_queue_keeps_transient_messages_and_delivery_counts() {
         let core = open(&dir.0).expect("open");
         let ch = channel(&core);
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         durable_queue(&ch, "qq", args);
         publish(&ch, "", "qq", "m", false);
         let m = ch.basic_get("qq", false).expect("get").expect("m");

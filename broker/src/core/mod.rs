@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::types::AMQPValue;
 
+pub use crate::store::StoreError;
 pub use channel::{
     ChannelEvent, ChannelSink, ConsumeOptions, CoreChannel, Delivery, GetOk, PublishOutcome,
     QueueDeclareOk, Returned,
@@ -81,7 +82,6 @@ pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
 pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
 pub use restore::RecoveryReport;
-pub use crate::store::StoreError;
 use vhost::VHost;
 
 /// How often TTL expiry and `x-expires` are checked.

@@ -247,7 +247,10 @@ pub(crate) fn restore(core: &Core, p: &Arc<Persistence>, r: Recovered) -> Recove
     let now_ms = durable::now_ms();
     for m in r.messages {
         let Some(meta) = durable::decode_meta(&m.meta()) else {
-            tracing::warn!(id = m.id, "durable store: a message with unreadable meta was skipped");
+            tracing::warn!(
+                id = m.id,
+                "durable store: a message with unreadable meta was skipped"
+            );
             report.skipped += 1;
             continue;
         };

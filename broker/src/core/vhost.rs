@@ -122,7 +122,13 @@ impl VHost {
     }
 
     /// The store key of a binding.
-    fn binding_key(&self, source: &str, b: &Destination, routing_key: &str, args: &FieldTable) -> Vec<u8> {
+    fn binding_key(
+        &self,
+        source: &str,
+        b: &Destination,
+        routing_key: &str,
+        args: &FieldTable,
+    ) -> Vec<u8> {
         let (kind, dest) = match b {
             Destination::Queue(q) => (b'q', q),
             Destination::Exchange(x) => (b'e', x),
@@ -151,7 +157,11 @@ impl VHost {
             .u8(u8::from(x.internal))
             .bytes(&durable::encode_table(&x.arguments))
             .done();
-        p.put(DefClass::EXCHANGE, &durable::entity_key(&self.name, &x.name), &value);
+        p.put(
+            DefClass::EXCHANGE,
+            &durable::entity_key(&self.name, &x.name),
+            &value,
+        );
     }
 
     /// Direct reply-to's addresses in this vhost.
@@ -415,7 +425,11 @@ impl VHost {
         };
         let key = self.binding_key(source, destination, routing_key, arguments);
         if bound {
-            p.put(DefClass::BINDING, &key, &Enc::default().u64(src).u64(dst).done());
+            p.put(
+                DefClass::BINDING,
+                &key,
+                &Enc::default().u64(src).u64(dst).done(),
+            );
         } else {
             p.delete(DefClass::BINDING, &key);
         }
@@ -598,7 +612,11 @@ impl VHost {
                 .u64(uid)
                 .bytes(&durable::encode_table(&q.arguments))
                 .done();
-            p.put(DefClass::QUEUE, &durable::entity_key(&self.name, &q.name), &value);
+            p.put(
+                DefClass::QUEUE,
+                &durable::entity_key(&self.name, &q.name),
+                &value,
+            );
         }
         let quorum = q.config.quorum;
         q.with_store(QueueStore {
