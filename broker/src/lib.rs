@@ -40,6 +40,7 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod core;
+pub mod definitions;
 pub mod server;
 // The durable store (issue #11), not yet called by the core.
 #[allow(dead_code)]
