@@ -39,6 +39,7 @@
 //! every connection touching that queue or channel.
 #![deny(clippy::await_holding_lock)]
 
+pub mod control;
 pub mod core;
 pub mod definitions;
 pub mod server;
