@@ -7,7 +7,7 @@
 //! (`{"command": "list_queues", "vhost": "/"}`) and one answer
 //! (`{"ok": …}` or `{"error": {"code": "no_such_user", "message": …}}`)
 //! each, any number per connection. [`info`] holds the listings' columns
-//! and [`format`] how values print, shared with the client.
+//! and [`mod@format`] how values print, shared with the client.
 //!
 //! A socket file another live broker answers on is left alone (this
 //! broker runs without a control socket and says so); a stale one (nobody
