@@ -1,5 +1,5 @@
 //! The disk alarm (RabbitMQ's `disk_free_limit`): publishers are blocked, through
-//! the memory alarm's path ([`super::MemoryMonitor::set_disk_alarm`], then
+//! the memory alarm's path (the [`super::MemoryMonitor`] alarm, then
 //! `connection.blocked`), while the data directory's file system has less free
 //! space than the limit or the store could not prepare a segment (disk full); they
 //! are unblocked when space returns. Consumers keep reading and acking meanwhile,

@@ -198,7 +198,7 @@ impl Core {
         Self::started(Self::build(users.iter().cloned().collect(), vhosts, None))
     }
 
-    /// A core keeping its durable state in `dir` (see [`crate::store`]): what the
+    /// A core keeping its durable state in `dir` (the durable store): what the
     /// store holds is restored first (vhosts, users, permissions, durable
     /// exchanges, queues, bindings, persistent messages; see [`Core::recovery`]),
     /// then `users` (which win over stored ones of the same name) and `vhosts`
