@@ -39,7 +39,9 @@
 //! every connection touching that queue or channel.
 #![deny(clippy::await_holding_lock)]
 
+pub mod control;
 pub mod core;
+pub mod definitions;
 pub mod server;
 // The durable store: some of its API (statistics, explicit GC) serves its own
 // tests and measurements only.
@@ -177,7 +179,8 @@ impl BrokerBuilder {
     }
 
     /// Add a user (repeatable), stored as a salted hash. Without any,
-    /// `guest:guest` exists with all permissions on `/`; users added here
+    /// `guest:guest` exists with all permissions on `/` and the `administrator`
+    /// tag; users added here
     /// have none until [`permission`](Self::permission) grants them, as in
     /// RabbitMQ.
     pub fn user(mut self, name: &str, password: &str) -> Self {
@@ -279,19 +282,13 @@ impl BrokerBuilder {
 
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
-        if self.users.is_empty() {
-            // RabbitMQ's default user and its default permissions.
-            self = self.user("guest", "guest");
-            let all = ".*";
-            self.permissions
-                .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
-        }
         for (user, _) in &self.users {
             if !self.permissions.iter().any(|p| p[0] == *user) {
                 tracing::warn!(%user, "user has no permissions: it can use no vhost");
             }
         }
-        let users = self.users;
+        let default_user = self.users.is_empty();
+        let users = std::mem::take(&mut self.users);
         let core = match &self.data_dir {
             Some(dir) => {
                 let core =
@@ -310,6 +307,20 @@ impl BrokerBuilder {
             }
             None => core::Core::with_password_hashes(&users, &self.vhosts),
         };
+        // RabbitMQ's default user (an administrator, with its default
+        // permissions), on a node without users only: a data directory keeps
+        // an operator's deletion of guest across restarts.
+        if default_user && core.list_users().is_empty() {
+            let guest = core
+                .add_user("guest", "guest")
+                .and_then(|()| core.set_user_tags("guest", &["administrator".to_owned()]));
+            if let Err(e) = guest {
+                tracing::warn!(error = %e, "the default user guest could not be added");
+            }
+            let all = ".*";
+            self.permissions
+                .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
+        }
         core.set_consumer_timeout(match self.consumer_timeout {
             ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
             ConsumerTimeout::Set(t) => t,

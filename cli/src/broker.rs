@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use warren_broker::control::ControlSocket;
 use warren_broker::core::PasswordHash;
+use warren_broker::definitions::Definitions;
 use warren_broker::server::TlsConfig;
 
 /// `warren broker` options.
@@ -78,12 +80,14 @@ pub struct BrokerArgs {
     /// unlimited when unset.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Keep durable exchanges, queues, bindings, vhosts, permissions and
-    /// persistent messages here (default: `$XDG_DATA_HOME/warren`, else
-    /// `~/.local/share/warren`). One broker at a time may use a directory.
-    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    /// Keep durable exchanges, queues, bindings, users, vhosts, permissions
+    /// and persistent messages here, beside the control socket (`ctl.sock`,
+    /// for `warren ctl`). Default: `$XDG_DATA_HOME/warren`, else
+    /// `~/.local/share/warren`. One broker at a time may use a directory.
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Keep nothing on disk: every restart starts empty.
+    /// Keep nothing on disk: every restart starts empty. (With --data-dir,
+    /// the directory holds only the control socket.)
     #[arg(long)]
     in_memory: bool,
     /// Block publishers while the data directory's disk has less free space
@@ -91,6 +95,16 @@ pub struct BrokerArgs {
     /// (`50MB`, `1GB`, `512MiB`).
     #[arg(long, value_name = "SIZE", default_value = "50MB", value_parser = parse_size)]
     disk_free_limit: u64,
+    /// The control socket's path, instead of `ctl.sock` in the data
+    /// directory. A socket another live broker answers on is left alone
+    /// (this broker then runs without one, and says so).
+    #[arg(long, value_name = "PATH")]
+    ctl_socket: Option<PathBuf>,
+    /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) to
+    /// load at start, as RabbitMQ's `load_definitions`: users, vhosts,
+    /// permissions, exchanges, queues, bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<PathBuf>,
 }
 
 /// A size in bytes: `50MB`, `1GB`, `512MiB`, `1000000`.
@@ -198,6 +212,38 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
             "recovered"
         );
     }
+    if let Some(path) = &args.definitions {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
+        let summary = Definitions::parse(&text)
+            .and_then(|d| d.import(&broker.core()))
+            .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
+        tracing::info!(
+            file = %path.display(),
+            users = summary.users,
+            vhosts = summary.vhosts,
+            queues = summary.queues,
+            exchanges = summary.exchanges,
+            bindings = summary.bindings,
+            "definitions loaded"
+        );
+        for ignored in &summary.ignored {
+            tracing::warn!(%ignored, "definitions warren does not keep were ignored");
+        }
+    }
+    let ctl_path = args.ctl_socket.clone().unwrap_or_else(|| {
+        args.data_dir
+            .clone()
+            .unwrap_or_else(crate::data_dir::default_data_dir)
+            .join(warren_broker::control::SOCKET_NAME)
+    });
+    let ctl = match ControlSocket::start(&ctl_path, broker.clone()).await {
+        Ok(ctl) => ctl,
+        Err(e) => {
+            tracing::warn!(path = %ctl_path.display(), error = %e, "no control socket (warren ctl)");
+            None
+        }
+    };
     tracing::info!(
         bytes = broker.core().memory().watermark(),
         "memory high watermark"
@@ -210,6 +256,9 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let signal = stop_signal(&broker).await?;
     tracing::info!(signal, "shutting down");
+    if let Some(ctl) = ctl {
+        ctl.stop();
+    }
     broker.shutdown().await;
     Ok(())
 }

@@ -241,3 +241,39 @@ fn a_quorum_queue_keeps_transient_messages_and_delivery_counts() {
     assert!(m.redelivered, "given back once before the restart");
     assert_eq!(&m.message.body[..], b"m");
 }
+
+#[test]
+fn users_with_tags_survive_and_deletions_hold() {
+    let dir = TempDir::new();
+    {
+        let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20)).expect("open");
+        core.add_user("ops", "s3cret").expect("add");
+        core.set_user_tags("ops", &["administrator".to_owned()])
+            .expect("tags");
+        core.add_user("gone", "x").expect("add");
+        core.create_vhost("edge").expect("vhost");
+        core.grant_permissions("ops", "edge", ".*", ".*", ".*")
+            .expect("grant");
+        core.grant_permissions("gone", "edge", ".*", ".*", ".*")
+            .expect("grant");
+        core.change_password("ops", "n3w").expect("password");
+        core.delete_user("gone").expect("delete");
+        core.create_vhost("dropped").expect("vhost");
+        core.grant_permissions("ops", "dropped", ".*", ".*", ".*")
+            .expect("grant");
+        core.delete_vhost("dropped").expect("delete vhost");
+    }
+    let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20)).expect("reopen");
+    assert!(core.authenticate("ops", "n3w"));
+    assert!(!core.authenticate("ops", "s3cret"));
+    assert_eq!(
+        core.user_tags("ops"),
+        Some(vec!["administrator".to_owned()])
+    );
+    assert!(!core.has_user("gone"));
+    assert!(core.can_access("ops", "edge"));
+    assert!(!core.vhost_exists("dropped"));
+    // Declared again, the vhost starts without the old permissions.
+    core.create_vhost("dropped").expect("vhost");
+    assert!(!core.can_access("ops", "dropped"));
+}

@@ -30,7 +30,11 @@
 //!    of what queues return;
 //! 6. `session`: what a connection's channels share;
 //! 7. `channel` (whose consumers are the queues' subscribers), then
-//!    `connection`; this module's [`Core`] on top.
+//!    `connection`; this module's [`Core`] on top;
+//! 8. [`admin`]: what operators see and do ([`snapshot`]s of every object,
+//!    users, vhosts, permissions, topology, closing connections), as
+//!    methods of [`Core`] built on the ones below. `snapshot` itself, plain
+//!    data, is a leaf of layer 1.
 //!
 //! # No reference cycle
 //!
@@ -41,6 +45,7 @@
 //! close to be freed. The other back links are weak too: a session's
 //! register of channels and a vhost's direct reply-to targets.
 
+pub mod admin;
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub mod dead_letter;
@@ -59,6 +64,7 @@ pub(crate) mod queue;
 pub(crate) mod reply_to;
 pub(crate) mod restore;
 pub(crate) mod session;
+pub mod snapshot;
 pub(crate) mod vhost;
 
 use std::collections::HashMap;
@@ -83,6 +89,8 @@ pub use password::{InvalidPasswordHash, PasswordHash};
 pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
 pub use restore::RecoveryReport;
 use vhost::VHost;
+
+use crate::store;
 
 /// How often TTL expiry and `x-expires` are checked.
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
@@ -152,10 +160,28 @@ pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_millis(1_800_000);
 /// [`Core::consumer_timeout`] when there is none.
 const NO_CONSUMER_TIMEOUT: u64 = u64::MAX;
 
+/// A user: its password hash and its tags (`administrator`, …).
+#[derive(Clone, Debug)]
+pub(crate) struct User {
+    hash: PasswordHash,
+    tags: Vec<String>,
+}
+
+impl User {
+    /// A user without tags.
+    fn new(hash: PasswordHash) -> Self {
+        Self {
+            hash,
+            tags: Vec::new(),
+        }
+    }
+}
+
 /// The broker core: users, vhosts and connections.
 #[derive(Debug)]
 pub struct Core {
-    users: HashMap<String, PasswordHash>,
+    /// Users by name (a leaf of the lock order).
+    users: RwLock<HashMap<String, User>>,
     /// (user, vhost) → permissions. As in RabbitMQ, a user may use only
     /// the vhosts it has permissions on: none until they are set.
     permissions: RwLock<HashMap<(String, String), Arc<permission::Permissions>>>,
@@ -168,6 +194,8 @@ pub struct Core {
     durable: Option<Arc<durable::Persistence>>,
     /// What was restored from the store at start.
     recovery: Option<RecoveryReport>,
+    /// The open connections, for operators.
+    connections: Arc<session::Registry>,
 }
 
 impl Drop for Core {
@@ -195,7 +223,11 @@ impl Core {
 
     /// [`new`](Self::new) with users given by their password hashes.
     pub fn with_password_hashes(users: &[(String, PasswordHash)], vhosts: &[String]) -> Arc<Self> {
-        Self::started(Self::build(users.iter().cloned().collect(), vhosts, None))
+        let users = users
+            .iter()
+            .map(|(name, hash)| (name.clone(), User::new(hash.clone())))
+            .collect();
+        Self::started(Self::build(users, vhosts, None))
     }
 
     /// A core keeping its durable state in `dir` (the durable store): what the
@@ -223,7 +255,11 @@ impl Core {
         let (p, recovered) = durable::Persistence::open(dir, segment_size)?;
         let (mut stored_users, rest) = restore::split_users(recovered);
         for (name, hash) in users {
-            stored_users.insert(name.clone(), hash.clone());
+            // A given password wins; tags set by an operator stay.
+            stored_users
+                .entry(name.clone())
+                .and_modify(|u| u.hash = hash.clone())
+                .or_insert_with(|| User::new(hash.clone()));
         }
         let mut core = Self::build(stored_users, &[], Some(p.clone()));
         let mut report = restore::restore(&core, &p, rest);
@@ -237,7 +273,7 @@ impl Core {
     }
 
     fn build(
-        users: HashMap<String, PasswordHash>,
+        users: HashMap<String, User>,
         vhosts: &[String],
         durable: Option<Arc<durable::Persistence>>,
     ) -> Self {
@@ -248,7 +284,7 @@ impl Core {
                 .or_insert_with(|| VHost::with_store(v, durable.clone()));
         }
         Self {
-            users,
+            users: RwLock::new(users),
             permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
@@ -256,6 +292,7 @@ impl Core {
             memory: MemoryMonitor::new(MemoryWatermark::default().resolve()),
             durable,
             recovery: None,
+            connections: Arc::default(),
         }
     }
 
@@ -319,7 +356,9 @@ impl Core {
 
     /// Check a user's password (RabbitMQ refuses empty ones too).
     pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        match self.users.get(user) {
+        // The hash is checked with the users' lock released.
+        let hash = read(&self.users).get(user).map(|u| u.hash.clone());
+        match hash {
             Some(hash) => hash.verify(password) && !password.is_empty(),
             None => false,
         }
@@ -332,6 +371,34 @@ impl Core {
             restore::store_permissions(p, user, vhost, &permissions);
         }
         self.insert_permissions(user, vhost, permissions);
+    }
+
+    /// Records `name` in the data directory as it is now, or its deletion
+    /// when it is gone (a no-op for a core kept in memory).
+    pub(crate) fn store_user(&self, name: &str) {
+        let Some(p) = &self.durable else { return };
+        let value = read(&self.users).get(name).map(restore::encode_user);
+        match value {
+            Some(value) => p.put(store::DefClass::USER, name.as_bytes(), &value),
+            None => p.delete(store::DefClass::USER, name.as_bytes()),
+        }
+    }
+
+    /// Records that `user` has no permissions on `vhost` any more.
+    pub(crate) fn store_permissions_cleared(&self, user: &str, vhost: &str) {
+        if let Some(p) = &self.durable {
+            p.delete(
+                store::DefClass::PERMISSION,
+                &restore::permissions_key(user, vhost),
+            );
+        }
+    }
+
+    /// Records that the vhost `name` is gone.
+    pub(crate) fn store_vhost_deleted(&self, name: &str) {
+        if let Some(p) = &self.durable {
+            p.delete(store::DefClass::VHOST, name.as_bytes());
+        }
     }
 
     /// Sets permissions without recording them (restore).
@@ -348,12 +415,12 @@ impl Core {
 
     /// Whether `user` exists (an `EXTERNAL` login needs only that).
     pub fn has_user(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        read(&self.users).contains_key(user)
     }
 
     /// Whether `user` may use `vhost`.
     pub fn can_access(&self, user: &str, vhost: &str) -> bool {
-        self.users.contains_key(user)
+        self.has_user(user)
             && read(&self.vhosts).contains_key(vhost)
             && self.permissions_of(user, vhost).is_some()
     }
@@ -404,7 +471,7 @@ impl Core {
             .ok_or_else(|| AmqpError::not_allowed(format!("vhost {vhost} not found")))?;
         let permissions = self
             .permissions_of(user, vhost)
-            .filter(|_| self.users.contains_key(user))
+            .filter(|_| self.has_user(user))
             .ok_or_else(|| {
                 AmqpError::not_allowed(format!(
                     "access to vhost '{vhost}' refused for user '{user}'"
@@ -417,6 +484,7 @@ impl Core {
             vh,
             permissions,
             self.memory.clone(),
+            self.connections.clone(),
         ))
     }
 }

@@ -48,11 +48,22 @@ impl Permissions {
 
     /// The configure, write and read patterns.
     pub(crate) fn patterns(&self) -> [&str; 3] {
-        [
-            self.configure.as_str(),
-            self.write.as_str(),
-            self.read.as_str(),
-        ]
+        [self.configure(), self.write(), self.read()]
+    }
+
+    /// The configure pattern, as given.
+    pub fn configure(&self) -> &str {
+        self.configure.as_str()
+    }
+
+    /// The write pattern, as given.
+    pub fn write(&self) -> &str {
+        self.write.as_str()
+    }
+
+    /// The read pattern, as given.
+    pub fn read(&self) -> &str {
+        self.read.as_str()
     }
 
     /// Whether `access` to the resource `name` is allowed.

@@ -22,7 +22,7 @@ use super::password::PasswordHash;
 use super::permission::Permissions;
 use super::queue::Queue;
 use super::vhost::VHost;
-use super::Core;
+use super::{Core, User};
 use crate::store::{DefClass, Recovered, RecoveredDefinition};
 
 /// What a durable core restored at start ([`Core::recovery`]).
@@ -98,20 +98,44 @@ impl RecoveryReport {
     }
 }
 
+/// A user's stored value: its password hash, then a tab and its tags
+/// (comma-separated) when it has any.
+pub(crate) fn encode_user(user: &User) -> Vec<u8> {
+    let mut value = user.hash.encode();
+    if !user.tags.is_empty() {
+        value.push('\t');
+        value.push_str(&user.tags.join(","));
+    }
+    value.into_bytes()
+}
+
+/// Reads what [`encode_user`] wrote.
+fn decode_user(value: &[u8]) -> Option<User> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (hash, tags) = text.split_once('\t').unwrap_or((text, ""));
+    Some(User {
+        hash: PasswordHash::parse(hash).ok()?,
+        tags: tags
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 /// Takes the users out of what was recovered (the core is built with them).
-pub(crate) fn split_users(mut r: Recovered) -> (HashMap<String, PasswordHash>, Recovered) {
+pub(crate) fn split_users(mut r: Recovered) -> (HashMap<String, User>, Recovered) {
     let mut users = HashMap::new();
     r.definitions.retain(|d| {
         if d.class != DefClass::USER {
             return true;
         }
-        let parsed = std::str::from_utf8(&d.key).ok().and_then(|name| {
-            let hash = PasswordHash::parse(std::str::from_utf8(&d.value).ok()?).ok()?;
-            Some((name.to_owned(), hash))
-        });
+        let parsed = std::str::from_utf8(&d.key)
+            .ok()
+            .and_then(|name| Some((name.to_owned(), decode_user(&d.value)?)));
         match parsed {
-            Some((name, hash)) => {
-                users.insert(name, hash);
+            Some((name, user)) => {
+                users.insert(name, user);
             }
             None => tracing::warn!("durable store: an unreadable user was skipped"),
         }
@@ -120,9 +144,14 @@ pub(crate) fn split_users(mut r: Recovered) -> (HashMap<String, PasswordHash>, R
     (users, r)
 }
 
+/// Key of `user`'s permissions on `vhost`.
+pub(crate) fn permissions_key(user: &str, vhost: &str) -> Vec<u8> {
+    Enc::default().str(user).str(vhost).done()
+}
+
 /// Records `user`'s permissions on `vhost`.
 pub(crate) fn store_permissions(p: &Persistence, user: &str, vhost: &str, perms: &Permissions) {
-    let key = Enc::default().str(user).str(vhost).done();
+    let key = permissions_key(user, vhost);
     let [c, w, r] = perms.patterns();
     let value = Enc::default().str(c).str(w).str(r).done();
     p.put(DefClass::PERMISSION, &key, &value);
