@@ -240,6 +240,13 @@ fn a_quorum_queue_keeps_transient_messages_and_delivery_counts() {
     let m = ch.basic_get("qq", true).expect("get").expect("kept");
     assert!(m.redelivered, "given back once before the restart");
     assert_eq!(&m.message.body[..], b"m");
+    let count = m
+        .message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(AMQPValue::LongLongInt(1)));
 }
 
 #[test]
