@@ -7,7 +7,8 @@
 //! are pika (`tests/python/durability.py`).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -393,7 +394,6 @@ fn damage_inside_the_log_is_refused_and_repair_truncates_there() {
         .open(&seg)
         .expect("open the segment");
     let mut byte = [0u8];
-    use std::os::unix::fs::FileExt;
     f.read_exact_at(&mut byte, at).expect("read");
     f.write_all_at(&[byte[0] ^ 0xff], at).expect("write");
     drop(f);
@@ -417,7 +417,6 @@ fn damage_inside_the_log_is_refused_and_repair_truncates_there() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    use std::io::Read;
     if let Some(mut e) = refused.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
