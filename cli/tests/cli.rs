@@ -20,17 +20,18 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     fn start() -> Self {
+        Self::start_with(&["--in-memory"])
+    }
+
+    /// `warren broker` with `extra` arguments (`start` keeps nothing on disk).
+    fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let child = Command::new(WARREN)
-            .args([
-                "broker",
-                "--in-memory",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -141,6 +142,45 @@ fn a_bad_memory_watermark_is_refused_before_listening() {
         "lots",
     ]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lots"), "{err}");
+}
+
+#[test]
+fn a_data_directory_another_broker_holds_is_refused_naming_it() {
+    let dir = std::env::temp_dir().join(format!("warren-cli-locked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("a UTF-8 temporary path");
+    let first = BrokerProcess::start_with(&["--data-dir", d]);
+    let out = warren(&["broker", "--listen", "127.0.0.1:0", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another broker")
+            && err.contains(&format!("pid {}", first.child.id())),
+        "{err}"
+    );
+    drop(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_data_directory_is_refused_before_listening() {
+    let out = warren(&[
+        "broker",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "/dev/null/warren",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot use the data directory /dev/null/warren"),
+        "{err}"
+    );
+    let out = warren(&["broker", "--in-memory", "--disk-free-limit", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lots"), "{err}");
 }

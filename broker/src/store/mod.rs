@@ -298,7 +298,7 @@ impl Default for StoreOptions {
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process (or another [`Store`] in this one) holds the directory.
+    /// Another process (or another store in this one) holds the directory.
     #[error("data directory {} is in use by another broker{}", dir.display(), holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked {
         /// The directory.
