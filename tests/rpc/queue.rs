@@ -67,7 +67,7 @@ async fn stats_when(
 
 /// The next `n` messages of `queue`, taken (acknowledged) with the raw
 /// transport, so undecodable bodies can be read too.
-async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
+pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
     let mut subscription = connection
         .transport()
         .consume(&ConsumeSpec {
