@@ -236,7 +236,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
     }
 
     /// How long [`WorkerHandle::shutdown`] waits for handlers still
-    /// running (default [`DEFAULT_GRACE_PERIOD`]).
+    /// running (default 30 s, as RPC servers).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace_period = grace;
         self
