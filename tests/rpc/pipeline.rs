@@ -323,46 +323,65 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
     cleanup(&connection, &[&origin, &to, &second]).await;
 }
 
-/// A message larger than the broker's `max_message_size`: the producer's
-/// is refused by the broker, and a stage whose output grows past the limit
-/// dead-letters its input with the reason instead of looping on it.
+/// The `max_message_size` of the over-limit tests' brokers.
+const LIMIT: u64 = 16 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_over_the_broker_limit_is_refused_with_a_reason() {
-    const LIMIT: u64 = 16 * 1024;
+async fn a_message_over_warrens_limit_is_refused_with_a_reason() {
     let broker = warren::broker::Broker::builder()
         .listen(([127, 0, 0, 1], 0).into())
         .max_message_size(LIMIT)
         .start()
         .await
         .expect("broker");
-    let url = broker.url();
-    let connection = warren::connect(&url).await.expect("connect");
+    over_the_limit(&broker.url()).await;
+}
+
+/// On a RabbitMQ node of the test's own (the shared one keeps its 128 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_rabbitmqs_limit_is_refused_with_a_reason() {
+    let config = format!("max_message_size = {LIMIT}");
+    let Some(node) = tokio::task::spawn_blocking(move || {
+        crate::common::rabbit::RabbitNode::start("warren-limit", &config, &[])
+    })
+    .await
+    .expect("join") else {
+        return; // RabbitNode::start printed why.
+    };
+    over_the_limit(&format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        node.amqp_port
+    ))
+    .await;
+}
+
+/// A message larger than the broker's `max_message_size` ([`LIMIT`]): the
+/// producer's is refused by the broker, and a stage whose output grows
+/// past the limit dead-letters its input with the reason (logged) instead
+/// of looping on it, then goes on.
+async fn over_the_limit(url: &str) {
+    let connection = warren::connect(url).await.expect("connect");
     let (origin, last, dlq) = (unique("origin"), unique("last"), unique("dlq"));
     operator_declares(&connection, &[&origin, &last, &dlq]).await;
-    // The producer's own message over the limit: the broker refuses it.
     let over = python_run(
         Duration::from_secs(120),
         "pika_json_producer.py",
-        &[&url, &origin, "1", "--pad", &(LIMIT + 1).to_string()],
+        &[url, &origin, "1", "--pad", &(LIMIT + 1).to_string()],
     );
     assert!(
         over.status.is_some_and(|s| !s.success()) && over.stderr.contains("larger than"),
         "{over:?}"
     );
     // One under the limit whose output is over it.
-    let stage = StageProcess::spawn(&url, &origin, &last, &[("QUEUE_DLQ", dlq.as_str())], &[]);
+    let stage = StageProcess::spawn(url, &origin, &last, &[("QUEUE_DLQ", dlq.as_str())], &[]);
     consumed(&connection, &origin, &stage).await;
     let pad = (LIMIT - 100).to_string();
-    run_python(
-        "pika_json_producer.py",
-        &[&url, &origin, "1", "--pad", &pad],
-    )
-    .await;
+    run_python("pika_json_producer.py", &[url, &origin, "1", "--pad", &pad]).await;
     let dead = take(&connection, &dlq, 1).await;
     let reason = warren::queue::text_header(&dead[0].properties, ERROR_HEADER).expect("reason");
     assert!(reason.contains("larger than"), "{reason}");
     // The stage goes on.
-    produce(&url, &origin, 1).await;
+    produce(url, &origin, 1).await;
     assert_eq!(take_json(&connection, &last, 1).await[0]["id"], 0);
     assert!(stage.log().contains("larger than"), "{}", stage.log());
     assert!(stage.stop().success());
