@@ -208,30 +208,31 @@ impl Stage {
     }
 }
 
-/// Sends `output` to every destination: [`Outcome::Ack`] once all
+/// Sends `output` to every destination at once: [`Outcome::Ack`] once all
 /// confirmed.
 async fn send<O: Serialize + Sync>(outputs: &[Publisher<O>], output: &O) -> Outcome {
-    for publisher in outputs {
-        match publisher.publish(output).await {
-            Ok(()) => {}
-            Err(e) if e.is_returned() || e.is_refused() || e.is_not_found() || e.is_config() => {
-                return Outcome::Reject(format!(
-                    "cannot send the output to {:?}: {e}",
-                    publisher.routing_key()
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(
-                    to = %publisher.routing_key(),
-                    error = %e,
-                    "cannot send the output now: the input goes back to its queue"
-                );
-                tokio::time::sleep(RESEND_PAUSE).await;
-                return Outcome::Requeue;
-            }
+    let sent = futures::future::join_all(outputs.iter().map(|p| p.publish(output))).await;
+    let mut outcome = Outcome::Ack;
+    for (publisher, result) in outputs.iter().zip(sent) {
+        let Err(e) = result else { continue };
+        if e.is_returned() || e.is_refused() || e.is_not_found() || e.is_config() {
+            // It would fail again: dead-letter the input.
+            return Outcome::Reject(format!(
+                "cannot send the output to {:?}: {e}",
+                publisher.routing_key()
+            ));
         }
+        tracing::warn!(
+            to = %publisher.routing_key(),
+            error = %e,
+            "cannot send the output now: the input goes back to its queue"
+        );
+        outcome = Outcome::Requeue;
     }
-    Outcome::Ack
+    if outcome == Outcome::Requeue {
+        tokio::time::sleep(RESEND_PAUSE).await;
+    }
+    outcome
 }
 
 #[cfg(test)]

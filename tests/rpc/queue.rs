@@ -22,6 +22,7 @@ crate::conformance!(
     one_worker_consumes_several_queues,
     concurrency_is_bounded_and_shutdown_drains,
     subscribers_get_every_message_through_exclusive_bound_queues,
+    a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -508,20 +509,23 @@ async fn concurrency_is_bounded_and_shutdown_drains(backend: Backend) {
     let third = drain(&mut starts, 1, Duration::from_millis(300)).await;
     assert!(third.is_empty(), "a third handler ran: {third:?}");
     assert_eq!(worker.in_flight(), 2);
-    // Shut down while two run: both finish and are acknowledged; the four
+    // Shut down while two run: they finish and are acknowledged (as is any
+    // handler that started before the shutdown did); the messages
     // prefetched or still queued stay in the queue.
     let stopping = tokio::spawn(worker.shutdown_within(WAIT));
-    gate.add_permits(2);
+    gate.add_permits(6);
     stopping.await.expect("join").expect("shutdown");
     assert_eq!(most.load(Ordering::SeqCst), 2);
+    let handled = 2 + drain(&mut starts, 4, Duration::ZERO).await.len();
     let left = connection
         .transport()
         .check_queue(&queue)
         .await
         .expect("check");
     assert_eq!(
-        left.messages, 4,
-        "the two handled were acked, the rest kept"
+        left.messages as usize,
+        6 - handled,
+        "the {handled} handled were acked, the rest kept"
     );
     cleanup(&connection, &[&queue]).await;
 }
@@ -626,4 +630,34 @@ async fn subscribers_get_every_message_through_exclusive_bound_queues(backend: B
     assert_eq!(recv(&mut rx).await, (2, "Hello World!".to_owned()));
     worker.shutdown().await.expect("shutdown");
     cleanup(&connection, &[&hello]).await;
+}
+
+async fn a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on(backend: Backend) {
+    let (connection, _broker) = backend.connect().await;
+    let queue = unique("panics");
+    let dlq = format!("{queue}.dlq");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::<Task>::new(&connection, &queue)
+        .dead_letter()
+        .start(move |message| {
+            let tx = tx.clone();
+            async move {
+                let task = message.into_body();
+                if task.id == 13 {
+                    panic!("unlucky task {}", task.id);
+                }
+                let _ = tx.send(task.id);
+            }
+        })
+        .await
+        .expect("worker");
+    let publisher = Publisher::<Task>::new(&connection, &queue);
+    publisher.publish(&task(13)).await.expect("publish");
+    publisher.publish(&task(14)).await.expect("publish");
+    assert_eq!(recv(&mut rx).await, 14, "the worker went on");
+    let dead = take(&connection, &dlq, 1).await;
+    let reason = warren::queue::text_header(&dead[0].properties, ERROR_HEADER).expect("reason");
+    assert_eq!(reason, "handler panicked: unlucky task 13");
+    worker.shutdown().await.expect("shutdown");
+    cleanup(&connection, &[&queue, &dlq]).await;
 }
