@@ -845,3 +845,24 @@ async fn dead_letter<T>(shared: &Shared<T>, queue: &str, delivery: Delivery, rea
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_longest_and_name_their_queues() {
+        let retry = Retry::new(6).backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (1..=6).map(|n| retry.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        // No overflow however far it goes.
+        assert_eq!(retry.delay(u32::MAX), Duration::from_secs(1));
+        assert_eq!(Retry::new(0).retries(), 1);
+        let spec = retry.queue_spec("resize", 3);
+        assert_eq!(spec.name, "resize.retry.3");
+        assert_eq!(spec.message_ttl_ms, Some(400));
+        assert_eq!(spec.dead_letter_exchange.as_deref(), Some(""));
+        assert_eq!(spec.dead_letter_routing_key.as_deref(), Some("resize"));
+        assert!(spec.durable);
+    }
+}
