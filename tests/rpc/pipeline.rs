@@ -21,6 +21,7 @@ crate::on_both_brokers!(
     a_stage_killed_mid_stream_loses_nothing,
     bad_input_is_dead_lettered_with_a_logged_reason,
     a_missing_queue_stops_the_stage_naming_it,
+    a_python_stage_and_a_warren_stage_chain,
 );
 
 /// Hang guard for a stage to come up or a queue to fill: far above any
@@ -321,6 +322,45 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
         stage.log()
     );
     cleanup(&connection, &[&origin, &to, &second]).await;
+}
+
+/// An aio-pika stage (`tests/python/aio_stage.py`, the benchmark's
+/// comparison) and `aion_stage` in one pipeline, each reading what the
+/// other wrote.
+async fn a_python_stage_and_a_warren_stage_chain(url: String) {
+    const N: usize = 100;
+    let connection = warren::connect(&url).await.expect("connect");
+    let (origin, middle, last) = (unique("origin"), unique("middle"), unique("last"));
+    operator_declares(&connection, &[&origin, &middle, &last]).await;
+    let mut python = python_script("aio_stage.py");
+    python
+        .env("RABBITMQ_URL", &url)
+        .env("QUEUE_ORIGIN", &origin)
+        .env("QUEUE_TO", &middle)
+        .env("STAGE_NAME", "python")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut python = python.spawn().expect("aio_stage.py runs");
+    let warren = StageProcess::spawn(&url, &middle, &last, &[("STAGE_NAME", "rust")], &[]);
+    consumed(&connection, &middle, &warren).await;
+    produce(&url, &origin, N).await;
+    let messages = take_json(&connection, &last, N).await;
+    let _ = python.kill();
+    let _ = python.wait();
+    assert!(warren.stop().success());
+    assert_eq!(ids(&messages).len(), N);
+    for message in &messages {
+        assert_eq!(
+            message["processed_by_python"]["stage"], "aio_stage",
+            "{message}"
+        );
+        assert_eq!(
+            message["processed_by_rust"]["stage"], "aion_stage",
+            "{message}"
+        );
+        assert_eq!(message["source"], "pika", "{message}");
+    }
+    cleanup(&connection, &[&origin, &middle, &last]).await;
 }
 
 /// The `max_message_size` of the over-limit tests' brokers.
