@@ -442,7 +442,8 @@ pub struct WorkerStats {
 }
 
 /// A running worker. [`shutdown`](Self::shutdown) stops it gracefully;
-/// dropping the handle stops consuming without waiting.
+/// dropping the handle stops consuming without waiting for the handlers
+/// running (they still settle their messages).
 pub struct WorkerHandle {
     shared: Arc<dyn Running>,
     queues: Vec<String>,
@@ -563,8 +564,32 @@ impl WorkerHandle {
 }
 
 impl Drop for WorkerHandle {
+    /// Stops consuming without waiting for the handlers; the consumers
+    /// close in the background once the handlers finished, so deliveries
+    /// not started go back to their queues rather than wait,
+    /// unacknowledged, for the connection to close.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        let loops = std::mem::take(&mut self.loops);
+        if loops.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut subscriptions = Vec::new();
+                for handle in loops {
+                    if let Ok(Some(subscription)) = handle.await {
+                        subscriptions.push(subscription);
+                    }
+                }
+                // The handlers running settle their messages first.
+                shared.idle().await;
+                for subscription in subscriptions {
+                    let _ = subscription.close().await;
+                }
+            });
+        }
     }
 }
 

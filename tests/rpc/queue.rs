@@ -23,6 +23,7 @@ crate::conformance!(
     concurrency_is_bounded_and_shutdown_drains,
     subscribers_get_every_message_through_exclusive_bound_queues,
     a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on,
+    dropping_the_handle_gives_back_what_was_not_started,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -660,4 +661,50 @@ async fn a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on(bac
     assert_eq!(reason, "handler panicked: unlucky task 13");
     worker.shutdown().await.expect("shutdown");
     cleanup(&connection, &[&queue, &dlq]).await;
+}
+
+async fn dropping_the_handle_gives_back_what_was_not_started(backend: Backend) {
+    let (connection, _broker) = backend.connect().await;
+    let queue = unique("dropped");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let worker = {
+        let gate = gate.clone();
+        Worker::<Task>::new(&connection, &queue)
+            .prefetch(5)
+            .start(move |message| {
+                let (gate, started) = (gate.clone(), started.clone());
+                async move {
+                    let _ = started.send(message.body.id);
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                }
+            })
+            .await
+            .expect("worker")
+    };
+    let publisher = Publisher::<Task>::new(&connection, &queue);
+    for id in 0..3 {
+        publisher.publish(&task(id)).await.expect("publish");
+    }
+    assert_eq!(recv(&mut starts).await, 0);
+    drop(worker);
+    // The handler running finishes and is acknowledged; the two prefetched
+    // behind it go back to the queue.
+    gate.add_permits(3);
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            let stats = connection
+                .transport()
+                .check_queue(&queue)
+                .await
+                .expect("check");
+            if stats.messages == 2 && stats.consumers == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the prefetched messages never came back");
+    cleanup(&connection, &[&queue]).await;
 }
