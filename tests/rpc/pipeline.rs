@@ -324,43 +324,54 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
     cleanup(&connection, &[&origin, &to, &second]).await;
 }
 
-/// An aio-pika stage (`tests/python/aio_stage.py`, the benchmark's
+/// aio-pika stages (`tests/python/aio_stage.py`, the benchmark's
 /// comparison) and `aion_stage` in one pipeline, each reading what the
-/// other wrote.
+/// other wrote: Python, then warren, then Python again.
 async fn a_python_stage_and_a_warren_stage_chain(url: String) {
     const N: usize = 100;
     let connection = warren::connect(&url).await.expect("connect");
-    let (origin, middle, last) = (unique("origin"), unique("middle"), unique("last"));
-    operator_declares(&connection, &[&origin, &middle, &last]).await;
-    let mut python = python_script("aio_stage.py");
-    python
-        .env("RABBITMQ_URL", &url)
-        .env("QUEUE_ORIGIN", &origin)
-        .env("QUEUE_TO", &middle)
-        .env("STAGE_NAME", "python")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut python = python.spawn().expect("aio_stage.py runs");
-    let warren = StageProcess::spawn(&url, &middle, &last, &[("STAGE_NAME", "rust")], &[]);
-    consumed(&connection, &middle, &warren).await;
-    produce(&url, &origin, N).await;
-    let messages = take_json(&connection, &last, N).await;
-    let _ = python.kill();
-    let _ = python.wait();
+    let queues: Vec<String> = (0..4).map(|i| unique(&format!("mixed{i}"))).collect();
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    operator_declares(&connection, &names).await;
+    let python = |origin: &str, to: &str, name: &str| {
+        let mut command = python_script("aio_stage.py");
+        command
+            .env("RABBITMQ_URL", &url)
+            .env("QUEUE_ORIGIN", origin)
+            .env("QUEUE_TO", to)
+            .env("STAGE_NAME", name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().expect("aio_stage.py runs")
+    };
+    let mut first = python(names[0], names[1], "python1");
+    let warren = StageProcess::spawn(&url, names[1], names[2], &[("STAGE_NAME", "rust")], &[]);
+    let mut last = python(names[2], names[3], "python2");
+    consumed(&connection, names[1], &warren).await;
+    produce(&url, names[0], N).await;
+    let messages = take_json(&connection, names[3], N).await;
+    for child in [&mut first, &mut last] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     assert!(warren.stop().success());
     assert_eq!(ids(&messages).len(), N);
     for message in &messages {
         assert_eq!(
-            message["processed_by_python"]["stage"], "aio_stage",
+            message["processed_by_python1"]["stage"], "aio_stage",
             "{message}"
         );
         assert_eq!(
             message["processed_by_rust"]["stage"], "aion_stage",
             "{message}"
         );
+        assert_eq!(
+            message["processed_by_python2"]["stage"], "aio_stage",
+            "{message}"
+        );
         assert_eq!(message["source"], "pika", "{message}");
     }
-    cleanup(&connection, &[&origin, &middle, &last]).await;
+    cleanup(&connection, &names).await;
 }
 
 /// The `max_message_size` of the over-limit tests' brokers.
