@@ -3,12 +3,12 @@
 (tests/python/aio_stage.py), on any broker.
 
 usage: python benches/pipeline.py URL {warren|aio-pika} [--stages 3]
-           [--messages 5000] [--rate 200] [--latency-messages 2000]
+           [--prefetch 1] [--messages 5000] [--rate 200] [--latency-messages 2000]
            [--stage-bin target/release/examples/aion_stage]
 
 Queues q0 -> q1 -> ... -> qN (durable, declared here as an operator would),
-one stage process per hop (prefetch 1, persistent, confirmed, ack after
-send), a pika producer into q0 and a pika consumer on qN:
+one stage process per hop (prefetch 1 unless --prefetch, which also lets
+a stage process that many at once; persistent, confirmed, ack after send), a pika producer into q0 and a pika consumer on qN:
 
 - throughput: MESSAGES published unconfirmed as fast as pika goes; msg/s is
   MESSAGES over first publish to last arrival (the stages are the
@@ -92,6 +92,7 @@ def main():
     parser.add_argument("url")
     parser.add_argument("impl", choices=["warren", "aio-pika"])
     parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--latency-messages", type=int, default=2000)
@@ -116,6 +117,7 @@ def main():
             QUEUE_ORIGIN=queues[i],
             QUEUE_TO=queues[i + 1],
             STAGE_NAME=f"s{i}",
+            QUEUE_PREFETCH=str(args.prefetch),
             RUST_LOG="warn",
         )
         if args.impl == "warren":
@@ -173,6 +175,7 @@ def main():
                     "impl": args.impl,
                     "url": args.url.split("@")[-1],
                     "stages": args.stages,
+                    "prefetch": args.prefetch,
                     "messages": args.messages,
                     "publish_msg_per_s": round(args.messages / (published - start), 1),
                     "throughput_msg_per_s": round(throughput, 1),

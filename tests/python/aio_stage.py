@@ -1,7 +1,7 @@
 """The edge pipeline's stage written with aio-pika: what examples/aion_stage.rs
 does, for the benchmark's comparison (benches/pipeline.py).
 
-Reads JSON objects from QUEUE_ORIGIN (prefetch 1), adds
+Reads JSON objects from QUEUE_ORIGIN (prefetch QUEUE_PREFETCH, default 1), adds
 "processed_by_<STAGE_NAME>", publishes the result persistent with publisher
 confirms to each queue of QUEUE_TO, then acknowledges. Declares nothing
 (passive checks). RABBITMQ_URL names the broker.
@@ -23,7 +23,7 @@ async def main():
     field = f"processed_by_{name}"
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
-    await channel.set_qos(prefetch_count=1)
+    await channel.set_qos(prefetch_count=int(os.environ.get("QUEUE_PREFETCH") or 1))
     queue = await channel.get_queue(origin, ensure=True)
     for q in to:
         await channel.get_queue(q, ensure=True)

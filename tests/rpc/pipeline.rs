@@ -32,6 +32,8 @@ const WAIT: Duration = Duration::from_secs(60);
 struct StageProcess {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Reads stderr into `stderr` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StageProcess {
@@ -51,9 +53,10 @@ impl StageProcess {
         }
         let mut child = command.spawn().expect("aion_stage runs");
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut reader = None;
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
-            std::thread::spawn(move || {
+            reader = Some(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf) {
                     if n == 0 {
@@ -64,9 +67,13 @@ impl StageProcess {
                         .unwrap_or_else(|p| p.into_inner())
                         .push_str(&text);
                 }
-            });
+            }));
         }
-        StageProcess { child, stderr }
+        StageProcess {
+            child,
+            stderr,
+            reader,
+        }
     }
 
     fn log(&self) -> String {
@@ -80,7 +87,16 @@ impl StageProcess {
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().expect("wait")
+        let status = self.child.wait().expect("wait");
+        self.read_all();
+        status
+    }
+
+    /// Waits until everything the exited process wrote is in the log.
+    fn read_all(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// Waits for the process to exit by itself.
@@ -88,6 +104,7 @@ impl StageProcess {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.read_all();
                 return status;
             }
             assert!(
@@ -174,7 +191,14 @@ async fn two_chained_stages_relay_every_message_exactly_once(url: String) {
     let (origin, middle, last) = (unique("origin"), unique("middle"), unique("last"));
     operator_declares(&connection, &[&origin, &middle, &last]).await;
     let first = StageProcess::spawn(&url, &origin, &middle, &[("STAGE_NAME", "one")], &[]);
-    let second = StageProcess::spawn(&url, &middle, &last, &[("STAGE_NAME", "two")], &[]);
+    // The second takes eight at a time (their order is not kept).
+    let second = StageProcess::spawn(
+        &url,
+        &middle,
+        &last,
+        &[("STAGE_NAME", "two"), ("QUEUE_PREFETCH", "8")],
+        &[],
+    );
     consumed(&connection, &origin, &first).await;
     consumed(&connection, &middle, &second).await;
     produce(&url, &origin, N).await;
@@ -313,6 +337,14 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
         assert_eq!(take_json(&connection, queue, 1).await[0]["id"], 0);
     }
     assert!(stage.stop().success());
+    // A prefetch that is not a count.
+    let mut stage = StageProcess::spawn(&url, &origin, &to, &[("QUEUE_PREFETCH", "0")], &[]);
+    assert!(!stage.wait_exit().success());
+    assert!(
+        stage.log().contains("QUEUE_PREFETCH=\"0\""),
+        "{}",
+        stage.log()
+    );
     // No QUEUE_ORIGIN at all.
     let mut stage = StageProcess::spawn(&url, "", &to, &[], &[]);
     assert!(!stage.wait_exit().success());

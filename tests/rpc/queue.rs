@@ -68,15 +68,16 @@ async fn stats_when(
     .unwrap_or_else(|_| panic!("stats never settled: {:?}", worker.stats()))
 }
 
-/// The next `n` messages of `queue`, taken (acknowledged) with the raw
-/// transport, so undecodable bodies can be read too.
+/// The next `n` messages of `queue`, taken (acknowledged one by one) with
+/// the raw transport, so undecodable bodies can be read too; messages the
+/// broker pushed beyond `n` go back to the queue.
 pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
     let mut subscription = connection
         .transport()
         .consume(&ConsumeSpec {
             queue: queue.to_owned(),
-            prefetch: 0,
-            no_ack: true,
+            prefetch: u16::try_from(n.clamp(1, 100)).unwrap_or(100),
+            no_ack: false,
         })
         .await
         .expect("consume");
@@ -87,6 +88,7 @@ pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize)
             .unwrap_or_else(|_| panic!("{n} messages on {queue}, got {}", out.len()))
             .expect("subscription open")
             .expect("a delivery");
+        delivery.acker.ack().await.expect("ack");
         out.push(delivery);
     }
     subscription.close().await.expect("close");
