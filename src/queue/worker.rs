@@ -172,7 +172,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
     /// At most this many handlers running at once, over all the worker's
     /// queues (default 1).
     pub fn concurrency(mut self, handlers: usize) -> Self {
-        self.concurrency = handlers.max(1);
+        self.concurrency = handlers.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
