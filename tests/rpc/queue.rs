@@ -24,6 +24,7 @@ crate::conformance!(
     subscribers_get_every_message_through_exclusive_bound_queues,
     a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on,
     dropping_the_handle_gives_back_what_was_not_started,
+    a_stage_sends_to_every_destination_then_acks,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -709,4 +710,55 @@ async fn dropping_the_handle_gives_back_what_was_not_started(backend: Backend) {
     .await;
     assert!(back.is_ok(), "the prefetched messages never came back");
     cleanup(&connection, &[&queue]).await;
+}
+
+async fn a_stage_sends_to_every_destination_then_acks(backend: Backend) {
+    use warren::queue::Stage;
+    let (connection, _broker) = backend.connect().await;
+    let (origin, a, b, dlq) = (unique("origin"), unique("a"), unique("b"), unique("dlq"));
+    // Nothing declared: the stage names the missing origin.
+    let err = Stage::new(&connection, &origin, [&a, &b])
+        .run(|task: Task| async move { Ok::<_, String>(task) })
+        .await
+        .expect_err("no queues");
+    assert!(
+        err.is_not_found() && err.to_string().contains(&origin),
+        "{err}"
+    );
+    let stage = Stage::new(&connection, &origin, [&a, &b])
+        .declare(true)
+        .dead_letter_queue(&dlq)
+        .run(|task: Task| async move {
+            if task.id == 0 {
+                return Err(format!("task {} cannot be done", task.id));
+            }
+            Ok(Task {
+                id: task.id * 10,
+                name: format!("{} done", task.name),
+            })
+        })
+        .await
+        .expect("stage");
+    let publisher = Publisher::<Task>::new(&connection, &origin);
+    publisher.publish(&task(0)).await.expect("publish");
+    publisher.publish(&task(4)).await.expect("publish");
+    for queue in [&a, &b] {
+        let out = take(&connection, queue, 1).await;
+        let done: Task = serde_json::from_slice(&out[0].body).expect("JSON");
+        assert_eq!(done.id, 40);
+        assert_eq!(done.name, "task-4 done");
+    }
+    let dead = take(&connection, &dlq, 1).await;
+    assert_eq!(
+        warren::queue::text_header(&dead[0].properties, ERROR_HEADER),
+        Some("task 0 cannot be done")
+    );
+    stage.shutdown().await.expect("shutdown");
+    let left = connection
+        .transport()
+        .check_queue(&origin)
+        .await
+        .expect("check");
+    assert_eq!(left.messages, 0);
+    cleanup(&connection, &[&origin, &a, &b, &dlq]).await;
 }
