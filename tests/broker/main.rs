@@ -7,7 +7,9 @@
 //! - [`wire`]: protocol headers and malformed frames;
 //! - [`heartbeat`]: heartbeats over a raw socket, on both brokers;
 //! - [`embedded`] and [`permissions`]: warren's own broker API (the socket-free
-//!   core, users and permission patterns, shutdown).
+//!   core, users and permission patterns, shutdown);
+//! - [`tutorials`]: RabbitMQ's six tutorials, the Rust examples against the
+//!   tutorials' Python programs, on both brokers.
 //!
 //! Tests share the process: names are unique per test and embedded brokers
 //! listen on ephemeral ports.
@@ -20,4 +22,5 @@ mod heartbeat;
 mod lapin_spec;
 mod permissions;
 mod spec;
+mod tutorials;
 mod wire;
