@@ -40,6 +40,8 @@
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
 //! - [`notify`]: oslo-style notifications (notifier and listener);
+//! - [`queue`]: work queues and pipelines: typed publishers, workers with
+//!   retries and dead-lettering, pipeline stages;
 //! - `broker`: the embedded AMQP 0-9-1 broker (crate `warren-broker`,
 //!   re-exported with the default `embedded` feature).
 #![warn(missing_docs)]
@@ -51,6 +53,7 @@ mod connection;
 pub mod embedded;
 mod error;
 pub mod notify;
+pub mod queue;
 pub mod rpc;
 pub mod transport;
 pub mod wire;

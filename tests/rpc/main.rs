@@ -13,7 +13,9 @@
 //!   middleware;
 //! - [`reliability`]: duplicates, poison requests, a shutdown's grace period;
 //! - [`cluster`]: failover on a three-node RabbitMQ cluster of the test's own;
-//! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers.
+//! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers;
+//! - [`queue`]: work queues (`warren::queue`): typed publishers and
+//!   workers, outcomes, retries, dead-letter queues, confirms.
 //!
 //! Tests share the process: topics and queue names are unique per test,
 //! embedded brokers listen on ephemeral ports, and tests that inspect
@@ -30,6 +32,7 @@ mod cluster;
 mod connect;
 mod oslo_interop;
 mod plain_amqp;
+mod queue;
 mod reliability;
 mod tls;
 mod topology;

@@ -596,6 +596,7 @@ impl CoreChannel {
             let r = vhost.publish(ex, msg.clone())?;
             out.routed = r.routed;
             rejected = r.rejected;
+            out.rejected = rejected;
         }
         if out.routed == 0 && mandatory {
             out.returned = true;
