@@ -7,7 +7,8 @@
 //!
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
-use warren::transport::{ExchangeKind, ExchangeSpec, Outgoing, Properties};
+use warren::queue::{Format, Publisher};
+use warren::transport::{ExchangeKind, ExchangeSpec};
 
 #[tokio::main]
 async fn main() -> Result<(), warren::Error> {
@@ -31,15 +32,10 @@ async fn main() -> Result<(), warren::Error> {
         m if m.is_empty() => "Hello World!".to_owned(),
         m => m,
     };
-    channel
-        .publish(Outgoing {
-            exchange: "direct_logs".into(),
-            routing_key: severity.clone(),
-            mandatory: false,
-            confirm: true,
-            properties: Properties::default(),
-            body: message.clone().into(),
-        })
+    Publisher::<str>::to_exchange(&connection, "direct_logs", &severity)
+        .format(Format::Text)
+        .persistent(false)
+        .publish(&message)
         .await?;
     println!(" [x] Sent {severity}:{message}");
     connection.close().await

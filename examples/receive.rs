@@ -1,6 +1,5 @@
 //! RabbitMQ tutorial one ("Hello World!"), the consumer: declares the queue
-//! `hello` and prints every message that arrives on it (no acks: the broker
-//! forgets a message once it is delivered). Runs until interrupted.
+//! `hello` and prints every message that arrives on it. Runs until Ctrl-C.
 //!
 //! ```sh
 //! cargo run --example receive     #  [x] Received Hello World!
@@ -8,33 +7,35 @@
 //!
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
-use warren::transport::{ConsumeSpec, QueueSpec};
+use warren::queue::{Format, Message, Worker};
+use warren::transport::QueueSpec;
 
 #[tokio::main]
-async fn main() -> Result<(), warren::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("TRANSPORT_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
-    let channel = connection.transport();
 
-    channel
+    // The tutorial's `hello` is a plain transient queue: declared here as
+    // such, and the worker told not to declare it (durable) itself.
+    connection
+        .transport()
         .declare_queue(&QueueSpec {
             name: "hello".into(),
             ..QueueSpec::default()
         })
         .await?;
-    let mut messages = channel
-        .consume(&ConsumeSpec {
-            queue: "hello".into(),
-            prefetch: 0,
-            no_ack: true,
+    let worker = Worker::<String>::new(&connection, "hello")
+        .declare(false)
+        .format(Format::Text)
+        .start(|message: Message<String>| async move {
+            println!(" [x] Received {}", message.body);
         })
         .await?;
 
     println!(" [*] Waiting for messages. To exit press CTRL+C");
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        println!(" [x] Received {}", String::from_utf8_lossy(&message.body));
-    }
+    tokio::signal::ctrl_c().await?;
+    worker.shutdown().await?;
+    connection.close().await?;
     Ok(())
 }

@@ -9,31 +9,28 @@
 //!
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
-use warren::transport::{Outgoing, Properties, QueueSpec};
+use warren::queue::{Format, Publisher};
+use warren::transport::QueueSpec;
 
 #[tokio::main]
 async fn main() -> Result<(), warren::Error> {
     let url = std::env::var("TRANSPORT_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
-    let channel = connection.transport();
 
-    channel
+    // The tutorial's `hello` is a plain transient queue (warren's
+    // `Publisher::declare` would make it durable).
+    connection
+        .transport()
         .declare_queue(&QueueSpec {
             name: "hello".into(),
             ..QueueSpec::default()
         })
         .await?;
-    channel
-        .publish(Outgoing {
-            exchange: String::new(),
-            routing_key: "hello".into(),
-            mandatory: false,
-            // Wait for the broker to take it before closing.
-            confirm: true,
-            properties: Properties::default(),
-            body: "Hello World!".into(),
-        })
+    Publisher::<str>::new(&connection, "hello")
+        .format(Format::Text)
+        .persistent(false)
+        .publish("Hello World!")
         .await?;
     println!(" [x] Sent 'Hello World!'");
     connection.close().await

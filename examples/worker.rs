@@ -1,8 +1,9 @@
-//! RabbitMQ tutorial two (work queues), the worker: takes tasks from the
-//! durable queue `task_queue` one at a time (prefetch 1: fair dispatch, a
-//! busy worker gets no more), sleeps a second per `.`, prints ` [x] Done`
-//! and only then acknowledges, so a task whose worker dies is redelivered to
-//! another. Runs until interrupted; start several.
+//! RabbitMQ tutorial two (work queues), the worker: a warren [`Worker`] on
+//! the durable queue `task_queue`, one task at a time (prefetch 1: fair
+//! dispatch, a busy worker gets no more). It sleeps a second per `.`,
+//! prints ` [x] Done`, and only then is the task acknowledged, so a task
+//! whose worker dies is redelivered to another. Runs until Ctrl-C, then
+//! lets the task in hand finish; start several.
 //!
 //! ```sh
 //! cargo run --example worker
@@ -12,38 +13,30 @@
 
 use std::time::Duration;
 
-use warren::transport::{ConsumeSpec, QueueSpec};
+use warren::queue::{Format, Message, Outcome, Worker};
 
 #[tokio::main]
-async fn main() -> Result<(), warren::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("TRANSPORT_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
-    let channel = connection.transport();
 
-    channel
-        .declare_queue(&QueueSpec {
-            name: "task_queue".into(),
-            durable: true,
-            ..QueueSpec::default()
-        })
-        .await?;
     println!(" [*] Waiting for messages. To exit press CTRL+C");
-
-    let mut tasks = channel
-        .consume(&ConsumeSpec {
-            queue: "task_queue".into(),
-            prefetch: 1,
-            no_ack: false,
+    let worker = Worker::<String>::new(&connection, "task_queue")
+        .prefetch(1)
+        // The tutorial's producers send bare text, with no content type.
+        .format(Format::Text)
+        .start(|task: Message<String>| async move {
+            println!(" [x] Received {}", task.body);
+            let dots = task.body.matches('.').count() as u64;
+            tokio::time::sleep(Duration::from_secs(dots)).await;
+            println!(" [x] Done");
+            Outcome::Ack
         })
         .await?;
-    while let Some(task) = tasks.next().await {
-        let task = task?;
-        println!(" [x] Received {}", String::from_utf8_lossy(&task.body));
-        let dots = task.body.iter().filter(|b| **b == b'.').count();
-        tokio::time::sleep(Duration::from_secs(dots as u64)).await;
-        println!(" [x] Done");
-        task.acker.ack().await?;
-    }
+
+    tokio::signal::ctrl_c().await?;
+    worker.shutdown().await?;
+    connection.close().await?;
     Ok(())
 }
