@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 
 use super::{durable_queue, Format};
-use crate::transport::{Outgoing, Properties};
+use crate::transport::{Outgoing, Properties, QueueSpec};
 use crate::{Connection, Error};
 
 /// Publishes messages of type `T`.
@@ -26,6 +26,7 @@ pub struct Publisher<T: ?Sized> {
     persistent: bool,
     confirm: bool,
     mandatory: bool,
+    durable: bool,
     _message: PhantomData<fn(&T)>,
 }
 
@@ -39,6 +40,7 @@ impl<T: ?Sized> Clone for Publisher<T> {
             persistent: self.persistent,
             confirm: self.confirm,
             mandatory: self.mandatory,
+            durable: self.durable,
             _message: PhantomData,
         }
     }
@@ -70,6 +72,7 @@ impl<T: Serialize + ?Sized> Publisher<T> {
             persistent: true,
             confirm: true,
             mandatory: true,
+            durable: true,
             _message: PhantomData,
         }
     }
@@ -121,6 +124,13 @@ impl<T: Serialize + ?Sized> Publisher<T> {
         self
     }
 
+    /// Whether [`declare`](Self::declare) declares the queue durable
+    /// (default) or transient, to match how other clients declare it.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
     /// The exchange messages go to (`""`: the default exchange).
     pub fn exchange(&self) -> &str {
         &self.exchange
@@ -138,7 +148,7 @@ impl<T: Serialize + ?Sized> Publisher<T> {
     }
 
     /// Declares the queue a [`Publisher::new`] publishes to, durable
-    /// (idempotent). Nothing to declare for an exchange publisher: declare
+    /// unless set otherwise ([`durable`](Self::durable); idempotent). Nothing to declare for an exchange publisher: declare
     /// the exchange with the transport.
     pub async fn declare(&self) -> Result<(), Error> {
         if !self.exchange.is_empty() {
@@ -146,7 +156,10 @@ impl<T: Serialize + ?Sized> Publisher<T> {
         }
         self.connection
             .transport()
-            .declare_queue(&durable_queue(&self.routing_key))
+            .declare_queue(&QueueSpec {
+                durable: self.durable,
+                ..durable_queue(&self.routing_key)
+            })
             .await
     }
 

@@ -101,6 +101,9 @@ pub struct Worker<T> {
     retry: Option<Retry>,
     dead_letter: Option<String>,
     declare: bool,
+    durable: bool,
+    exclusive: bool,
+    bindings: Vec<(String, String)>,
     grace_period: Duration,
     _message: PhantomData<fn() -> T>,
 }
@@ -115,6 +118,9 @@ impl<T> std::fmt::Debug for Worker<T> {
             .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter)
             .field("declare", &self.declare)
+            .field("durable", &self.durable)
+            .field("exclusive", &self.exclusive)
+            .field("bindings", &self.bindings)
             .finish()
     }
 }
@@ -122,7 +128,9 @@ impl<T> std::fmt::Debug for Worker<T> {
 impl<T: DeserializeOwned + Send + 'static> Worker<T> {
     /// A worker consuming `queue`: one message at a time (see
     /// [`concurrency`](Self::concurrency)), the queue declared durable,
-    /// no retries, no dead-letter queue.
+    /// no retries, no dead-letter queue. An empty name gets a unique
+    /// `warren.gen-…` one (for [`exclusive`](Self::exclusive) queues;
+    /// [`WorkerHandle::queues`] tells it).
     pub fn new(connection: &Connection, queue: impl Into<String>) -> Self {
         Worker {
             connection: connection.clone(),
@@ -133,6 +141,9 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
             retry: None,
             dead_letter: None,
             declare: true,
+            durable: true,
+            exclusive: false,
+            bindings: Vec::new(),
             grace_period: DEFAULT_GRACE_PERIOD,
             _message: PhantomData,
         }
@@ -199,6 +210,31 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         self
     }
 
+    /// Whether the worker's queues are declared durable (default) or
+    /// transient; match how other clients declare them (RabbitMQ refuses
+    /// a redeclaration with other flags). Retry and dead-letter queues are
+    /// always durable.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Declares the worker's queues exclusive: this connection's only,
+    /// deleted when it closes (publish/subscribe's per-subscriber queues).
+    /// Implies transient.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// Binds each of the worker's queues to `exchange` with `routing_key`
+    /// (after declaring them, and again after a reconnection). The
+    /// exchange must exist: declare it with the connection's transport.
+    pub fn bind(mut self, exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), routing_key.into()));
+        self
+    }
+
     /// How long [`WorkerHandle::shutdown`] waits for handlers still
     /// running (default [`DEFAULT_GRACE_PERIOD`]).
     pub fn grace_period(mut self, grace: Duration) -> Self {
@@ -220,8 +256,22 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoOutcome,
     {
+        let queues = self
+            .queues
+            .into_iter()
+            .map(|q| {
+                if q.is_empty() {
+                    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
+                } else {
+                    q
+                }
+            })
+            .collect();
         let plan = Plan {
-            queues: self.queues,
+            queues,
+            durable: self.durable && !self.exclusive,
+            exclusive: self.exclusive,
+            bindings: self.bindings,
             prefetch: self
                 .prefetch
                 .unwrap_or_else(|| u16::try_from(self.concurrency).unwrap_or(u16::MAX)),
@@ -258,6 +308,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         }
         tracing::info!(queues = ?shared.plan.queues, "worker consuming");
         Ok(WorkerHandle {
+            queues: shared.plan.queues.clone(),
             shared,
             stop,
             loops,
@@ -287,6 +338,9 @@ struct Shared<T> {
 /// lost connection comes back.
 struct Plan {
     queues: Vec<String>,
+    durable: bool,
+    exclusive: bool,
+    bindings: Vec<(String, String)>,
     prefetch: u16,
     retry: Option<Retry>,
     dead_letter: Option<String>,
@@ -296,7 +350,16 @@ struct Plan {
 impl Plan {
     /// Every queue the worker uses, declared or checked.
     async fn prepare(&self, connection: &Connection) -> Result<(), Error> {
-        let mut specs: Vec<QueueSpec> = self.queues.iter().map(|q| durable_queue(q)).collect();
+        let mut specs: Vec<QueueSpec> = self
+            .queues
+            .iter()
+            .map(|q| QueueSpec {
+                name: q.clone(),
+                durable: self.durable,
+                exclusive: self.exclusive,
+                ..QueueSpec::default()
+            })
+            .collect();
         if let Some(retry) = &self.retry {
             for queue in &self.queues {
                 for n in 1..=retry.retries() {
@@ -313,6 +376,11 @@ impl Plan {
                 transport.declare_queue(spec).await?;
             } else {
                 check_queue(connection, &spec.name).await?;
+            }
+        }
+        for queue in &self.queues {
+            for (exchange, routing_key) in &self.bindings {
+                transport.bind_queue(queue, exchange, routing_key).await?;
             }
         }
         Ok(())
@@ -377,6 +445,7 @@ pub struct WorkerStats {
 /// dropping the handle stops consuming without waiting.
 pub struct WorkerHandle {
     shared: Arc<dyn Running>,
+    queues: Vec<String>,
     stop: watch::Sender<bool>,
     loops: Vec<JoinHandle<Option<Box<dyn Subscription>>>>,
     grace_period: Duration,
@@ -435,6 +504,11 @@ impl std::fmt::Debug for WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// The queues the worker consumes (generated names included).
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
     /// Handlers running right now.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight()

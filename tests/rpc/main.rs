@@ -15,7 +15,9 @@
 //! - [`cluster`]: failover on a three-node RabbitMQ cluster of the test's own;
 //! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers;
 //! - [`queue`]: work queues (`warren::queue`): typed publishers and
-//!   workers, outcomes, retries, dead-letter queues, confirms.
+//!   workers, outcomes, retries, dead-letter queues, confirms;
+//! - [`pipeline`]: the edge pipeline, `aion_stage` processes between a
+//!   Python producer and the last queue.
 //!
 //! Tests share the process: topics and queue names are unique per test,
 //! embedded brokers listen on ephemeral ports, and tests that inspect
@@ -31,6 +33,7 @@ mod calls;
 mod cluster;
 mod connect;
 mod oslo_interop;
+mod pipeline;
 mod plain_amqp;
 mod queue;
 mod reliability;

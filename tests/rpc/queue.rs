@@ -21,6 +21,7 @@ crate::conformance!(
     a_missing_queue_is_named_when_the_worker_only_checks,
     one_worker_consumes_several_queues,
     concurrency_is_bounded_and_shutdown_drains,
+    subscribers_get_every_message_through_exclusive_bound_queues,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +68,7 @@ async fn stats_when(
 
 /// The next `n` messages of `queue`, taken (acknowledged) with the raw
 /// transport, so undecodable bodies can be read too.
-async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
+pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
     let mut subscription = connection
         .transport()
         .consume(&ConsumeSpec {
@@ -523,4 +524,106 @@ async fn concurrency_is_bounded_and_shutdown_drains(backend: Backend) {
         "the two handled were acked, the rest kept"
     );
     cleanup(&connection, &[&queue]).await;
+}
+
+async fn subscribers_get_every_message_through_exclusive_bound_queues(backend: Backend) {
+    use warren::transport::{ExchangeKind, ExchangeSpec, QueueSpec};
+    let (connection, _broker) = backend.connect().await;
+    let exchange = unique("logs");
+    connection
+        .transport()
+        .declare_exchange(&ExchangeSpec {
+            name: exchange.clone(),
+            kind: ExchangeKind::Fanout,
+            durable: false,
+            auto_delete: false,
+        })
+        .await
+        .expect("exchange");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut workers = Vec::new();
+    for subscriber in 0..2 {
+        let tx = tx.clone();
+        // An empty name: a generated one, for this connection only.
+        let worker = Worker::<String>::new(&connection, "")
+            .exclusive(true)
+            .bind(&exchange, "")
+            .format(Format::Text)
+            .start(move |message| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((subscriber, message.into_body()));
+                }
+            })
+            .await
+            .expect("subscriber");
+        assert!(
+            worker.queues()[0].starts_with("warren.gen-"),
+            "{:?}",
+            worker.queues()
+        );
+        workers.push(worker);
+    }
+    assert_ne!(workers[0].queues(), workers[1].queues());
+    Publisher::<str>::to_exchange(&connection, &exchange, "")
+        .format(Format::Text)
+        .publish("info: hello")
+        .await
+        .expect("publish");
+    let mut got = vec![recv(&mut rx).await, recv(&mut rx).await];
+    got.sort();
+    assert_eq!(
+        got,
+        [(0, "info: hello".to_owned()), (1, "info: hello".to_owned())]
+    );
+    // Nobody bound: dropped by the broker, not an error (not mandatory).
+    let nobody = unique("nobody");
+    connection
+        .transport()
+        .declare_exchange(&ExchangeSpec {
+            name: nobody.clone(),
+            kind: ExchangeKind::Fanout,
+            durable: false,
+            auto_delete: false,
+        })
+        .await
+        .expect("exchange");
+    Publisher::<str>::to_exchange(&connection, &nobody, "")
+        .format(Format::Text)
+        .publish("lost")
+        .await
+        .expect("no subscriber is not an error");
+    for worker in workers {
+        worker.shutdown().await.expect("shutdown");
+    }
+
+    // A transient queue another client declared: declared alike.
+    let hello = unique("hello");
+    connection
+        .transport()
+        .declare_queue(&QueueSpec {
+            name: hello.clone(),
+            ..QueueSpec::default()
+        })
+        .await
+        .expect("transient queue");
+    let publisher = Publisher::<str>::new(&connection, &hello)
+        .format(Format::Text)
+        .durable(false);
+    publisher.declare().await.expect("declared alike");
+    let worker = Worker::<String>::new(&connection, &hello)
+        .durable(false)
+        .format(Format::Text)
+        .start(move |message| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((2, message.into_body()));
+            }
+        })
+        .await
+        .expect("worker on the transient queue");
+    publisher.publish("Hello World!").await.expect("publish");
+    assert_eq!(recv(&mut rx).await, (2, "Hello World!".to_owned()));
+    worker.shutdown().await.expect("shutdown");
+    cleanup(&connection, &[&hello]).await;
 }
