@@ -8,7 +8,6 @@
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
 use warren::queue::{Format, Message, Worker};
-use warren::transport::QueueSpec;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,17 +15,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
 
-    // The tutorial's `hello` is a plain transient queue: declared here as
-    // such, and the worker told not to declare it (durable) itself.
-    connection
-        .transport()
-        .declare_queue(&QueueSpec {
-            name: "hello".into(),
-            ..QueueSpec::default()
-        })
-        .await?;
+    // The tutorial's `hello` is a plain transient queue of plain text.
     let worker = Worker::<String>::new(&connection, "hello")
-        .declare(false)
+        .durable(false)
         .format(Format::Text)
         .start(|message: Message<String>| async move {
             println!(" [x] Received {}", message.body);

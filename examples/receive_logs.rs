@@ -1,7 +1,7 @@
 //! RabbitMQ tutorial three (publish/subscribe), the consumer: a fresh
-//! exclusive queue (deleted when this program's connection goes) bound to
-//! the fanout exchange `logs`, so it gets a copy of every log line. Runs
-//! until interrupted; start several.
+//! exclusive queue (named by warren, deleted when this program's connection
+//! goes) bound to the fanout exchange `logs`, so it gets a copy of every log
+//! line. Runs until Ctrl-C; start several.
 //!
 //! ```sh
 //! cargo run --example receive_logs
@@ -9,16 +9,17 @@
 //!
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
-use warren::transport::{ConsumeSpec, ExchangeKind, ExchangeSpec, QueueSpec};
+use warren::queue::{Format, Message, Worker};
+use warren::transport::{ExchangeKind, ExchangeSpec};
 
 #[tokio::main]
-async fn main() -> Result<(), warren::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("TRANSPORT_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
-    let channel = connection.transport();
 
-    channel
+    connection
+        .transport()
         .declare_exchange(&ExchangeSpec {
             name: "logs".into(),
             kind: ExchangeKind::Fanout,
@@ -26,27 +27,20 @@ async fn main() -> Result<(), warren::Error> {
             auto_delete: false,
         })
         .await?;
-    // The tutorial lets the broker name the queue; any unique name will do.
-    let queue = format!("receive_logs-{}", warren::wire::new_id());
-    channel
-        .declare_queue(&QueueSpec {
-            name: queue.clone(),
-            exclusive: true,
-            ..QueueSpec::default()
+    // An empty name: warren generates one, as the broker does for the
+    // tutorial's `queue_declare(queue="")`.
+    let worker = Worker::<String>::new(&connection, "")
+        .exclusive(true)
+        .bind("logs", "")
+        .format(Format::Text)
+        .start(|log: Message<String>| async move {
+            println!(" [x] {}", log.body);
         })
         .await?;
-    channel.bind_queue(&queue, "logs", "").await?;
 
     println!(" [*] Waiting for logs. To exit press CTRL+C");
-    let mut logs = channel
-        .consume(&ConsumeSpec {
-            queue,
-            prefetch: 0,
-            no_ack: true,
-        })
-        .await?;
-    while let Some(log) = logs.next().await {
-        println!(" [x] {}", String::from_utf8_lossy(&log?.body));
-    }
+    tokio::signal::ctrl_c().await?;
+    worker.shutdown().await?;
+    connection.close().await?;
     Ok(())
 }

@@ -10,7 +10,6 @@
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
 use warren::queue::{Format, Publisher};
-use warren::transport::QueueSpec;
 
 #[tokio::main]
 async fn main() -> Result<(), warren::Error> {
@@ -18,20 +17,14 @@ async fn main() -> Result<(), warren::Error> {
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
 
-    // The tutorial's `hello` is a plain transient queue (warren's
-    // `Publisher::declare` would make it durable).
-    connection
-        .transport()
-        .declare_queue(&QueueSpec {
-            name: "hello".into(),
-            ..QueueSpec::default()
-        })
-        .await?;
-    Publisher::<str>::new(&connection, "hello")
-        .format(Format::Text)
+    // The tutorial's `hello` is a plain transient queue with transient,
+    // plain-text messages (warren's defaults are durable, persistent, JSON).
+    let hello = Publisher::<str>::new(&connection, "hello")
+        .durable(false)
         .persistent(false)
-        .publish("Hello World!")
-        .await?;
+        .format(Format::Text);
+    hello.declare().await?;
+    hello.publish("Hello World!").await?;
     println!(" [x] Sent 'Hello World!'");
     connection.close().await
 }

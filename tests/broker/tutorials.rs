@@ -9,12 +9,13 @@
 //! --workspace` builds them).
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{embedded_broker, python, rabbitmq_vhost, rabbitmqctl, repo, Backend};
+use crate::common::{
+    embedded_broker, example_bin, python, rabbitmq_vhost, rabbitmqctl, repo, Backend,
+};
 
 /// How long a program may take to print an expected line: a hang guard far
 /// above any real run, not a timing claim.
@@ -55,23 +56,6 @@ impl Drop for Broker {
         if let Some(vhost) = &self.vhost {
             rabbitmqctl(&["delete_vhost", vhost]);
         }
-    }
-}
-
-/// A Rust example, built next to this test binary.
-fn example(name: &str) -> Command {
-    // target/<profile>/deps/<test binary> -> target/<profile>/examples/<name>
-    let bin: Option<PathBuf> = std::env::current_exe().ok().and_then(|exe| {
-        Some(
-            exe.parent()?
-                .parent()?
-                .join("examples")
-                .join(format!("{name}{}", std::env::consts::EXE_SUFFIX)),
-        )
-    });
-    match bin {
-        Some(bin) if bin.is_file() => Command::new(bin),
-        _ => panic!("example {name} is not built: run `cargo build --examples`"),
     }
 }
 
@@ -119,7 +103,7 @@ struct Program {
 impl Program {
     fn start(lang: Lang, name: &str, args: &[&str], url: &str) -> Program {
         let mut command = match lang {
-            Lang::Rust => example(name),
+            Lang::Rust => Command::new(example_bin(name)),
             Lang::Python => tutorial_py(name),
         };
         command
