@@ -183,17 +183,30 @@ impl Program {
         self.expect_n(line, 1);
     }
 
-    /// How many times it printed `line` so far.
-    fn count(&self, line: &str) -> usize {
-        self.out.iter().filter(|l| l.as_str() == line).count()
+    /// Waits until the program has written `text` to its standard error.
+    fn expect_err(&self, text: &str) {
+        let deadline = Instant::now() + GUARD;
+        while !self
+            .err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(text)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "expected {text:?} on stderr: {}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// Waits for it to exit successfully; returns everything it printed.
-    fn finish(mut self) -> Vec<String> {
+    /// Waits for it to exit; its status.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + GUARD;
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait for a program") {
-                break status;
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
@@ -201,7 +214,17 @@ impl Program {
                 self.report()
             );
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+    }
+
+    /// How many times it printed `line` so far.
+    fn count(&self, line: &str) -> usize {
+        self.out.iter().filter(|l| l.as_str() == line).count()
+    }
+
+    /// Waits for it to exit successfully; returns everything it printed.
+    fn finish(mut self) -> Vec<String> {
+        let status = self.exit_status();
         while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.out.push(l);
         }
@@ -275,6 +298,7 @@ on_both_brokers!(
     topics,
     rpc_rust_server,
     rpc_python_server,
+    bad_input,
 );
 
 fn hello_world_to_rust(url: &str) {
@@ -536,4 +560,76 @@ fn rpc(url: &str, server_lang: Lang) {
     );
     server.expect(" [.] fib(30)");
     assert_eq!(server.count(" [.] fib(10)"), 1, "{}", server.report());
+}
+
+/// Publishes `body` to queue `queue` through the default exchange, as a
+/// program that is not a tutorial's would (from the blocking scenario).
+fn publish_raw(url: &str, queue: &str, body: &[u8], properties: warren::transport::Properties) {
+    let (url, queue, body) = (url.to_owned(), queue.to_owned(), body.to_vec());
+    tokio::runtime::Handle::current().block_on(async move {
+        let connection = warren::connect(&url).await.expect("connect");
+        connection
+            .transport()
+            .publish(warren::transport::Outgoing {
+                exchange: String::new(),
+                routing_key: queue,
+                mandatory: true,
+                confirm: true,
+                properties,
+                body: body.into(),
+            })
+            .await
+            .expect("publish");
+        connection.close().await.expect("close");
+    });
+}
+
+/// What a user may get wrong: arguments and bodies the tutorials' programs
+/// do not expect. The Rust examples refuse or skip them with a message and
+/// go on; none panics.
+fn bad_input(url: &str) {
+    // Arguments: a usage line and exit status 1, or a clear error.
+    for name in ["receive_logs_direct", "receive_logs_topic"] {
+        let mut p = Program::start(Lang::Rust, name, &[], url);
+        assert_eq!(p.exit_status().code(), Some(1), "{}", p.report());
+        p.expect_err(&format!("Usage: {name} ["));
+    }
+    let mut client = Program::start(Lang::Rust, "rpc_client", &["forty-two"], url);
+    assert!(!client.exit_status().success(), "{}", client.report());
+    client.expect_err("not a number: forty-two");
+
+    // A request that is not a number: rejected, logged, the server goes on.
+    let mut server = Program::start(Lang::Rust, "rpc_server", &[], url);
+    server.expect(" [x] Awaiting RPC requests");
+    let request = warren::transport::Properties::default()
+        .with_reply_to("nobody")
+        .expect("short")
+        .with_correlation_id("1")
+        .expect("short");
+    publish_raw(url, "rpc_queue", b"forty-two", request);
+    assert_eq!(
+        run(Lang::Python, "rpc_client", &["7"], url),
+        [" [x] Requesting fib(7)", " [.] Got 13"]
+    );
+    server.expect_err("not a number up to 90: \"forty-two\"");
+
+    // A task that is not UTF-8 text: the worker's queue API rejects it
+    // with a warning (the tutorial's queue has no dead-letter queue, so the
+    // broker drops it) and does the next task.
+    let mut worker = Program::start(Lang::Rust, "worker", &[], url);
+    worker.expect(" [*] Waiting for messages. To exit press CTRL+C");
+    publish_raw(
+        url,
+        "task_queue",
+        &[0xff, 0xfe, b'.'],
+        warren::transport::Properties::default().with_delivery_mode(2),
+    );
+    assert_eq!(
+        run(Lang::Python, "new_task", &["after."], url),
+        [" [x] Sent after."]
+    );
+    worker.expect_err("rejecting a message that cannot be decoded");
+    worker.expect(" [x] Received after.");
+    worker.expect(" [x] Done");
+    assert_eq!(worker.count(" [x] Done"), 1, "{}", worker.report());
 }
