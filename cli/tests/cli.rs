@@ -149,6 +149,9 @@ fn bench_queue_mode_receives_every_message_it_sent() {
         "20",
         "--size",
         "100",
+        // The same broker again: two runs, one report.
+        "--compare",
+        &url,
         "--json",
         json.to_str().expect("utf-8 path"),
     ]);
@@ -166,20 +169,24 @@ fn bench_queue_mode_receives_every_message_it_sent() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
     let _ = std::fs::remove_file(&json);
-    let run = &report[0];
-    assert_eq!(run["mode"], "queue", "{report}");
-    let queue = &run["queue"];
-    assert_eq!(queue["sent"], 1000, "{report}");
-    assert_eq!(queue["sent_total"], 1000, "{report}");
-    assert_eq!(queue["received_total"], 1000, "no loss: {report}");
-    assert_eq!(queue["publish_errors"], 0, "{report}");
-    // Every measured message was received and timed.
-    assert_eq!(run["completed"], 1000, "{report}");
-    let latency = &run["latency_us"];
-    assert!(
-        latency["p50"].as_u64() <= latency["p99"].as_u64(),
-        "{report}"
-    );
+    assert!(stdout.contains(" vs "), "--compare prints ratios: {stdout}");
+    let runs = report.as_array().expect("one result per URL");
+    assert_eq!(runs.len(), 2, "{report}");
+    for run in runs {
+        assert_eq!(run["mode"], "queue", "{report}");
+        let queue = &run["queue"];
+        assert_eq!(queue["sent"], 1000, "{report}");
+        assert_eq!(queue["sent_total"], 1000, "{report}");
+        assert_eq!(queue["received_total"], 1000, "no loss: {report}");
+        assert_eq!(queue["publish_errors"], 0, "{report}");
+        // Every measured message was received and timed.
+        assert_eq!(run["completed"], 1000, "{report}");
+        let latency = &run["latency_us"];
+        assert!(
+            latency["p50"].as_u64() <= latency["p99"].as_u64(),
+            "{report}"
+        );
+    }
 }
 
 #[test]
