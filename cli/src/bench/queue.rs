@@ -61,6 +61,7 @@ struct Counts {
     sent_total: AtomicU64,
     received_total: AtomicU64,
     publish_errors: AtomicU64,
+    ack_errors: AtomicU64,
 }
 
 /// Runs the queue workload once and measures it.
@@ -319,10 +320,17 @@ async fn consume(
             }
         }
         if !autoack {
-            if let Err(e) = delivery.acker.ack().await {
-                tracing::warn!(error = %e, "ack failed");
-                break;
-            }
+            // Acknowledgements are pipelined, as a Java client's are: an ack
+            // awaited here would wait for the connection to write it.
+            let acker = delivery.acker;
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                if let Err(e) = acker.ack().await {
+                    if counts.ack_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, "ack failed");
+                    }
+                }
+            });
         }
     }
 }
