@@ -179,6 +179,7 @@ fn bench_queue_mode_receives_every_message_it_sent() {
         assert_eq!(queue["sent_total"], 1000, "{report}");
         assert_eq!(queue["received_total"], 1000, "no loss: {report}");
         assert_eq!(queue["publish_errors"], 0, "{report}");
+        assert_eq!(queue["ack_errors"], 0, "{report}");
         // Every measured message was received and timed.
         assert_eq!(run["completed"], 1000, "{report}");
         let latency = &run["latency_us"];

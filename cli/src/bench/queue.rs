@@ -52,6 +52,8 @@ pub struct QueueRun {
     pub received_total: u64,
     /// Publishes that failed (refused, returned or nacked).
     pub publish_errors: u64,
+    /// Acknowledgements that failed.
+    pub ack_errors: u64,
 }
 
 /// Counters beyond [`Shared`]'s.
@@ -197,6 +199,7 @@ pub async fn measure(workload: &Workload) -> Result<RunResult, Box<dyn std::erro
             sent_total: counts.sent_total.load(Ordering::Relaxed),
             received_total,
             publish_errors: counts.publish_errors.load(Ordering::Relaxed),
+            ack_errors: counts.ack_errors.load(Ordering::Relaxed),
         }),
     };
 
