@@ -702,6 +702,7 @@ impl Subscription for AmqpSubscription {
             // lapin hands over the body it assembled: taken, not copied.
             body: delivery.data.into(),
             redelivered: delivery.redelivered,
+            routing_key: delivery.routing_key,
             acker,
         }))
     }

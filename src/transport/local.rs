@@ -267,6 +267,7 @@ impl Subscription for LocalSubscription {
                         // The message stays the broker's (until acked):
                         // its properties and body are shared, not copied.
                         body: d.message.body.clone(),
+                        routing_key: d.message.routing_key.clone(),
                         properties: Properties::shared(d.message),
                         redelivered: d.redelivered,
                         acker,

@@ -341,6 +341,9 @@ pub struct Delivery {
     pub body: Bytes,
     /// Whether the broker delivered this message before.
     pub redelivered: bool,
+    /// The routing key it was published with (what a topic or direct
+    /// binding matched).
+    pub routing_key: ShortString,
     /// Acknowledges it (a no-op for `no_ack` subscriptions).
     pub acker: Box<dyn Acker>,
 }
@@ -351,6 +354,7 @@ impl std::fmt::Debug for Delivery {
             .field("properties", &self.properties)
             .field("body_len", &self.body.len())
             .field("redelivered", &self.redelivered)
+            .field("routing_key", &self.routing_key)
             .finish()
     }
 }
