@@ -39,6 +39,7 @@
 //!   touches;
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
+//! - [`metrics`]: the process's RPC metrics, in Prometheus' text format;
 //! - [`notify`]: oslo-style notifications (notifier and listener);
 //! - `broker`: the embedded AMQP 0-9-1 broker (crate `warren-broker`,
 //!   re-exported with the default `embedded` feature).
@@ -50,6 +51,7 @@ mod connection;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
+pub mod metrics;
 pub mod notify;
 pub mod rpc;
 pub mod transport;

@@ -13,7 +13,8 @@
 //!   middleware;
 //! - [`reliability`]: duplicates, poison requests, a shutdown's grace period;
 //! - [`cluster`]: failover on a three-node RabbitMQ cluster of the test's own;
-//! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers.
+//! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers;
+//! - [`trace`]: W3C trace context across calls, and the RPC metrics.
 //!
 //! Tests share the process: topics and queue names are unique per test,
 //! embedded brokers listen on ephemeral ports, and tests that inspect
@@ -34,3 +35,4 @@ mod reliability;
 mod tls;
 mod topology;
 mod tower;
+mod trace;
