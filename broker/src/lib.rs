@@ -40,6 +40,8 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod core;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod server;
 // The durable store (issue #11), not yet called by the core.
 #[allow(dead_code)]
