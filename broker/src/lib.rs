@@ -165,7 +165,8 @@ impl BrokerBuilder {
     }
 
     /// Add a user (repeatable), stored as a salted hash. Without any,
-    /// `guest:guest` exists with all permissions on `/`; users added here
+    /// `guest:guest` exists with all permissions on `/` and the `administrator`
+    /// tag; users added here
     /// have none until [`permission`](Self::permission) grants them, as in
     /// RabbitMQ.
     pub fn user(mut self, name: &str, password: &str) -> Self {
@@ -249,7 +250,8 @@ impl BrokerBuilder {
 
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
-        if self.users.is_empty() {
+        let default_user = self.users.is_empty();
+        if default_user {
             // RabbitMQ's default user and its default permissions.
             self = self.user("guest", "guest");
             let all = ".*";
@@ -263,6 +265,10 @@ impl BrokerBuilder {
         }
         let users = self.users;
         let core = core::Core::with_password_hashes(&users, &self.vhosts);
+        if default_user {
+            // As RabbitMQ's default user: an administrator.
+            let _ = core.set_user_tags("guest", &["administrator".to_owned()]);
+        }
         core.set_consumer_timeout(match self.consumer_timeout {
             ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
             ConsumerTimeout::Set(t) => t,

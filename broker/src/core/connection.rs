@@ -6,12 +6,13 @@
 use std::fmt;
 use std::sync::{Arc, Weak};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::channel::{ChannelEvent, ChannelSink, CoreChannel};
 use super::memory::MemoryMonitor;
 use super::permission::Permissions;
-use super::session::{Attached, Session};
+use super::session::{Attached, Registry, Session};
+use super::snapshot::ConnectionInfo;
 use super::vhost::VHost;
 
 /// A client connection to the core.
@@ -36,10 +37,26 @@ impl CoreConnection {
         vhost: Arc<VHost>,
         permissions: Arc<Permissions>,
         memory: Arc<MemoryMonitor>,
+        registry: Arc<Registry>,
     ) -> Self {
         Self {
-            shared: Arc::new(Session::new(id, user, vhost, permissions, memory)),
+            shared: Session::new(id, user, vhost, permissions, memory, registry),
         }
+    }
+
+    /// Records what the AMQP server knows of this connection (its name,
+    /// peer, client properties, negotiated limits), for operators.
+    pub fn set_info(&self, info: ConnectionInfo) {
+        self.shared.set_info(info);
+    }
+
+    /// Watches for an operator's request to close this connection
+    /// ([`Core::close_connection`](super::Core::close_connection)): the
+    /// value becomes `Some(reason)`, and the server is to send
+    /// `connection.close` 320 CONNECTION_FORCED with it. A connection
+    /// nobody watches is closed by the core itself.
+    pub fn forced_close(&self) -> watch::Receiver<Option<String>> {
+        self.shared.forced_close()
     }
 
     /// Unique id of this connection (owner id of its exclusive queues).
@@ -71,10 +88,22 @@ impl CoreConnection {
         })
     }
 
-    /// Open a channel whose events go to `sink`.
+    /// Open a channel whose events go to `sink` (numbered in the order
+    /// opened, for operators: see [`open_numbered_channel`](Self::open_numbered_channel)).
     pub fn open_channel(&self, sink: Box<dyn ChannelSink>) -> CoreChannel {
         let id = self.shared.next_channel_id();
-        let ch = CoreChannel::new(self.shared.clone(), id, sink);
+        self.open_channel_as(id, u16::try_from(id).unwrap_or(u16::MAX), sink)
+    }
+
+    /// Open a channel whose events go to `sink`, known to operators by
+    /// its AMQP channel `number`.
+    pub fn open_numbered_channel(&self, number: u16, sink: Box<dyn ChannelSink>) -> CoreChannel {
+        let id = self.shared.next_channel_id();
+        self.open_channel_as(id, number, sink)
+    }
+
+    fn open_channel_as(&self, id: u64, number: u16, sink: Box<dyn ChannelSink>) -> CoreChannel {
+        let ch = CoreChannel::new(self.shared.clone(), id, number, sink);
         let attached: Weak<dyn Attached> = ch.attached();
         self.shared.attach(id, attached);
         ch

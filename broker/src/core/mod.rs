@@ -30,7 +30,11 @@
 //!    of what queues return;
 //! 6. `session`: what a connection's channels share;
 //! 7. `channel` (whose consumers are the queues' subscribers), then
-//!    `connection`; this module's [`Core`] on top.
+//!    `connection`; this module's [`Core`] on top;
+//! 8. [`admin`]: what operators see and do ([`snapshot`]s of every object,
+//!    users, vhosts, permissions, topology, closing connections), as
+//!    methods of [`Core`] built on the ones below. `snapshot` itself, plain
+//!    data, is a leaf of layer 1.
 //!
 //! # No reference cycle
 //!
@@ -41,6 +45,7 @@
 //! close to be freed. The other back links are weak too: a session's
 //! register of channels and a vhost's direct reply-to targets.
 
+pub mod admin;
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub mod dead_letter;
@@ -54,6 +59,7 @@ pub mod permission;
 pub(crate) mod queue;
 pub(crate) mod reply_to;
 pub(crate) mod session;
+pub mod snapshot;
 pub(crate) mod vhost;
 
 use std::collections::HashMap;
@@ -144,10 +150,18 @@ pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_millis(1_800_000);
 /// [`Core::consumer_timeout`] when there is none.
 const NO_CONSUMER_TIMEOUT: u64 = u64::MAX;
 
+/// A user: its password hash and its tags (`administrator`, …).
+#[derive(Clone, Debug)]
+pub(crate) struct User {
+    hash: PasswordHash,
+    tags: Vec<String>,
+}
+
 /// The broker core: users, vhosts and connections.
 #[derive(Debug)]
 pub struct Core {
-    users: HashMap<String, PasswordHash>,
+    /// Users by name (a leaf of the lock order).
+    users: RwLock<HashMap<String, User>>,
     /// (user, vhost) → permissions. As in RabbitMQ, a user may use only
     /// the vhosts it has permissions on: none until they are set.
     permissions: RwLock<HashMap<(String, String), Arc<permission::Permissions>>>,
@@ -156,6 +170,8 @@ pub struct Core {
     /// In milliseconds; [`NO_CONSUMER_TIMEOUT`] for none.
     consumer_timeout_ms: AtomicU64,
     memory: Arc<MemoryMonitor>,
+    /// The open connections, for operators.
+    connections: Arc<session::Registry>,
 }
 
 impl Core {
@@ -179,13 +195,24 @@ impl Core {
         for v in vhosts {
             map.entry(v.clone()).or_insert_with(|| VHost::new(v));
         }
+        let users = users
+            .iter()
+            .map(|(name, hash)| {
+                let user = User {
+                    hash: hash.clone(),
+                    tags: Vec::new(),
+                };
+                (name.clone(), user)
+            })
+            .collect();
         let core = Arc::new(Self {
-            users: users.iter().cloned().collect(),
+            users: RwLock::new(users),
             permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
             consumer_timeout_ms: AtomicU64::new(timeout_ms(Some(DEFAULT_CONSUMER_TIMEOUT))),
             memory: MemoryMonitor::new(MemoryWatermark::default().resolve()),
+            connections: Arc::default(),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             memory::spawn_sampler(&handle, &core.memory);
@@ -218,7 +245,9 @@ impl Core {
 
     /// Check a user's password (RabbitMQ refuses empty ones too).
     pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        match self.users.get(user) {
+        // The hash is checked with the users' lock released.
+        let hash = read(&self.users).get(user).map(|u| u.hash.clone());
+        match hash {
             Some(hash) => hash.verify(password) && !password.is_empty(),
             None => false,
         }
@@ -239,12 +268,12 @@ impl Core {
 
     /// Whether `user` exists (an `EXTERNAL` login needs only that).
     pub fn has_user(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        read(&self.users).contains_key(user)
     }
 
     /// Whether `user` may use `vhost`.
     pub fn can_access(&self, user: &str, vhost: &str) -> bool {
-        self.users.contains_key(user)
+        self.has_user(user)
             && read(&self.vhosts).contains_key(vhost)
             && self.permissions_of(user, vhost).is_some()
     }
@@ -285,7 +314,7 @@ impl Core {
             .ok_or_else(|| AmqpError::not_allowed(format!("vhost {vhost} not found")))?;
         let permissions = self
             .permissions_of(user, vhost)
-            .filter(|_| self.users.contains_key(user))
+            .filter(|_| self.has_user(user))
             .ok_or_else(|| {
                 AmqpError::not_allowed(format!(
                     "access to vhost '{vhost}' refused for user '{user}'"
@@ -298,6 +327,7 @@ impl Core {
             vh,
             permissions,
             self.memory.clone(),
+            self.connections.clone(),
         ))
     }
 }

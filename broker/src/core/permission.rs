@@ -46,6 +46,21 @@ impl Permissions {
         })
     }
 
+    /// The configure pattern, as given.
+    pub fn configure(&self) -> &str {
+        self.configure.as_str()
+    }
+
+    /// The write pattern, as given.
+    pub fn write(&self) -> &str {
+        self.write.as_str()
+    }
+
+    /// The read pattern, as given.
+    pub fn read(&self) -> &str {
+        self.read.as_str()
+    }
+
     /// Whether `access` to the resource `name` is allowed.
     pub(crate) fn allows(&self, access: Access, name: &str) -> bool {
         match access {

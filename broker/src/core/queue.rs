@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use super::error::AmqpError;
 use super::locks::lock;
 use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
+use super::snapshot::QueueSnapshot;
 use super::{value_as_i64, value_as_string, value_type_name};
 
 /// What a queue delivers to: a consumer, seen from the queue.
@@ -363,6 +365,50 @@ pub enum EnqueueResult {
     Rejected,
 }
 
+/// A queue's cumulative counters and its unacknowledged gauge, for
+/// operators ([`QueueSnapshot`]). Atomics, counted without the queue's lock
+/// where the event happens outside it (acks, settlements).
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    redelivered: AtomicU64,
+    unacked: AtomicU64,
+    unacked_bytes: AtomicU64,
+}
+
+impl QueueCounters {
+    /// One delivery (to a consumer or `basic.get`) of a message of `bytes`
+    /// bytes; `unacked` when it awaits an acknowledgement.
+    pub(crate) fn delivered(&self, redelivered: bool, unacked: bool, bytes: usize) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if unacked {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+            self.unacked_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// One unacknowledged delivery of `bytes` bytes settled (`acked`: by an
+    /// ack; otherwise requeued, rejected or its channel closed).
+    pub(crate) fn settled(&self, acked: bool, bytes: usize) {
+        if acked {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        let sub = |a: &AtomicU64, n: u64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.unacked, 1);
+        sub(&self.unacked_bytes, bytes as u64);
+    }
+}
+
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -378,6 +424,8 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// Parsed `x-` arguments.
     pub config: QueueConfig,
+    /// Counters for operators.
+    pub(crate) counters: QueueCounters,
     state: Mutex<QueueState>,
 }
 
@@ -399,6 +447,7 @@ impl Queue {
             auto_delete,
             arguments,
             config,
+            counters: QueueCounters::default(),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -513,6 +562,9 @@ impl Queue {
                         st.store.push_back(qm);
                     }
                 }
+            }
+            if result == EnqueueResult::Accepted {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
             }
             // Expiry is judged at publish time so that a TTL of 0 still reaches an
             // idle consumer; whatever is left and already expired is dropped after.
@@ -690,6 +742,50 @@ impl Queue {
     /// Whether the queue has at least one consumer now.
     pub fn has_consumers(&self) -> bool {
         !self.st().consumers.is_empty()
+    }
+
+    /// The queue as operators see it, in `vhost` (the exclusive owner's
+    /// name is the caller's to fill in).
+    pub(crate) fn snapshot(&self, vhost: &str) -> QueueSnapshot {
+        let (ready, ready_bytes, consumers) = {
+            let st = self.st();
+            (
+                st.store.len as u64,
+                st.store.bytes as u64,
+                st.consumers.len() as u64,
+            )
+        };
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (unacked, unacked_bytes) = (load(&c.unacked), load(&c.unacked_bytes));
+        let queue_type = self
+            .arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(value_as_string)
+            .unwrap_or_else(|| "classic".to_owned());
+        QueueSnapshot {
+            vhost: vhost.to_owned(),
+            name: self.name.clone(),
+            durable: self.durable,
+            auto_delete: self.auto_delete,
+            exclusive: self.exclusive_owner.is_some(),
+            exclusive_owner: None,
+            arguments: self.arguments.clone(),
+            queue_type,
+            messages_ready: ready,
+            messages_unacknowledged: unacked,
+            messages: ready + unacked,
+            message_bytes_ready: ready_bytes,
+            message_bytes_unacknowledged: unacked_bytes,
+            message_bytes: ready_bytes + unacked_bytes,
+            consumers,
+            state: "running".to_owned(),
+            published: load(&c.published),
+            delivered: load(&c.delivered),
+            acked: load(&c.acked),
+            redelivered: load(&c.redelivered),
+        }
     }
 }
 

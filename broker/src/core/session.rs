@@ -11,10 +11,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
 
 use super::locks::lock;
 use super::memory::MemoryMonitor;
 use super::permission::Permissions;
+use super::snapshot::{ChannelSnapshot, ConnectionInfo, ConnectionSnapshot, ConsumerSnapshot};
 use super::vhost::VHost;
 
 /// An open channel, as its connection sees it.
@@ -24,6 +28,48 @@ pub(crate) trait Attached: Send + Sync {
 
     /// Offers queued messages to the channel's consumers again.
     fn redispatch(&self);
+
+    /// The channel and its consumers, for operators. Takes the channel's
+    /// lock: call with no queue or channel lock held.
+    fn snapshot(&self) -> (ChannelSnapshot, Vec<ConsumerSnapshot>);
+}
+
+/// The core's register of open connections (a leaf of the lock order:
+/// looked up and released), for operators. Holds them weakly.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<u64, Weak<Session>>>,
+}
+
+impl Registry {
+    /// Registers an open connection.
+    fn add(&self, session: &Arc<Session>) {
+        lock(&self.sessions).insert(session.id, Arc::downgrade(session));
+    }
+
+    /// Forgets a closed connection.
+    fn remove(&self, id: u64) {
+        lock(&self.sessions).remove(&id);
+    }
+
+    /// The open connections, by id.
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut out: Vec<Arc<Session>> = lock(&self.sessions)
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.closed.load(Ordering::Acquire))
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// The open connection with this id.
+    pub(crate) fn session(&self, id: u64) -> Option<Arc<Session>> {
+        lock(&self.sessions)
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|s| !s.closed.load(Ordering::Acquire))
+    }
 }
 
 /// The shared state of one connection.
@@ -37,6 +83,13 @@ pub(crate) struct Session {
     channels: Mutex<HashMap<u64, Weak<dyn Attached>>>,
     next_channel: AtomicU64,
     closed: AtomicBool,
+    /// What the AMQP server recorded about the connection (a leaf lock).
+    info: Mutex<Option<ConnectionInfo>>,
+    /// When the connection was opened in the core.
+    opened_at: SystemTime,
+    /// An operator's request to close the connection, with its reason.
+    forced: watch::Sender<Option<String>>,
+    registry: Arc<Registry>,
 }
 
 impl fmt::Debug for Session {
@@ -50,14 +103,16 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
+    /// A session, registered in `registry` until it closes.
     pub(crate) fn new(
         id: u64,
         user: &str,
         vhost: Arc<VHost>,
         permissions: Arc<Permissions>,
         memory: Arc<MemoryMonitor>,
-    ) -> Self {
-        Self {
+        registry: Arc<Registry>,
+    ) -> Arc<Self> {
+        let session = Arc::new(Self {
             id,
             user: user.to_string(),
             vhost,
@@ -66,7 +121,103 @@ impl Session {
             channels: Mutex::new(HashMap::new()),
             next_channel: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            info: Mutex::new(None),
+            opened_at: SystemTime::now(),
+            forced: watch::Sender::new(None),
+            registry,
+        });
+        session.registry.add(&session);
+        session
+    }
+
+    /// Records what the AMQP server knows of the connection.
+    pub(crate) fn set_info(&self, info: ConnectionInfo) {
+        *lock(&self.info) = Some(info);
+    }
+
+    /// RabbitMQ's name of the connection (`"in-process <id>"` without
+    /// [`set_info`](Self::set_info)).
+    pub(crate) fn name(&self) -> String {
+        lock(&self.info)
+            .as_ref()
+            .map_or_else(|| format!("in-process {}", self.id), |i| i.name.clone())
+    }
+
+    /// Watches for an operator's request to close the connection.
+    pub(crate) fn forced_close(&self) -> watch::Receiver<Option<String>> {
+        self.forced.subscribe()
+    }
+
+    /// An operator closes the connection: whoever serves it (the AMQP
+    /// server, watching [`forced_close`](Self::forced_close)) sends
+    /// `connection.close` with the reason; with nobody watching (an
+    /// in-process connection) the core closes it at once.
+    pub(crate) fn force_close(&self, reason: &str) {
+        self.forced.send_replace(Some(reason.to_owned()));
+        if self.forced.receiver_count() == 0 {
+            self.close();
         }
+    }
+
+    /// The connection, for operators.
+    pub(crate) fn snapshot(&self) -> ConnectionSnapshot {
+        let info = lock(&self.info).clone();
+        let channels = lock(&self.channels)
+            .values()
+            .filter(|c| c.strong_count() > 0)
+            .count() as u64;
+        let name = info
+            .as_ref()
+            .map_or_else(|| format!("in-process {}", self.id), |i| i.name.clone());
+        match info {
+            Some(i) => ConnectionSnapshot {
+                id: self.id,
+                name,
+                user: self.user.clone(),
+                vhost: self.vhost.name.clone(),
+                peer_host: i.peer_host,
+                peer_port: i.peer_port,
+                host: i.host,
+                port: i.port,
+                channels,
+                state: "running".to_owned(),
+                connected_at: i.connected_at,
+                client_properties: i.client_properties,
+                frame_max: i.frame_max,
+                channel_max: i.channel_max,
+                timeout: i.timeout,
+                protocol: i.protocol,
+                auth_mechanism: i.auth_mechanism,
+                ssl: i.ssl,
+            },
+            None => ConnectionSnapshot {
+                id: self.id,
+                name,
+                user: self.user.clone(),
+                vhost: self.vhost.name.clone(),
+                peer_host: String::new(),
+                peer_port: 0,
+                host: String::new(),
+                port: 0,
+                channels,
+                state: "running".to_owned(),
+                connected_at: self.opened_at,
+                client_properties: Default::default(),
+                frame_max: 0,
+                channel_max: 0,
+                timeout: 0,
+                protocol: "in-process".to_owned(),
+                auth_mechanism: String::new(),
+                ssl: false,
+            },
+        }
+    }
+
+    /// Its channels and their consumers, for operators, by channel number.
+    pub(crate) fn channel_snapshots(&self) -> Vec<(ChannelSnapshot, Vec<ConsumerSnapshot>)> {
+        let mut out: Vec<_> = self.channels().iter().map(|c| c.snapshot()).collect();
+        out.sort_by_key(|(c, _)| c.number);
+        out
     }
 
     /// A fresh channel id.
@@ -110,5 +261,6 @@ impl Session {
             c.close();
         }
         self.vhost.connection_closed(self.id);
+        self.registry.remove(self.id);
     }
 }

@@ -11,6 +11,7 @@
 //! channels or connections.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -113,6 +114,16 @@ impl VHost {
     /// Look up an exchange.
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         read(&self.exchanges).get(name).cloned()
+    }
+
+    /// Its queues, in no particular order.
+    pub(crate) fn queue_list(&self) -> Vec<Arc<Queue>> {
+        read(&self.queues).values().cloned().collect()
+    }
+
+    /// Its exchanges (the predeclared ones included), in no particular order.
+    pub(crate) fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        read(&self.exchanges).values().cloned().collect()
     }
 
     /// Look up a queue (no exclusivity check).
@@ -483,6 +494,17 @@ impl VHost {
         options: QueueDeleteOptions,
         conn_id: u64,
     ) -> Result<u32, AmqpError> {
+        self.queue_delete_checked(name, options, Some(conn_id))
+    }
+
+    /// [`queue_delete`](Self::queue_delete) by connection `conn_id`, or by
+    /// an operator (`None`), who may delete exclusive queues too.
+    pub(crate) fn queue_delete_checked(
+        &self,
+        name: &str,
+        options: QueueDeleteOptions,
+        conn_id: Option<u64>,
+    ) -> Result<u32, AmqpError> {
         let QueueDeleteOptions {
             if_unused,
             if_empty,
@@ -492,7 +514,9 @@ impl VHost {
             let Some(q) = self.queue(name) else {
                 return Ok(0);
             };
-            self.check_exclusive(&q, conn_id)?;
+            if let Some(conn_id) = conn_id {
+                self.check_exclusive(&q, conn_id)?;
+            }
             if if_unused && q.has_consumers() {
                 return Err(AmqpError::precondition(format!(
                     "queue '{}' in vhost '{}' in use",
@@ -573,6 +597,7 @@ impl VHost {
             .ok_or_else(|| self.no_exchange(exchange))?;
         let qs = read(&self.queues);
         let mut visited: HashSet<&str> = HashSet::new();
+        x.publish_in.fetch_add(1, Ordering::Relaxed);
         Self::route_into(&exs, &qs, x, routing_key, headers, &mut out, &mut visited);
         if out.is_empty() {
             if let Some(ae) = x.alternate_exchange() {
@@ -580,6 +605,9 @@ impl VHost {
                     Self::route_into(&exs, &qs, ax, routing_key, headers, &mut out, &mut visited);
                 }
             }
+        }
+        if !out.is_empty() {
+            x.publish_out.fetch_add(1, Ordering::Relaxed);
         }
         if out.len() > 1 {
             out.sort_by_key(|q| Arc::as_ptr(q) as usize);

@@ -4,7 +4,7 @@
 //! are handed to amq-protocol's parser); all output goes to the writer task.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::error::codes;
+use crate::core::snapshot::ConnectionInfo;
 use crate::core::{AmqpError, Core, CoreConnection};
 
 use super::channel::{After, ServerChannel};
@@ -83,10 +84,29 @@ enum Phase {
     Done,
 }
 
+/// The two ends of a TCP connection, for operators.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Endpoints {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The broker's address the client reached.
+    pub(crate) local: SocketAddr,
+    /// Whether the connection runs over TLS.
+    pub(crate) tls: bool,
+}
+
 struct Conn {
     core: Arc<Core>,
     admission: Arc<Admission>,
     peer: Option<IpAddr>,
+    /// Both ends of the socket (`None` in-process).
+    endpoints: Option<Endpoints>,
+    connected_at: std::time::SystemTime,
+    /// What the client sent in `connection.start-ok`, kept for operators.
+    client_properties: FieldTable,
+    auth_mechanism: String,
+    /// An operator's request to close the connection (once it is open).
+    forced: Option<watch::Receiver<Option<String>>>,
     /// The common name of the client's verified TLS certificate: the user
     /// an `EXTERNAL` login is.
     external: Option<String>,
@@ -110,12 +130,12 @@ fn may_log_in_from(user: &str, peer: Option<IpAddr>) -> bool {
     user != "guest" || peer.is_none_or(|ip| ip.to_canonical().is_loopback())
 }
 
-/// Serve one accepted socket until it closes. `peer` is the client's address
-/// (`None` for an in-process stream); `external` the common name of its
-/// verified TLS client certificate, if any.
+/// Serve one accepted socket until it closes. `endpoints` are the socket's
+/// two ends (`None` for an in-process stream); `external` the common name of
+/// its verified TLS client certificate, if any.
 pub(crate) async fn serve<S>(
     stream: S,
-    peer: Option<IpAddr>,
+    endpoints: Option<Endpoints>,
     external: Option<String>,
     core: Arc<Core>,
     admission: Arc<Admission>,
@@ -123,6 +143,8 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = endpoints.map(|e| e.peer.ip());
+    let connected_at = std::time::SystemTime::now();
     let (mut rd, mut wr) = tokio::io::split(stream);
     // Protocol header: answer a mismatch as soon as it is visible.
     // Small to start with: most connections are idle most of the time. The
@@ -164,6 +186,11 @@ pub(crate) async fn serve<S>(
         core,
         admission,
         peer,
+        endpoints,
+        connected_at,
+        client_properties: FieldTable::default(),
+        auth_mechanism: String::new(),
+        forced: None,
         external,
         out,
         flow,
@@ -355,6 +382,7 @@ impl Conn {
                     }
                     () = out.control_room(), if !self.flow.is_blocked() => {}
                     () = out.closed() => return,
+                    reason = forced_close(self.forced.clone()) => self.forced_closed(reason),
                     changed = shutdown.changed(), if !shutdown_seen => {
                         if changed.is_err() {
                             shutdown_seen = true;
@@ -390,6 +418,7 @@ impl Conn {
                     }
                 },
                 () = out.closed() => return,
+                reason = forced_close(self.forced.clone()) => self.forced_closed(reason),
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() {
                         shutdown_seen = true;
@@ -400,6 +429,14 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// An operator closed the connection: 320 CONNECTION_FORCED with the
+    /// reason, as RabbitMQ's `close_connection`.
+    fn forced_closed(&mut self, reason: String) {
+        self.forced = None;
+        tracing::info!(%reason, "connection closed by an operator");
+        self.close_with(&AmqpError::new(codes::CONNECTION_FORCED, reason));
     }
 
     /// Closes each channel whose oldest delivery has waited for its ack
@@ -603,10 +640,13 @@ impl Conn {
             let Some(conn) = self.conn.as_ref() else {
                 return Err(AmqpError::command_invalid("connection not open"));
             };
-            let core = conn.open_channel(Box::new(ServerSink {
-                channel: ch,
-                tx: self.out.clone(),
-            }));
+            let core = conn.open_numbered_channel(
+                ch,
+                Box::new(ServerSink {
+                    channel: ch,
+                    tx: self.out.clone(),
+                }),
+            );
             let max_message_size = self.admission.limits.max_message_size;
             self.channels
                 .insert(ch, ServerChannel::new(ch, core, max_message_size));
@@ -664,6 +704,10 @@ impl Conn {
                     .map_err(|e| e.during(10, 40))?;
                 // Consumers refused for a full writer queue resume from it.
                 self.out.set_resumer(conn.resumer());
+                if let Some(e) = self.endpoints {
+                    conn.set_info(self.info(e));
+                }
+                self.forced = Some(conn.forced_close());
                 self.conn = Some(conn);
                 self.phase = Phase::Running;
                 self.close_deadline = None;
@@ -715,6 +759,25 @@ impl Conn {
         }
     }
 
+    /// What operators see of this connection.
+    fn info(&self, e: Endpoints) -> ConnectionInfo {
+        ConnectionInfo {
+            name: format!("{} -> {}", e.peer, e.local),
+            peer_host: e.peer.ip().to_canonical().to_string(),
+            peer_port: e.peer.port(),
+            host: e.local.ip().to_canonical().to_string(),
+            port: e.local.port(),
+            client_properties: self.client_properties.clone(),
+            frame_max: self.frame_max,
+            channel_max: self.channel_max,
+            timeout: self.heartbeat,
+            protocol: "AMQP 0-9-1".to_owned(),
+            auth_mechanism: self.auth_mechanism.clone(),
+            ssl: e.tls,
+            connected_at: self.connected_at,
+        }
+    }
+
     fn send_close_ok(&self) {
         self.send(
             0,
@@ -730,6 +793,8 @@ impl Conn {
             self.flow.set_capable(on("connection.blocked"));
         }
         let mech = s.mechanism.as_str();
+        self.auth_mechanism = mech.to_owned();
+        self.client_properties = s.client_properties.clone();
         let creds = match mech {
             "PLAIN" => parse_plain(s.response.as_bytes()),
             "AMQPLAIN" => parse_amqplain(s.response.as_bytes()),
@@ -797,6 +862,22 @@ impl Conn {
         );
         Ok(())
     }
+}
+
+/// Resolves with the reason once an operator asks to close the connection;
+/// never without a watch (or once the watch is gone).
+async fn forced_close(rx: Option<watch::Receiver<Option<String>>>) -> String {
+    if let Some(mut rx) = rx {
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 fn not_open(ch: u16) -> AmqpError {

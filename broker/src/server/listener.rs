@@ -46,9 +46,12 @@ pub(crate) async fn accept_loop(
                     tokio::spawn(async move {
                         match tls {
                             None => {
+                                let endpoints = stream.local_addr().ok().map(|local| {
+                                    super::connection::Endpoints { peer, local, tls: false }
+                                });
                                 super::connection::serve(
                                     stream,
-                                    Some(peer.ip()),
+                                    endpoints,
                                     None,
                                     core,
                                     admission,
@@ -87,6 +90,14 @@ async fn serve_tls(
     admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let endpoints = stream
+        .local_addr()
+        .ok()
+        .map(|local| super::connection::Endpoints {
+            peer,
+            local,
+            tls: true,
+        });
     let handshake = async {
         let mut first = [0u8; 4];
         if let Ok(4) = stream.peek(&mut first).await {
@@ -118,5 +129,5 @@ async fn serve_tls(
         .and_then(|chain| chain.first())
         .and_then(|leaf| super::tls::common_name(leaf));
     tracing::debug!(%peer, ?external, "TLS connection");
-    super::connection::serve(stream, Some(peer.ip()), external, core, admission, shutdown).await;
+    super::connection::serve(stream, endpoints, external, core, admission, shutdown).await;
 }

@@ -82,9 +82,14 @@ impl Drop for CoreChannel {
 }
 
 impl CoreChannel {
-    pub(crate) fn new(conn: Arc<Session>, id: u64, sink: Box<dyn ChannelSink>) -> Self {
+    pub(crate) fn new(
+        conn: Arc<Session>,
+        id: u64,
+        number: u16,
+        sink: Box<dyn ChannelSink>,
+    ) -> Self {
         Self {
-            shared: Arc::new(ChannelShared::new(conn, id, sink)),
+            shared: Arc::new(ChannelShared::new(conn, id, number, sink)),
         }
     }
 
@@ -379,7 +384,7 @@ impl CoreChannel {
             no_ack,
             exclusive,
             nowait,
-            arguments: _,
+            arguments,
         } = options;
         let emit_ok = !nowait;
         self.check_open()?;
@@ -432,6 +437,8 @@ impl CoreChannel {
             let c = Arc::new(Consumer {
                 tag: tag.clone(),
                 no_ack,
+                exclusive,
+                arguments,
                 prefetch: u32::from(st.consumer_prefetch),
                 unacked: std::sync::atomic::AtomicU32::new(0),
                 channel: Arc::downgrade(sh),
@@ -633,6 +640,7 @@ impl CoreChannel {
         let mut st = self.shared.st();
         st.next_tag += 1;
         let tag = st.next_tag;
+        q.counters.delivered(m.redelivered, !no_ack, m.size());
         let out = GetOk {
             delivery_tag: tag,
             redelivered: m.redelivered,

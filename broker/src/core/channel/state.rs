@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::ShortString;
+use amq_protocol::types::{FieldTable, ShortString};
 use bytes::Bytes;
 
 use super::events::{ChannelEvent, ChannelSink, Delivery};
@@ -27,6 +27,7 @@ use crate::core::message::{Message, QueuedMessage};
 use crate::core::queue::{DeadLetters, DeadReason, Queue, Subscriber};
 use crate::core::reply_to::ReplyTarget;
 use crate::core::session::{Attached, Session};
+use crate::core::snapshot::{ChannelSnapshot, ConsumerSnapshot};
 
 pub(super) struct Unacked {
     pub(super) queue: Arc<Queue>,
@@ -87,6 +88,8 @@ pub(super) struct ChState {
 /// Shared part of a channel (reached by its consumers, weakly).
 pub(crate) struct ChannelShared {
     pub(super) id: u64,
+    /// The AMQP channel number, for operators.
+    number: u16,
     pub(super) conn: Arc<Session>,
     pub(super) sink: Box<dyn ChannelSink>,
     state: Mutex<ChState>,
@@ -105,9 +108,15 @@ impl fmt::Debug for ChannelShared {
 }
 
 impl ChannelShared {
-    pub(super) fn new(conn: Arc<Session>, id: u64, sink: Box<dyn ChannelSink>) -> Self {
+    pub(super) fn new(
+        conn: Arc<Session>,
+        id: u64,
+        number: u16,
+        sink: Box<dyn ChannelSink>,
+    ) -> Self {
         Self {
             id,
+            number,
             conn,
             sink,
             state: Mutex::new(ChState::default()),
@@ -142,6 +151,9 @@ impl ChannelShared {
             redelivered: msg.redelivered,
             message: msg.msg.clone(),
         });
+        queue
+            .counters
+            .delivered(msg.redelivered, !consumer.no_ack, msg.size());
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::AcqRel);
             self.unacked_count.fetch_add(1, Ordering::AcqRel);
@@ -181,9 +193,12 @@ impl ChannelShared {
         }
     }
 
-    fn release(&self, taken: &[Unacked]) {
+    /// Counts taken deliveries off their consumers' and queues' windows
+    /// (`acked`: they were acknowledged).
+    fn release(&self, taken: &[Unacked], acked: bool) {
         let mut n = 0;
         for u in taken {
+            u.queue.counters.settled(acked, u.msg.size());
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::AcqRel);
                 n += 1;
@@ -253,7 +268,7 @@ impl ChannelShared {
 
     /// Settles taken deliveries: acked, requeued, or dead-lettered as rejected.
     pub(super) fn settle_taken(&self, taken: Vec<Unacked>, ack: bool, requeue: bool) {
-        self.release(&taken);
+        self.release(&taken, ack);
         if ack {
         } else if requeue {
             self.requeue_all(taken);
@@ -297,7 +312,7 @@ impl ChannelShared {
             self.unsubscribe(&c);
         }
         let taken: Vec<Unacked> = unacked.into_values().collect();
-        self.release(&taken);
+        self.release(&taken, false);
         self.requeue_all(taken);
         self.conn.forget_channel(self.id);
     }
@@ -335,6 +350,51 @@ impl Attached for ChannelShared {
     fn redispatch(&self) {
         ChannelShared::redispatch(self, true);
     }
+
+    fn snapshot(&self) -> (ChannelSnapshot, Vec<ConsumerSnapshot>) {
+        // The session's register first (a leaf), then the channel's state.
+        let connection = self.conn.name();
+        let name = format!("{connection} ({})", self.number);
+        let vhost = self.conn.vhost.name.clone();
+        let st = self.st();
+        let mut consumers: Vec<ConsumerSnapshot> = st
+            .consumers
+            .values()
+            .map(|c| ConsumerSnapshot {
+                vhost: vhost.clone(),
+                queue: c
+                    .queue_ref
+                    .upgrade()
+                    .map(|q| q.name.clone())
+                    .unwrap_or_default(),
+                channel: name.clone(),
+                connection_id: self.conn.id,
+                channel_number: self.number,
+                consumer_tag: c.tag.to_string(),
+                ack_required: !c.no_ack,
+                exclusive: c.exclusive,
+                prefetch_count: c.prefetch,
+                arguments: c.arguments.clone(),
+                active: true,
+            })
+            .collect();
+        consumers.sort_by(|a, b| a.consumer_tag.cmp(&b.consumer_tag));
+        let channel = ChannelSnapshot {
+            connection_id: self.conn.id,
+            connection,
+            name,
+            number: self.number,
+            user: self.conn.user.clone(),
+            vhost,
+            prefetch_count: u32::from(st.consumer_prefetch),
+            global_prefetch_count: self.global_prefetch.load(Ordering::Acquire),
+            messages_unacknowledged: st.unacked.len() as u64,
+            consumer_count: (st.consumers.len() + usize::from(st.reply.is_some())) as u64,
+            confirm: st.confirm,
+            transactional: st.tx.is_some(),
+        };
+        (channel, consumers)
+    }
 }
 
 /// A consumer: one channel's subscription to one queue, with its own
@@ -345,6 +405,10 @@ pub(crate) struct Consumer {
     pub(super) tag: ShortString,
     /// Deliveries need no acknowledgement.
     pub(super) no_ack: bool,
+    /// An exclusive consumer.
+    pub(super) exclusive: bool,
+    /// `basic.consume`'s arguments.
+    pub(super) arguments: FieldTable,
     /// Per-consumer prefetch window (0 = unlimited).
     pub(super) prefetch: u32,
     /// Deliveries not yet acknowledged.

@@ -58,6 +58,19 @@ impl DirectRouter {
         self.by_key.values().flatten().cloned().collect()
     }
 
+    /// Its bindings (a direct exchange keeps no binding arguments).
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut out = Vec::with_capacity(self.count);
+        for (key, dests) in &self.by_key {
+            out.extend(dests.iter().map(|d| Binding {
+                destination: d.clone(),
+                routing_key: key.clone(),
+                arguments: Default::default(),
+            }));
+        }
+        out
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.count

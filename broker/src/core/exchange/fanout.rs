@@ -41,6 +41,18 @@ impl FanoutRouter {
         before - self.bindings.len()
     }
 
+    /// Its bindings (a fanout exchange keeps no binding arguments).
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.bindings
+            .iter()
+            .map(|(d, k)| Binding {
+                destination: d.clone(),
+                routing_key: k.clone(),
+                arguments: Default::default(),
+            })
+            .collect()
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.bindings.len()

@@ -172,6 +172,18 @@ impl HeadersRouter {
         before - self.bindings.len()
     }
 
+    /// Its bindings, with their arguments.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.bindings
+            .iter()
+            .map(|b| Binding {
+                destination: b.destination.clone(),
+                routing_key: b.routing_key.clone(),
+                arguments: b.arguments.clone(),
+            })
+            .collect()
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.bindings.len()

@@ -8,6 +8,7 @@ mod fanout;
 mod headers;
 mod topic;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::RwLock;
 
 use amq_protocol::types::FieldTable;
@@ -152,6 +153,16 @@ impl Router {
         }
     }
 
+    /// Its bindings, in no particular order.
+    pub fn bindings(&self) -> Vec<Binding> {
+        match self {
+            Self::Direct(r) => r.bindings(),
+            Self::Fanout(r) => r.bindings(),
+            Self::Topic(r) => r.bindings(),
+            Self::Headers(r) => r.bindings(),
+        }
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         match self {
@@ -200,6 +211,10 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// The binding table.
     pub router: RwLock<Router>,
+    /// Messages published to it, ever (RabbitMQ's `publish_in`).
+    pub(crate) publish_in: AtomicU64,
+    /// Of those, the ones routed to a queue (`publish_out`).
+    pub(crate) publish_out: AtomicU64,
 }
 
 impl Exchange {
@@ -220,6 +235,8 @@ impl Exchange {
             internal,
             arguments,
             router: RwLock::new(Router::new(kind)),
+            publish_in: AtomicU64::new(0),
+            publish_out: AtomicU64::new(0),
         }
     }
 

@@ -186,6 +186,34 @@ impl TopicRouter {
         out
     }
 
+    /// Its bindings (a topic exchange keeps no binding arguments). The key
+    /// is the path to its node, or the one kept for a collapsed run of `#`.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut todo: Vec<(&Node, Vec<&str>)> = vec![(&self.root, Vec::new())];
+        while let Some((n, path)) = todo.pop() {
+            for (d, key) in &n.dests {
+                out.push(Binding {
+                    destination: d.clone(),
+                    routing_key: key.as_deref().map_or_else(|| path.join("."), str::to_owned),
+                    arguments: Default::default(),
+                });
+            }
+            let children = n
+                .words
+                .iter()
+                .map(|(w, c)| (w.as_str(), c))
+                .chain(n.star.as_deref().map(|c| ("*", c)))
+                .chain(n.hash.as_deref().map(|c| ("#", c)));
+            for (w, c) in children {
+                let mut p = path.clone();
+                p.push(w);
+                todo.push((c, p));
+            }
+        }
+        out
+    }
+
     /// Number of bindings.
     pub fn len(&self) -> usize {
         self.count
