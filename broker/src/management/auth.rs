@@ -61,8 +61,8 @@ impl Caller {
 /// The user an `Authorization: Basic` header names, if its password checks
 /// out and it has a management tag.
 pub(crate) fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let (name, password) = credentials(headers)
-        .ok_or_else(|| ApiError::unauthenticated("Not_Authorized"))?;
+    let (name, password) =
+        credentials(headers).ok_or_else(|| ApiError::unauthenticated("Not_Authorized"))?;
     if !core.authenticate(&name, &password) {
         return Err(ApiError::unauthenticated("Not_Authorized"));
     }

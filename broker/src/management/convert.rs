@@ -25,8 +25,12 @@ pub(crate) fn value_to_json(value: &AMQPValue) -> Value {
             Number::from_f64(v).map_or(Value::Null, Value::Number)
         }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
         AMQPValue::FieldTable(t) => table_to_json(t),
         AMQPValue::Void => Value::Null,
@@ -55,9 +59,9 @@ pub(crate) fn json_to_value(value: &Value) -> AMQPValue {
             None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
         },
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>()))
-        }
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(json_to_value).collect::<Vec<_>>(),
+        )),
         Value::Object(map) => AMQPValue::FieldTable(object_to_table(map)),
     }
 }
@@ -97,7 +101,10 @@ pub(crate) fn flag(body: &Map<String, Value>, name: &str, default: bool) -> Resu
 }
 
 /// A string field of a request body.
-pub(crate) fn text<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+pub(crate) fn text<'a>(
+    body: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -109,13 +116,18 @@ pub(crate) fn text<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Optio
 pub(crate) fn count(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| format!("{name} must be a non-negative integer")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{name} must be a non-negative integer")),
         Some(Value::String(s)) => s
             .trim()
             .parse()
             .map(Some)
             .map_err(|_| format!("{name} must be a non-negative integer, not {s:?}")),
-        Some(other) => Err(format!("{name} must be a non-negative integer, not {other}")),
+        Some(other) => Err(format!(
+            "{name} must be a non-negative integer, not {other}"
+        )),
     }
 }
 
@@ -182,7 +194,7 @@ pub(crate) fn properties_from_json(map: &Map<String, Value>) -> Result<BasicProp
                 Some(t) => p.with_timestamp(t),
                 None => return Err("property timestamp must be an integer".into()),
             },
-            "type" => p.with_kind(short(k, v)?),
+            "type" => p.with_type(short(k, v)?),
             "user_id" => p.with_user_id(short(k, v)?),
             "app_id" => p.with_app_id(short(k, v)?),
             other => return Err(format!("unknown message property {other:?}")),
@@ -198,7 +210,9 @@ mod tests {
     #[test]
     fn arguments_round_trip_as_rabbitmq_stores_them() {
         let json = serde_json::json!({"x-message-ttl": 5000, "x-dead-letter-exchange": "dlx", "flag": true, "f": 1.5});
-        let Value::Object(map) = &json else { unreachable!() };
+        let Value::Object(map) = &json else {
+            unreachable!()
+        };
         let table = object_to_table(map);
         assert_eq!(
             table.inner().get("x-message-ttl"),
@@ -210,7 +224,9 @@ mod tests {
     #[test]
     fn flags_accept_rabbitmqadmins_strings_and_refuse_the_rest() {
         let body = serde_json::json!({"a": "true", "b": false, "c": "FALSE", "d": 3});
-        let Value::Object(body) = body else { unreachable!() };
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
         assert_eq!(flag(&body, "a", false), Ok(true));
         assert_eq!(flag(&body, "b", true), Ok(false));
         assert_eq!(flag(&body, "c", true), Ok(false));
@@ -221,14 +237,20 @@ mod tests {
     #[test]
     fn properties_round_trip_and_bad_ones_are_refused() {
         let json = serde_json::json!({"delivery_mode": 2, "content_type": "text/plain", "headers": {"k": "v"}, "priority": 3});
-        let Value::Object(map) = &json else { unreachable!() };
+        let Value::Object(map) = &json else {
+            unreachable!()
+        };
         let p = properties_from_json(map).expect("valid");
         assert_eq!(properties_to_json(&p), json);
         let bad = serde_json::json!({"delivery_mode": 300});
-        let Value::Object(bad) = &bad else { unreachable!() };
+        let Value::Object(bad) = &bad else {
+            unreachable!()
+        };
         assert!(properties_from_json(bad).is_err());
         let unknown = serde_json::json!({"colour": "red"});
-        let Value::Object(unknown) = &unknown else { unreachable!() };
+        let Value::Object(unknown) = &unknown else {
+            unreachable!()
+        };
         assert!(properties_from_json(unknown).is_err());
     }
 }

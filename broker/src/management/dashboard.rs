@@ -16,7 +16,10 @@ const PAGE: &str = include_str!("dashboard.html");
 
 /// `GET /`: the page. Credentials sent with it must be valid (a browser
 /// given them in the URL sends them); without any, the page asks for them.
-pub(crate) async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn page(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if headers.contains_key(header::AUTHORIZATION) {
         s.caller(&headers)?;
     }

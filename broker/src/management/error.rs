@@ -54,7 +54,11 @@ impl ApiError {
 
     /// 405.
     pub fn method_not_allowed() -> Self {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "Method Not Allowed")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "Method Not Allowed",
+        )
     }
 }
 
@@ -88,7 +92,10 @@ impl IntoResponse for ApiError {
         if self.challenge {
             (
                 self.status,
-                [(header::WWW_AUTHENTICATE, "Basic realm=\"RabbitMQ Management\"")],
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"RabbitMQ Management\"",
+                )],
                 body,
             )
                 .into_response()

@@ -44,13 +44,23 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
     let connections = core.list_connections();
     let channels = core.list_channels();
     let consumers = core.list_consumers(None).unwrap_or_default();
-    family(&mut out, "rabbitmq_identity_info", "untyped", "RabbitMQ node & cluster identity info");
+    family(
+        &mut out,
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
     let _ = writeln!(
         out,
         "rabbitmq_identity_info{{rabbitmq_node=\"{0}\",rabbitmq_cluster=\"{0}\",rabbitmq_cluster_permanent_id=\"{0}\"}} 1",
         escape(&s.node)
     );
-    family(&mut out, "rabbitmq_build_info", "untyped", "RabbitMQ & Erlang/OTP version info");
+    family(
+        &mut out,
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
+    );
     let _ = writeln!(
         out,
         "rabbitmq_build_info{{rabbitmq_version=\"{}\",prometheus_plugin_version=\"{}\",erlang_version=\"none\",product=\"warren\",product_version=\"{}\"}} 1",
@@ -58,23 +68,87 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
         super::RABBITMQ_VERSION,
         env!("CARGO_PKG_VERSION")
     );
-    one(&mut out, "rabbitmq_connections", "gauge", "Connections currently open", connections.len() as u64);
-    one(&mut out, "rabbitmq_channels", "gauge", "Channels currently open", channels.len() as u64);
-    one(&mut out, "rabbitmq_consumers", "gauge", "Consumers currently connected", consumers.len() as u64);
-    one(&mut out, "rabbitmq_queues", "gauge", "Queues available", queues.len() as u64);
-    one(&mut out, "rabbitmq_exchanges", "gauge", "Exchanges available", exchanges.len() as u64);
+    one(
+        &mut out,
+        "rabbitmq_connections",
+        "gauge",
+        "Connections currently open",
+        connections.len() as u64,
+    );
+    one(
+        &mut out,
+        "rabbitmq_channels",
+        "gauge",
+        "Channels currently open",
+        channels.len() as u64,
+    );
+    one(
+        &mut out,
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers currently connected",
+        consumers.len() as u64,
+    );
+    one(
+        &mut out,
+        "rabbitmq_queues",
+        "gauge",
+        "Queues available",
+        queues.len() as u64,
+    );
+    one(
+        &mut out,
+        "rabbitmq_exchanges",
+        "gauge",
+        "Exchanges available",
+        exchanges.len() as u64,
+    );
     let gauges: [(&str, &str, fn(&crate::core::admin::QueueSnapshot) -> u64); 5] = [
-        ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers", |q| q.messages_ready),
-        ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged", |q| q.messages_unacknowledged),
-        ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages - total queue depth", |q| q.messages),
-        ("rabbitmq_queue_messages_bytes", "Size in bytes of ready and unacknowledged messages", |q| q.message_bytes),
-        ("rabbitmq_queue_consumers", "Consumers on a queue", |q| q.consumers),
+        (
+            "rabbitmq_queue_messages_ready",
+            "Messages ready to be delivered to consumers",
+            |q| q.messages_ready,
+        ),
+        (
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered to consumers but not yet acknowledged",
+            |q| q.messages_unacknowledged,
+        ),
+        (
+            "rabbitmq_queue_messages",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            |q| q.messages,
+        ),
+        (
+            "rabbitmq_queue_messages_bytes",
+            "Size in bytes of ready and unacknowledged messages",
+            |q| q.message_bytes,
+        ),
+        ("rabbitmq_queue_consumers", "Consumers on a queue", |q| {
+            q.consumers
+        }),
     ];
     let counters: [(&str, &str, fn(&crate::core::admin::QueueSnapshot) -> u64); 4] = [
-        ("rabbitmq_queue_messages_published_total", "Total number of messages published to queues", |q| q.published),
-        ("rabbitmq_queue_messages_delivered_total", "Total number of messages delivered from queues to consumers", |q| q.delivered),
-        ("rabbitmq_queue_messages_acked_total", "Total number of messages acknowledged by consumers on queues", |q| q.acked),
-        ("rabbitmq_queue_messages_redelivered_total", "Total number of messages redelivered from queues to consumers", |q| q.redelivered),
+        (
+            "rabbitmq_queue_messages_published_total",
+            "Total number of messages published to queues",
+            |q| q.published,
+        ),
+        (
+            "rabbitmq_queue_messages_delivered_total",
+            "Total number of messages delivered from queues to consumers",
+            |q| q.delivered,
+        ),
+        (
+            "rabbitmq_queue_messages_acked_total",
+            "Total number of messages acknowledged by consumers on queues",
+            |q| q.acked,
+        ),
+        (
+            "rabbitmq_queue_messages_redelivered_total",
+            "Total number of messages redelivered from queues to consumers",
+            |q| q.redelivered,
+        ),
     ];
     for (names, kind) in [(&gauges[..], "gauge"), (&counters[..], "counter")] {
         for (name, help, get) in names {
@@ -96,20 +170,87 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
     }
     let published: u64 = exchanges.iter().map(|x| x.publish_in).sum();
     let routed: u64 = exchanges.iter().map(|x| x.publish_out).sum();
-    let sum = |get: fn(&crate::core::admin::QueueSnapshot) -> u64| queues.iter().map(get).sum::<u64>();
-    one(&mut out, "rabbitmq_global_messages_received_total", "counter", "Total number of messages received from publishers", published);
-    one(&mut out, "rabbitmq_global_messages_routed_total", "counter", "Total number of messages routed to queues or streams", routed);
+    let sum =
+        |get: fn(&crate::core::admin::QueueSnapshot) -> u64| queues.iter().map(get).sum::<u64>();
+    one(
+        &mut out,
+        "rabbitmq_global_messages_received_total",
+        "counter",
+        "Total number of messages received from publishers",
+        published,
+    );
+    one(
+        &mut out,
+        "rabbitmq_global_messages_routed_total",
+        "counter",
+        "Total number of messages routed to queues or streams",
+        routed,
+    );
     one(&mut out, "rabbitmq_global_messages_unroutable_dropped_total", "counter", "Total number of messages published as non-mandatory into an exchange and dropped as unroutable", published.saturating_sub(routed));
-    one(&mut out, "rabbitmq_global_messages_delivered_total", "counter", "Total number of messages delivered to consumers", sum(|q| q.delivered));
-    one(&mut out, "rabbitmq_global_messages_acknowledged_total", "counter", "Total number of messages acknowledged by consumers", sum(|q| q.acked));
-    one(&mut out, "rabbitmq_global_messages_redelivered_total", "counter", "Total number of messages redelivered to consumers", sum(|q| q.redelivered));
+    one(
+        &mut out,
+        "rabbitmq_global_messages_delivered_total",
+        "counter",
+        "Total number of messages delivered to consumers",
+        sum(|q| q.delivered),
+    );
+    one(
+        &mut out,
+        "rabbitmq_global_messages_acknowledged_total",
+        "counter",
+        "Total number of messages acknowledged by consumers",
+        sum(|q| q.acked),
+    );
+    one(
+        &mut out,
+        "rabbitmq_global_messages_redelivered_total",
+        "counter",
+        "Total number of messages redelivered to consumers",
+        sum(|q| q.redelivered),
+    );
     let memory = core.memory();
-    one(&mut out, "rabbitmq_process_resident_memory_bytes", "gauge", "Memory used in bytes", resident_memory().unwrap_or(memory.tracked() as u64));
-    one(&mut out, "rabbitmq_resident_memory_limit_bytes", "gauge", "Memory high watermark in bytes", memory.watermark() as u64);
-    one(&mut out, "warren_message_memory_bytes", "gauge", "Bytes of messages the broker holds (what the memory alarm counts)", memory.tracked() as u64);
-    one(&mut out, "rabbitmq_alarms_memory_used_watermark", "gauge", "is 1 if VM memory watermark alarm is in effect", u64::from(memory.alarm()));
-    one(&mut out, "rabbitmq_alarms_free_disk_space_watermark", "gauge", "is 1 if free disk space watermark alarm is in effect", 0);
-    one(&mut out, "rabbitmq_alarms_file_descriptor_limit", "gauge", "is 1 if file descriptor limit alarm is in effect", 0);
+    one(
+        &mut out,
+        "rabbitmq_process_resident_memory_bytes",
+        "gauge",
+        "Memory used in bytes",
+        resident_memory().unwrap_or(memory.tracked() as u64),
+    );
+    one(
+        &mut out,
+        "rabbitmq_resident_memory_limit_bytes",
+        "gauge",
+        "Memory high watermark in bytes",
+        memory.watermark() as u64,
+    );
+    one(
+        &mut out,
+        "warren_message_memory_bytes",
+        "gauge",
+        "Bytes of messages the broker holds (what the memory alarm counts)",
+        memory.tracked() as u64,
+    );
+    one(
+        &mut out,
+        "rabbitmq_alarms_memory_used_watermark",
+        "gauge",
+        "is 1 if VM memory watermark alarm is in effect",
+        u64::from(memory.alarm()),
+    );
+    one(
+        &mut out,
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "gauge",
+        "is 1 if free disk space watermark alarm is in effect",
+        0,
+    );
+    one(
+        &mut out,
+        "rabbitmq_alarms_file_descriptor_limit",
+        "gauge",
+        "is 1 if file descriptor limit alarm is in effect",
+        0,
+    );
     if let Some(extra) = &s.extra_metrics {
         out.push_str(&extra());
     }

@@ -79,15 +79,17 @@ impl Sample {
     }
 
     fn queue_total(&self) -> QueueCounts {
-        self.queues.values().fold(QueueCounts::default(), |a, q| QueueCounts {
-            published: a.published + q.published,
-            delivered: a.delivered + q.delivered,
-            acked: a.acked + q.acked,
-            redelivered: a.redelivered + q.redelivered,
-            messages: a.messages + q.messages,
-            ready: a.ready + q.ready,
-            unacked: a.unacked + q.unacked,
-        })
+        self.queues
+            .values()
+            .fold(QueueCounts::default(), |a, q| QueueCounts {
+                published: a.published + q.published,
+                delivered: a.delivered + q.delivered,
+                acked: a.acked + q.acked,
+                redelivered: a.redelivered + q.redelivered,
+                messages: a.messages + q.messages,
+                ready: a.ready + q.ready,
+                unacked: a.unacked + q.unacked,
+            })
     }
 
     fn publish_total(&self) -> u64 {
@@ -183,12 +185,12 @@ impl Rates {
     /// A queue's rates.
     pub fn queue(&self, vhost: &str, name: &str) -> QueueRates {
         let key = (vhost.to_owned(), name.to_owned());
-        self.with(|before, now, secs| {
-            match (now.queues.get(&key), before.queues.get(&key)) {
+        self.with(
+            |before, now, secs| match (now.queues.get(&key), before.queues.get(&key)) {
                 (Some(n), Some(b)) => Rates::queue_rates(n, b, secs),
                 _ => QueueRates::default(),
-            }
-        })
+            },
+        )
     }
 
     /// The rates of every queue together, and the rate of publishes into
@@ -204,15 +206,15 @@ impl Rates {
     /// An exchange's rates.
     pub fn exchange(&self, vhost: &str, name: &str) -> ExchangeRates {
         let key = (vhost.to_owned(), name.to_owned());
-        self.with(|before, now, secs| {
-            match (now.exchanges.get(&key), before.exchanges.get(&key)) {
+        self.with(
+            |before, now, secs| match (now.exchanges.get(&key), before.exchanges.get(&key)) {
                 (Some(n), Some(b)) => ExchangeRates {
                     publish_in: per_second(n.publish_in, b.publish_in, secs).max(0.0),
                     publish_out: per_second(n.publish_out, b.publish_out, secs).max(0.0),
                 },
                 _ => ExchangeRates::default(),
-            }
-        })
+            },
+        )
     }
 }
 

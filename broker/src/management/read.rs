@@ -56,10 +56,19 @@ pub(crate) async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -
         .filter(|c| visible(&c.vhost))
         .count();
     let (messages, ready, unacked) = queues.iter().fold((0, 0, 0), |(m, r, u), q| {
-        (m + q.messages, r + q.messages_ready, u + q.messages_unacknowledged)
+        (
+            m + q.messages,
+            r + q.messages_ready,
+            u + q.messages_unacknowledged,
+        )
     });
     let stats = queues.iter().fold((0, 0, 0, 0), |(p, d, a, r), q| {
-        (p + q.published, d + q.delivered, a + q.acked, r + q.redelivered)
+        (
+            p + q.published,
+            d + q.delivered,
+            a + q.acked,
+            r + q.redelivered,
+        )
     });
     let (rates, publish_rate) = s.rates.totals();
     let publish: u64 = s
@@ -146,7 +155,10 @@ pub(crate) async fn nodes(State(s): State<Arc<Shared>>, headers: HeaderMap) -> A
 }
 
 /// `GET /api/health/checks/alarms`: 200 without alarms, 503 with.
-pub(crate) async fn alarms(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn alarms(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     s.caller(&headers)?;
     if s.core.memory().alarm() {
         let body = json!({
@@ -170,12 +182,17 @@ pub(crate) async fn vhosts(State(s): State<Arc<Shared>>, headers: HeaderMap) -> 
         .iter()
         .filter(|v| caller.may_use(&s.core, &v.name))
         .map(|v| {
-            let totals = queues
-                .iter()
-                .filter(|q| q.vhost == v.name)
-                .fold((0, 0, 0), |(m, r, u), q| {
-                    (m + q.messages, r + q.messages_ready, u + q.messages_unacknowledged)
-                });
+            let totals =
+                queues
+                    .iter()
+                    .filter(|q| q.vhost == v.name)
+                    .fold((0, 0, 0), |(m, r, u), q| {
+                        (
+                            m + q.messages,
+                            r + q.messages_ready,
+                            u + q.messages_unacknowledged,
+                        )
+                    });
             views::vhost(v, totals, &s.node)
         })
         .collect();
@@ -202,7 +219,11 @@ pub(crate) async fn vhost(
         .unwrap_or_default()
         .iter()
         .fold((0, 0, 0), |(m, r, u), q| {
-            (m + q.messages, r + q.messages_ready, u + q.messages_unacknowledged)
+            (
+                m + q.messages,
+                r + q.messages_ready,
+                u + q.messages_unacknowledged,
+            )
         });
     Ok(Json(views::vhost(&v, totals, &s.node)))
 }
@@ -227,7 +248,11 @@ pub(crate) async fn user(
 pub(crate) async fn permissions(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
     s.caller(&headers)?.require_administrator()?;
     Ok(Json(
-        s.core.list_permissions().iter().map(views::permission).collect(),
+        s.core
+            .list_permissions()
+            .iter()
+            .map(views::permission)
+            .collect(),
     ))
 }
 
@@ -294,7 +319,11 @@ pub(crate) async fn queue(
     let caller = s.caller(&headers)?;
     vhost_scope(&s, &caller, Some(&vhost))?;
     let q = s.core.queue_info(&vhost, &name)?;
-    Ok(Json(views::queue(&q, &s.rates.queue(&vhost, &name), &s.node)))
+    Ok(Json(views::queue(
+        &q,
+        &s.rates.queue(&vhost, &name),
+        &s.node,
+    )))
 }
 
 fn exchanges_in(s: &Shared, headers: &HeaderMap, vhost: Option<&str>) -> Answer {

@@ -191,7 +191,11 @@ pub(crate) fn channel(c: &ChannelSnapshot, peer: Option<&ConnectionSnapshot>, no
 }
 
 /// A consumer.
-pub(crate) fn consumer(c: &ConsumerSnapshot, peer: Option<&ConnectionSnapshot>, node: &str) -> Value {
+pub(crate) fn consumer(
+    c: &ConsumerSnapshot,
+    peer: Option<&ConnectionSnapshot>,
+    node: &str,
+) -> Value {
     json!({
         "consumer_tag": c.consumer_tag,
         "queue": {"name": c.queue, "vhost": c.vhost},

@@ -144,9 +144,8 @@ pub(crate) async fn put_user(
         }
         return Ok(StatusCode::NO_CONTENT);
     }
-    let hash = hash.ok_or_else(|| {
-        ApiError::bad_request("a new user needs a password or a password_hash")
-    })?;
+    let hash = hash
+        .ok_or_else(|| ApiError::bad_request("a new user needs a password or a password_hash"))?;
     s.core
         .add_user_with_hash(&name, hash, &tags.unwrap_or_default())?;
     Ok(StatusCode::CREATED)
@@ -343,7 +342,9 @@ pub(crate) async fn put_exchange(
         internal: flag(&body, "internal", false)?,
         arguments: arguments(&body)?,
     };
-    Ok(created(s.core.declare_exchange(&vhost, &name, kind, options)?))
+    Ok(created(
+        s.core.declare_exchange(&vhost, &name, kind, options)?,
+    ))
 }
 
 /// `DELETE /api/exchanges/{vhost}/{name}`.
@@ -371,7 +372,8 @@ pub(crate) async fn publish(
     let body = object(&body)?;
     let routing_key = text(&body, "routing_key")?
         .ok_or_else(|| ApiError::bad_request("routing_key is required"))?;
-    let payload = text(&body, "payload")?.ok_or_else(|| ApiError::bad_request("payload is required"))?;
+    let payload =
+        text(&body, "payload")?.ok_or_else(|| ApiError::bad_request("payload is required"))?;
     let payload = match text(&body, "payload_encoding")? {
         Some("string") | None => payload.as_bytes().to_vec(),
         Some("base64") => base64::engine::general_purpose::STANDARD
@@ -424,11 +426,19 @@ pub(crate) async fn post_binding(
         "/api/bindings/{}/e/{}/{}/{}/{}",
         views::percent_encode(&vhost),
         views::percent_encode(&source),
-        if kind == DestinationType::Queue { "q" } else { "e" },
+        if kind == DestinationType::Queue {
+            "q"
+        } else {
+            "e"
+        },
         views::percent_encode(&destination),
         key
     );
-    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)]).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response())
 }
 
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
@@ -471,7 +481,11 @@ pub(crate) async fn close_connection(
     Path(name): Path<String>,
 ) -> Done {
     let caller = s.caller(&headers)?;
-    if !s.visible_connections(&caller).iter().any(|c| c.name == name) {
+    if !s
+        .visible_connections(&caller)
+        .iter()
+        .any(|c| c.name == name)
+    {
         return Err(ApiError::not_found());
     }
     let reason = headers
