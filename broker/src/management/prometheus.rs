@@ -98,7 +98,7 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
     );
     one(
         &mut out,
-        "rabbitmq_exchanges",
+        "warren_exchanges",
         "gauge",
         "Exchanges available",
         exchanges.len() as u64,
@@ -135,17 +135,17 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
             |q| q.published,
         ),
         (
-            "rabbitmq_queue_messages_delivered_total",
+            "warren_queue_messages_delivered_total",
             "Total number of messages delivered from queues to consumers",
             |q| q.delivered,
         ),
         (
-            "rabbitmq_queue_messages_acked_total",
+            "warren_queue_messages_acked_total",
             "Total number of messages acknowledged by consumers on queues",
             |q| q.acked,
         ),
         (
-            "rabbitmq_queue_messages_redelivered_total",
+            "warren_queue_messages_redelivered_total",
             "Total number of messages redelivered from queues to consumers",
             |q| q.redelivered,
         ),

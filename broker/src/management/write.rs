@@ -319,7 +319,7 @@ pub(crate) async fn get_messages(
     Ok(Json(Value::Array(list)))
 }
 
-/// `PUT /api/exchanges/{vhost}/{name}`: `type` (required), `durable`,
+/// `PUT /api/exchanges/{vhost}/{name}`: `type` (default `direct`), `durable`,
 /// `auto_delete`, `internal`, `arguments`.
 pub(crate) async fn put_exchange(
     State(s): State<Arc<Shared>>,
@@ -334,7 +334,8 @@ pub(crate) async fn put_exchange(
             "access to exchange '{name}' in vhost '{vhost}' refused: the amq. prefix is reserved"
         )));
     }
-    let kind = text(&body, "type")?.ok_or_else(|| ApiError::bad_request("type is required"))?;
+    // RabbitMQ declares a direct exchange when no type is given.
+    let kind = text(&body, "type")?.unwrap_or("direct");
     let options = ExchangeDeclareOptions {
         passive: false,
         durable: flag(&body, "durable", true)?,
