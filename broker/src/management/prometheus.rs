@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use super::Shared;
+use crate::core::admin::QueueSnapshot;
 
 /// The process's resident memory in bytes, where the system tells.
 pub(crate) fn resident_memory() -> Option<u64> {
@@ -16,6 +17,9 @@ pub(crate) fn resident_memory() -> Option<u64> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096))
 }
+
+/// A queue metric: its name, its help, how to read it off a snapshot.
+type QueueMetric = (&'static str, &'static str, fn(&QueueSnapshot) -> u64);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -103,7 +107,7 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
         "Exchanges available",
         exchanges.len() as u64,
     );
-    let gauges: [(&str, &str, fn(&crate::core::admin::QueueSnapshot) -> u64); 5] = [
+    let gauges: [QueueMetric; 5] = [
         (
             "rabbitmq_queue_messages_ready",
             "Messages ready to be delivered to consumers",
@@ -128,7 +132,7 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
             q.consumers
         }),
     ];
-    let counters: [(&str, &str, fn(&crate::core::admin::QueueSnapshot) -> u64); 4] = [
+    let counters: [QueueMetric; 4] = [
         (
             "rabbitmq_queue_messages_published_total",
             "Total number of messages published to queues",
@@ -170,8 +174,7 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
     }
     let published: u64 = exchanges.iter().map(|x| x.publish_in).sum();
     let routed: u64 = exchanges.iter().map(|x| x.publish_out).sum();
-    let sum =
-        |get: fn(&crate::core::admin::QueueSnapshot) -> u64| queues.iter().map(get).sum::<u64>();
+    let sum = |get: fn(&QueueSnapshot) -> u64| queues.iter().map(get).sum::<u64>();
     one(
         &mut out,
         "rabbitmq_global_messages_received_total",

@@ -119,7 +119,7 @@ pub(crate) async fn put_user(
     let tags = tags(&body)?;
     let hash = match (text(&body, "password")?, text(&body, "password_hash")?) {
         (Some(password), _) => Some(PasswordHash::new(password)),
-        (None, Some(hash)) if hash.is_empty() => None,
+        (None, Some("")) => None,
         (None, Some(hash)) => Some(
             PasswordHash::parse(hash)
                 .map_err(|e| ApiError::bad_request(format!("password_hash: {e}")))?,
