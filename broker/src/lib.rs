@@ -39,7 +39,9 @@
 //! every connection touching that queue or channel.
 #![deny(clippy::await_holding_lock)]
 
+pub mod control;
 pub mod core;
+pub mod definitions;
 #[cfg(feature = "management")]
 pub mod management;
 pub mod server;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use warren_broker::control::ControlSocket;
 use warren_broker::core::PasswordHash;
+use warren_broker::definitions::Definitions;
 use warren_broker::server::TlsConfig;
 
 /// `warren broker` options.
@@ -78,6 +80,21 @@ pub struct BrokerArgs {
     /// unlimited when unset.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// The broker's data directory, where its control socket (`ctl.sock`,
+    /// for `warren ctl`) lives. Default: `$XDG_DATA_HOME/warren`, else
+    /// `~/.local/share/warren`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The control socket's path, instead of `ctl.sock` in the data
+    /// directory. A socket another live broker answers on is left alone
+    /// (this broker then runs without one, and says so).
+    #[arg(long, value_name = "PATH")]
+    ctl_socket: Option<PathBuf>,
+    /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) to
+    /// load at start, as RabbitMQ's `load_definitions`: users, vhosts,
+    /// permissions, exchanges, queues, bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<PathBuf>,
     /// Serve RabbitMQ's management HTTP API, Prometheus `/metrics` and the
     /// dashboard on this address (RabbitMQ uses port 15672). Basic
     /// authentication with the broker's users; their tags
@@ -157,6 +174,38 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.max_connections(max);
     }
     let broker = builder.start().await?;
+    if let Some(path) = &args.definitions {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
+        let summary = Definitions::parse(&text)
+            .and_then(|d| d.import(&broker.core()))
+            .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
+        tracing::info!(
+            file = %path.display(),
+            users = summary.users,
+            vhosts = summary.vhosts,
+            queues = summary.queues,
+            exchanges = summary.exchanges,
+            bindings = summary.bindings,
+            "definitions loaded"
+        );
+        for ignored in &summary.ignored {
+            tracing::warn!(%ignored, "definitions warren does not keep were ignored");
+        }
+    }
+    let ctl_path = args.ctl_socket.clone().unwrap_or_else(|| {
+        args.data_dir
+            .clone()
+            .unwrap_or_else(crate::data_dir::default_data_dir)
+            .join(warren_broker::control::SOCKET_NAME)
+    });
+    let ctl = match ControlSocket::start(&ctl_path, broker.clone()).await {
+        Ok(ctl) => ctl,
+        Err(e) => {
+            tracing::warn!(path = %ctl_path.display(), error = %e, "no control socket (warren ctl)");
+            None
+        }
+    };
     tracing::info!(
         bytes = broker.core().memory().watermark(),
         "memory high watermark"
@@ -183,6 +232,9 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let signal = stop_signal(&broker).await?;
     tracing::info!(signal, "shutting down");
+    if let Some(ctl) = ctl {
+        ctl.stop();
+    }
     broker.shutdown().await;
     Ok(())
 }

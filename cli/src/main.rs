@@ -1,9 +1,12 @@
 //! The `warren` command: `warren broker` runs the embedded AMQP 0-9-1 broker
-//! as a standalone server; `warren bench` generates RPC load against any
+//! as a standalone server; `warren ctl` operates a running one as
+//! `rabbitmqctl` does; `warren bench` generates RPC load against any
 //! broker and reports throughput and latency.
 
 mod bench;
 mod broker;
+mod ctl;
+mod data_dir;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +34,8 @@ enum Command {
     Broker(Box<broker::BrokerArgs>),
     /// Measure RPC calls/s and latency against a broker.
     Bench(Box<bench::BenchArgs>),
+    /// Operate a running broker as rabbitmqctl does (`warren ctl help`).
+    Ctl(ctl::CtlArgs),
 }
 
 fn init_logging() {
@@ -43,14 +48,24 @@ fn init_logging() {
 }
 
 #[tokio::main]
-async fn main() {
-    init_logging();
+async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
-        Command::Broker(args) => broker::run(*args).await,
-        Command::Bench(args) => bench::run(*args).await,
+        // rabbitmqctl's output and exit codes, no log lines.
+        Command::Ctl(args) => return ctl::run(args),
+        Command::Broker(args) => {
+            init_logging();
+            broker::run(*args).await
+        }
+        Command::Bench(args) => {
+            init_logging();
+            bench::run(*args).await
+        }
     };
-    if let Err(e) = result {
-        eprintln!("warren: {e}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

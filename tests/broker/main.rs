@@ -9,7 +9,9 @@
 //! - [`management`]: `warren broker --management` (RabbitMQ's management
 //!   API, `/metrics`, the dashboard) beside RabbitMQ's own;
 //! - [`embedded`] and [`permissions`]: warren's own broker API (the socket-free
-//!   core, users and permission patterns, shutdown).
+//!   core, users and permission patterns, shutdown);
+//! - [`ctl`]: `warren ctl` against a `warren broker` process, beside
+//!   `rabbitmqctl`, and RabbitMQ's definitions both ways.
 //!
 //! Tests share the process: names are unique per test and embedded brokers
 //! listen on ephemeral ports.
@@ -17,6 +19,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod ctl;
 mod embedded;
 mod heartbeat;
 mod lapin_spec;

@@ -291,6 +291,11 @@ impl Core {
             .collect()
     }
 
+    /// Whether a vhost exists.
+    pub fn vhost_exists(&self, name: &str) -> bool {
+        self.vhost(name).is_some()
+    }
+
     /// Every permission, by vhost and user.
     pub fn list_permissions(&self) -> Vec<PermissionSnapshot> {
         let mut out: Vec<PermissionSnapshot> = read(&self.permissions)

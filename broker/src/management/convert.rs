@@ -1,90 +1,20 @@
-//! AMQP tables and properties to and from JSON, as RabbitMQ's management
-//! API writes and reads them (arguments, headers, client properties,
-//! message properties).
+//! Request bodies and message properties as RabbitMQ's management API
+//! reads and writes them (field tables go through the definitions' JSON
+//! mapping, [`crate::definitions::json`]).
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use serde_json::{Map, Number, Value};
+use amq_protocol::types::{FieldTable, ShortString};
+use serde_json::{Map, Value};
 
-/// An AMQP value as JSON.
-pub(crate) fn value_to_json(value: &AMQPValue) -> Value {
-    match value {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => (*v).into(),
-        AMQPValue::Timestamp(v) => (*v).into(),
-        AMQPValue::Float(v) => Number::from_f64(f64::from(*v)).map_or(Value::Null, Value::Number),
-        AMQPValue::Double(v) => Number::from_f64(*v).map_or(Value::Null, Value::Number),
-        AMQPValue::DecimalValue(d) => {
-            let v = f64::from(d.value) / 10f64.powi(i32::from(d.scale));
-            Number::from_f64(v).map_or(Value::Null, Value::Number)
-        }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(t) => table_to_json(t),
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// An AMQP table as a JSON object.
-pub(crate) fn table_to_json(table: &FieldTable) -> Value {
-    Value::Object(
-        table
-            .inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-/// A JSON value as the AMQP value RabbitMQ would store: integers as
-/// `long`s (64-bit), other numbers as doubles, strings as long strings.
-pub(crate) fn json_to_value(value: &Value) -> AMQPValue {
-    match value {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AMQPValue::LongLongInt(i),
-            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
-            items.iter().map(json_to_value).collect::<Vec<_>>(),
-        )),
-        Value::Object(map) => AMQPValue::FieldTable(object_to_table(map)),
-    }
-}
-
-/// A JSON object as an AMQP table; keys longer than a short string are
-/// dropped (RabbitMQ refuses them too).
-pub(crate) fn object_to_table(map: &Map<String, Value>) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in map {
-        if let Ok(key) = ShortString::try_new(k.clone()) {
-            table.insert(key, json_to_value(v));
-        }
-    }
-    table
-}
+use crate::definitions::json_to_table;
+pub(crate) use crate::definitions::table_to_json;
 
 /// `arguments` of a request body: an object (or absent); anything else is
 /// a bad request.
 pub(crate) fn arguments(body: &Map<String, Value>) -> Result<FieldTable, String> {
     match body.get("arguments") {
         None | Some(Value::Null) => Ok(FieldTable::default()),
-        Some(Value::Object(map)) => Ok(object_to_table(map)),
-        Some(_) => Err("arguments must be an object".into()),
+        Some(v) => json_to_table(v, "arguments").map_err(|e| e.to_string()),
     }
 }
 
@@ -180,10 +110,9 @@ pub(crate) fn properties_from_json(map: &Map<String, Value>) -> Result<BasicProp
         p = match k.as_str() {
             "content_type" => p.with_content_type(short(k, v)?),
             "content_encoding" => p.with_content_encoding(short(k, v)?),
-            "headers" => match v {
-                Value::Object(h) => p.with_headers(object_to_table(h)),
-                _ => return Err("property headers must be an object".into()),
-            },
+            "headers" => {
+                p.with_headers(json_to_table(v, "properties.headers").map_err(|e| e.to_string())?)
+            }
             "delivery_mode" => p.with_delivery_mode(octet(k, v)?),
             "priority" => p.with_priority(octet(k, v)?),
             "correlation_id" => p.with_correlation_id(short(k, v)?),

@@ -19,6 +19,7 @@
 mod auth;
 mod convert;
 mod dashboard;
+mod definitions;
 mod error;
 mod prometheus;
 mod rates;
@@ -214,6 +215,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/channels", get(r::channels))
         .route("/consumers", get(r::consumers))
         .route("/consumers/{vhost}", get(r::consumers_of))
+        .route(
+            "/definitions",
+            get(definitions::export).post(definitions::import),
+        )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
     Router::new()
