@@ -358,6 +358,56 @@ fn scenario(port: u16, vhost: &str) -> Vec<(String, Value)> {
         "permission",
         call(port, "GET", &format!("/api/permissions/{v}/{user}"), None).json(),
     );
+    // What the tags allow: `management` sees the vhosts it has permissions
+    // on, `monitoring` sees everything, neither manages users or vhosts.
+    step(
+        "tag the user management",
+        status(call(
+            port,
+            "PUT",
+            &format!("/api/users/{user}"),
+            Some(json!({"password": "pw", "tags": "management"})),
+        )),
+    );
+    let as_user = |method: &str, path: &str| request(port, method, path, Some((&user, "pw")), None);
+    step(
+        "management: vhosts",
+        json!(names(&as_user("GET", "/api/vhosts").json())),
+    );
+    step(
+        "management: queues",
+        json!(names(&as_user("GET", "/api/queues").json())),
+    );
+    step(
+        "management: users",
+        json!(as_user("GET", "/api/users").status),
+    );
+    step(
+        "management: create a vhost",
+        json!(as_user("PUT", "/api/vhosts/not-mine").status),
+    );
+    step(
+        "management: another vhost's queues",
+        json!(as_user("GET", "/api/queues/%2F").status),
+    );
+    step(
+        "tag the user monitoring",
+        status(call(
+            port,
+            "PUT",
+            &format!("/api/users/{user}"),
+            Some(json!({"password": "pw", "tags": ["monitoring"]})),
+        )),
+    );
+    step("monitoring: whoami", as_user("GET", "/api/whoami").json());
+    step(
+        "monitoring: users",
+        json!(as_user("GET", "/api/users").status),
+    );
+    step(
+        "monitoring: sees every vhost",
+        json!(names(&as_user("GET", "/api/vhosts").json()).contains(&"/".to_owned())),
+    );
     step(
         "revoke",
         status(call(

@@ -117,14 +117,14 @@ pub(crate) async fn put_user(
     s.caller(&headers)?.require_administrator()?;
     let body = object(&body)?;
     let tags = tags(&body)?;
+    // As RabbitMQ: without a password or a hash (or with an empty hash)
+    // the user has no password and cannot log in with one; a random
+    // secret no one knows stands for "none".
     let hash = match (text(&body, "password")?, text(&body, "password_hash")?) {
-        (Some(password), _) => Some(PasswordHash::new(password)),
-        (None, Some("")) => None,
-        (None, Some(hash)) => Some(
-            PasswordHash::parse(hash)
-                .map_err(|e| ApiError::bad_request(format!("password_hash: {e}")))?,
-        ),
-        (None, None) => None,
+        (Some(password), _) => PasswordHash::new(password),
+        (None, Some(hash)) if !hash.is_empty() => PasswordHash::parse(hash)
+            .map_err(|e| ApiError::bad_request(format!("password_hash: {e}")))?,
+        (None, _) => PasswordHash::new(&uuid::Uuid::new_v4().to_string()),
     };
     if let Some(algorithm) = text(&body, "hashing_algorithm")? {
         if algorithm != crate::core::admin::HASHING_ALGORITHM {
@@ -134,20 +134,13 @@ pub(crate) async fn put_user(
             )));
         }
     }
-    let exists = s.core.has_user(&name);
-    if exists {
-        if let Some(hash) = hash {
-            s.core.set_password_hash(&name, hash)?;
-        }
-        if let Some(tags) = tags {
-            s.core.set_user_tags(&name, &tags)?;
-        }
+    let tags = tags.unwrap_or_default();
+    if s.core.has_user(&name) {
+        s.core.set_password_hash(&name, hash)?;
+        s.core.set_user_tags(&name, &tags)?;
         return Ok(StatusCode::NO_CONTENT);
     }
-    let hash = hash
-        .ok_or_else(|| ApiError::bad_request("a new user needs a password or a password_hash"))?;
-    s.core
-        .add_user_with_hash(&name, hash, &tags.unwrap_or_default())?;
+    s.core.add_user_with_hash(&name, hash, &tags)?;
     Ok(StatusCode::CREATED)
 }
 
