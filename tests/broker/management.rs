@@ -409,6 +409,19 @@ fn scenario(port: u16, vhost: &str) -> Vec<(String, Value)> {
         json!(names(&as_user("GET", "/api/vhosts").json()).contains(&"/".to_owned())),
     );
     step(
+        "no password: cannot log in",
+        json!([
+            call(
+                port,
+                "PUT",
+                &format!("/api/users/{user}"),
+                Some(json!({"tags": "monitoring"}))
+            )
+            .status,
+            as_user("GET", "/api/whoami").status,
+        ]),
+    );
+    step(
         "revoke",
         status(call(
             port,
