@@ -835,3 +835,54 @@ fn the_dashboard_lists_the_queues_in_headless_chromium() {
     let wrong = request(warren.http, "GET", "/", Some(("guest", "nope")), None);
     assert_eq!(wrong.status, 401);
 }
+
+#[test]
+fn message_rates_follow_the_traffic() {
+    let warren = ManagedBroker::start();
+    let queue = unique("rates");
+    call(
+        warren.http,
+        "PUT",
+        &format!("/api/queues/%2F/{queue}"),
+        None,
+    );
+    call(
+        warren.http,
+        "POST",
+        &format!("/api/bindings/%2F/e/amq.fanout/q/{queue}"),
+        None,
+    );
+    let publish =
+        json!({"routing_key": "", "payload": "x", "payload_encoding": "string", "properties": {}});
+    // Rates are sampled every 5 s: publish until two samples apart show it
+    // (the guard only bounds a broken broker).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (queue_rate, overview_rate) = loop {
+        for _ in 0..10 {
+            call(
+                warren.http,
+                "POST",
+                "/api/exchanges/%2F/amq.fanout/publish",
+                Some(publish.clone()),
+            );
+        }
+        let q = call(
+            warren.http,
+            "GET",
+            &format!("/api/queues/%2F/{queue}"),
+            None,
+        )
+        .json();
+        let o = call(warren.http, "GET", "/api/overview", None).json();
+        let rates = (
+            q["message_stats"]["publish_details"]["rate"].as_f64(),
+            o["message_stats"]["publish_details"]["rate"].as_f64(),
+        );
+        if rates.0 > Some(0.0) && rates.1 > Some(0.0) || Instant::now() >= deadline {
+            break rates;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(queue_rate > Some(0.0), "{queue_rate:?}");
+    assert!(overview_rate > Some(0.0), "{overview_rate:?}");
+}
