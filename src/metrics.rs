@@ -20,7 +20,7 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 ];
 
 /// At most this many (side, service, method) series are kept; further
-/// methods (a peer can name any) are counted under method `_other`.
+/// ones (a peer can name any method) are counted under `_other`.
 pub const MAX_SERIES: usize = 1024;
 
 /// The kinds errors are counted by (the `kind` label).
@@ -43,9 +43,9 @@ const KINDS: [&str; 12] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Side {
     /// Calls and casts this process sent.
-    Client,
+    Client = 0,
     /// Requests this process served.
-    Server,
+    Server = 1,
 }
 
 impl Side {
@@ -71,9 +71,15 @@ pub(crate) struct Series {
 
 type Key = (Side, String, String);
 
+/// Service → method → series, looked up without allocating.
+type BySide = HashMap<String, HashMap<String, Arc<Series>>>;
+
 #[derive(Default)]
 struct Registry {
-    series: RwLock<HashMap<Key, Arc<Series>>>,
+    /// Clients' series, then servers'.
+    sides: [RwLock<BySide>; 2],
+    /// How many series exist (bounded by [`MAX_SERIES`]).
+    count: std::sync::atomic::AtomicUsize,
     reconnects: AtomicU64,
 }
 
@@ -84,23 +90,32 @@ fn registry() -> &'static Registry {
 
 /// The series of `(side, service, method)`, created on first use.
 fn series(side: Side, service: &str, method: &str) -> Arc<Series> {
-    let registry = registry();
-    let key = (side, service.to_owned(), method.to_owned());
-    if let Some(s) = registry
-        .series
+    let lock = &registry().sides[side as usize];
+    let found = lock
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-    {
-        return Arc::clone(s);
+        .get(service)
+        .and_then(|methods| methods.get(method))
+        .cloned();
+    if let Some(series) = found {
+        return series;
     }
-    let mut map = registry.series.write().unwrap_or_else(|p| p.into_inner());
-    let key = if map.len() >= MAX_SERIES && !map.contains_key(&key) {
-        (side, service.to_owned(), "_other".to_owned())
+    let mut map = lock.write().unwrap_or_else(|p| p.into_inner());
+    let full = registry().count.load(Ordering::Relaxed) >= MAX_SERIES;
+    let service = if full && !map.contains_key(service) {
+        "_other"
     } else {
-        key
+        service
     };
-    Arc::clone(map.entry(key).or_default())
+    let methods = map.entry(service.to_owned()).or_default();
+    if let Some(series) = methods.get(method) {
+        return Arc::clone(series);
+    }
+    let method = if full { "_other" } else { method };
+    Arc::clone(methods.entry(method.to_owned()).or_insert_with(|| {
+        registry().count.fetch_add(1, Ordering::Relaxed);
+        Arc::default()
+    }))
 }
 
 /// Counts one transport reconnection.
@@ -197,13 +212,17 @@ pub(crate) fn failure_kind(class: &str) -> &'static str {
 pub fn render() -> String {
     let mut out = String::new();
     let registry = registry();
-    let mut series: Vec<(Key, Arc<Series>)> = registry
-        .series
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(k, v)| (k.clone(), Arc::clone(v)))
-        .collect();
+    let mut series: Vec<(Key, Arc<Series>)> = Vec::new();
+    for side in [Side::Client, Side::Server] {
+        let map = registry.sides[side as usize]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        for (service, methods) in map.iter() {
+            for (method, s) in methods {
+                series.push(((side, service.clone(), method.clone()), Arc::clone(s)));
+            }
+        }
+    }
     series.sort_by(|a, b| {
         (a.0 .0.as_str(), &a.0 .1, &a.0 .2).cmp(&(b.0 .0.as_str(), &b.0 .1, &b.0 .2))
     });
