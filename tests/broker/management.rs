@@ -794,10 +794,51 @@ fn the_dashboard_lists_the_queues_in_headless_chromium() {
             201
         );
     }
+    // A warren RPC server and a client that called it: the RPC view groups
+    // their queues into a service.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let topic = unique("dash-calc");
+    let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", warren.amqp);
+    let _rpc = runtime.block_on(async {
+        let connection = warren::connect(&amqp).await.expect("connect over AMQP");
+        let (records, _) = tokio::sync::mpsc::unbounded_channel();
+        let server = calc("dash-server-1", &records)
+            .builder()
+            .topic(&topic)
+            .serve(&connection, "dash-server-1")
+            .await
+            .expect("serve");
+        let client = CalcClient::new(&connection)
+            .topic(&topic)
+            .timeout(Duration::from_secs(20));
+        assert_eq!(client.add(1, 2).await.expect("call"), 3);
+        (connection, server, client)
+    });
     let url = format!("http://guest:guest@127.0.0.1:{}/", warren.http);
     let Some(dom) = chromium(&["--dump-dom"], &url) else {
         return;
     };
+    let services = dom.split("id=\"services\"").nth(1).unwrap_or_default();
+    assert!(
+        services.contains(topic.as_str()),
+        "{topic} not in the RPC view:\n{dom}"
+    );
+    assert!(
+        services.contains("servers: dash-server-1"),
+        "the server under its topic:\n{services}"
+    );
+    assert!(
+        services.contains(&format!("{topic}_fanout_")),
+        "its fanout queue:\n{services}"
+    );
+    assert!(
+        services.contains("reply_"),
+        "the client's reply queue:\n{services}"
+    );
     for q in &queues {
         assert!(
             dom.contains(q.as_str()),
