@@ -126,8 +126,9 @@ impl Client {
         method: &str,
         args: Args,
     ) -> Result<(), Error> {
-        let trace = trace_for(options);
-        let span = client_span("cast", &options.target.topic, method, &trace);
+        let traced = trace_for(options);
+        let span = client_span("cast", &options.target.topic, method, &traced);
+        let trace = traced.0;
         let counted = Measured::start(Side::Client, &options.target.topic, method);
         let result = self
             .send_cast(options, method, args, &trace)
@@ -167,8 +168,9 @@ impl Client {
         method: &str,
         args: Args,
     ) -> Result<Outcome, Error> {
-        let trace = trace_for(options);
-        let span = client_span("call", &options.target.topic, method, &trace);
+        let traced = trace_for(options);
+        let span = client_span("call", &options.target.topic, method, &traced);
+        let trace = traced.0;
         let counted = Measured::start(Side::Client, &options.target.topic, method);
         let result = self
             .send_call(options, method, args, &trace)
@@ -363,15 +365,21 @@ impl Client {
 /// The trace context of a request sent with `options`: a child of the one
 /// its context carries, else of the request this task serves, else a new
 /// trace.
-fn trace_for(options: &CallOptions) -> TraceContext {
-    TraceContext::from_context(&options.context)
-        .or_else(TraceContext::current)
-        .map_or_else(TraceContext::new_root, |parent| parent.child())
+fn trace_for(options: &CallOptions) -> (TraceContext, Option<String>) {
+    match TraceContext::from_context(&options.context).or_else(TraceContext::current) {
+        Some(parent) => (parent.child(), Some(parent.span_id())),
+        None => (TraceContext::new_root(), None),
+    }
 }
 
 /// The client span of a call or cast, named after OpenTelemetry's RPC
 /// conventions.
-fn client_span(kind: &str, service: &str, method: &str, trace: &TraceContext) -> tracing::Span {
+fn client_span(
+    kind: &str,
+    service: &str,
+    method: &str,
+    (trace, parent): &(TraceContext, Option<String>),
+) -> tracing::Span {
     tracing::info_span!(
         "rpc.client",
         otel.kind = "client",
@@ -381,5 +389,6 @@ fn client_span(kind: &str, service: &str, method: &str, trace: &TraceContext) ->
         rpc.kind = %kind,
         trace_id = %trace.trace_id(),
         span_id = %trace.span_id(),
+        parent_id = parent.as_deref(),
     )
 }

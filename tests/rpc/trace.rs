@@ -168,3 +168,86 @@ async fn calls_and_errors_are_counted_per_service_and_method(backend: Backend) {
         assert!(text.contains(&expected), "{expected} not in\n{text}");
     }
 }
+
+/// The fields of the `rpc.*` spans a test's calls opened.
+#[derive(Clone, Default)]
+struct Spans(
+    std::sync::Arc<std::sync::Mutex<Vec<(String, std::collections::HashMap<String, String>)>>>,
+);
+
+struct Fields<'a>(&'a mut std::collections::HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let name = attrs.metadata().name();
+        if name.starts_with("rpc.") {
+            let mut fields = std::collections::HashMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((name.to_owned(), fields));
+        }
+    }
+}
+
+/// The client and server spans of a call and of the nested call it makes:
+/// one trace, each server span the child of its client span.
+#[tokio::test]
+async fn spans_carry_the_trace_and_each_server_span_is_its_clients_child() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = Spans::default();
+    // A current-thread runtime: the servers' tasks run on this thread,
+    // under this subscriber.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let setup = setup(Backend::InProcess).await;
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    setup
+        .outer
+        .context(Context::new().with(TRACEPARENT, caller))
+        .relay()
+        .await
+        .expect("call");
+    let seen = spans.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let find = |name: &str, method: &str| {
+        seen.iter()
+            .find(|(n, f)| n == name && f.get("rpc.method").map(String::as_str) == Some(method))
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| panic!("no {name} span for {method}: {:?}", seen))
+    };
+    let (outer_client, outer_server) = (find("rpc.client", "relay"), find("rpc.server", "relay"));
+    let (inner_client, inner_server) = (
+        find("rpc.client", "whereami"),
+        find("rpc.server", "whereami"),
+    );
+    for span in [&outer_client, &outer_server, &inner_client, &inner_server] {
+        assert_eq!(
+            span["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+            "{span:?}"
+        );
+    }
+    assert_eq!(outer_server["parent_id"], outer_client["span_id"]);
+    assert_eq!(inner_server["parent_id"], inner_client["span_id"]);
+    assert_eq!(inner_client["parent_id"], outer_server["span_id"]);
+    assert_eq!(outer_client["parent_id"], "b7ad6b7169203331");
+    assert_ne!(outer_server["span_id"], inner_client["span_id"]);
+}
