@@ -169,11 +169,12 @@ async fn calls_and_errors_are_counted_per_service_and_method(backend: Backend) {
     }
 }
 
+/// A span's name and fields.
+type SpanFields = (String, std::collections::HashMap<String, String>);
+
 /// The fields of the `rpc.*` spans a test's calls opened.
 #[derive(Clone, Default)]
-struct Spans(
-    std::sync::Arc<std::sync::Mutex<Vec<(String, std::collections::HashMap<String, String>)>>>,
-);
+struct Spans(std::sync::Arc<std::sync::Mutex<Vec<SpanFields>>>);
 
 struct Fields<'a>(&'a mut std::collections::HashMap<String, String>);
 
