@@ -25,7 +25,12 @@ impl BrokerProcess {
             .expect("a free port")
             .port();
         let child = Command::new(WARREN)
-            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "broker",
+                "--in-memory",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
