@@ -49,6 +49,23 @@ impl Error {
         }
     }
 
+    /// The `kind` label this error is counted under in the RPC metrics.
+    pub(crate) fn kind_label(&self) -> &'static str {
+        match self.kind {
+            Kind::Timeout => "timeout",
+            Kind::Transport => "transport",
+            Kind::OutcomeUnknown => "outcome_unknown",
+            Kind::Remote => self
+                .remote
+                .as_ref()
+                .map_or("remote", |f| crate::metrics::failure_kind(&f.class)),
+            Kind::Decode => "decode",
+            Kind::NoSuchMethod => "no_such_method",
+            Kind::UnsupportedVersion => "unsupported_version",
+            Kind::Config => "config",
+        }
+    }
+
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self

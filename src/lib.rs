@@ -39,6 +39,7 @@
 //!   touches;
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
+//! - [`metrics`]: the process's RPC metrics, in Prometheus' text format;
 //! - [`notify`]: oslo-style notifications (notifier and listener);
 //! - [`queue`]: work queues and pipelines: typed publishers, workers with
 //!   retries and dead-lettering, pipeline stages;
@@ -52,6 +53,7 @@ mod connection;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
+pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod rpc;

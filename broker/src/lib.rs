@@ -42,6 +42,8 @@
 pub mod control;
 pub mod core;
 pub mod definitions;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod server;
 // The durable store: some of its API (statistics, explicit GC) serves its own
 // tests and measurements only.

@@ -110,6 +110,12 @@ pub struct BrokerArgs {
     /// permissions, exchanges, queues, bindings.
     #[arg(long, value_name = "FILE")]
     definitions: Option<PathBuf>,
+    /// Serve RabbitMQ's management HTTP API, Prometheus `/metrics` and the
+    /// dashboard on this address (RabbitMQ uses port 15672). Basic
+    /// authentication with the broker's users; their tags
+    /// (`administrator`, `monitoring`, `management`) decide what they see.
+    #[arg(long, value_name = "ADDR")]
+    management: Option<SocketAddr>,
 }
 
 /// A size in bytes: `50MB`, `1GB`, `512MiB`, `1000000`.
@@ -261,6 +267,20 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for addr in broker.tls_addrs() {
         tracing::info!(%addr, "warren broker listening (TLS)");
+    }
+    if let Some(addr) = args.management {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--management {addr}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "management API, /metrics and dashboard listening");
+        let management = warren_broker::management::Management::new(broker.core())
+            .amqp_listeners(broker.local_addrs())
+            .extra_metrics(warren::metrics::render);
+        tokio::spawn(async move {
+            if let Err(e) = management.serve(listener).await {
+                tracing::error!(error = %e, "the management listener failed");
+            }
+        });
     }
     let signal = stop_signal(&broker).await?;
     tracing::info!(signal, "shutting down");

@@ -411,6 +411,7 @@ impl AmqpTransport {
         };
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        crate::metrics::reconnected();
         tracing::info!(uri = %redact(&fresh.uri), epoch, "reconnected");
         Ok(fresh)
     }

@@ -6,6 +6,8 @@
 //!   with the same assertions on both brokers;
 //! - [`wire`]: protocol headers and malformed frames;
 //! - [`heartbeat`]: heartbeats over a raw socket, on both brokers;
+//! - [`management`]: `warren broker --management` (RabbitMQ's management
+//!   API, `/metrics`, the dashboard) beside RabbitMQ's own;
 //! - [`embedded`] and [`permissions`]: warren's own broker API (the socket-free
 //!   core, users and permission patterns, shutdown);
 //! - [`ctl`]: `warren ctl` against a `warren broker` process, beside
@@ -23,6 +25,7 @@ mod ctl;
 mod embedded;
 mod heartbeat;
 mod lapin_spec;
+mod management;
 mod permissions;
 mod spec;
 mod tutorials;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use warren::rpc::Context;
 
+pub mod http;
 pub mod rabbit;
 pub mod raw;
 pub mod tls;

@@ -18,6 +18,7 @@
 //!   workers, outcomes, retries, dead-letter queues, confirms;
 //! - [`pipeline`]: the edge pipeline, `aion_stage` processes between a
 //!   Python producer and the last queue.
+//! - [`trace`]: W3C trace context across calls, and the RPC metrics.
 //!
 //! Tests share the process: topics and queue names are unique per test,
 //! embedded brokers listen on ephemeral ports, and tests that inspect
@@ -40,3 +41,4 @@ mod reliability;
 mod tls;
 mod topology;
 mod tower;
+mod trace;
