@@ -284,3 +284,26 @@ fn users_with_tags_survive_and_deletions_hold() {
     core.create_vhost("dropped").expect("vhost");
     assert!(!core.can_access("ops", "dropped"));
 }
+
+#[test]
+fn a_message_given_back_before_a_clean_close_comes_back_redelivered() {
+    let dir = TempDir::new();
+    {
+        let core = open(&dir.0).expect("open");
+        let ch = channel(&core);
+        durable_queue(&ch, "q", FieldTable::default());
+        publish(&ch, "", "q", "seen", true);
+        publish(&ch, "", "q", "unseen", true);
+        let _seen = ch.basic_get("q", false).expect("get").expect("seen");
+        // Closing the channel gives "seen" back, unacked.
+        drop(ch);
+        core.close_durable().expect("close");
+    }
+    let core = open(&dir.0).expect("reopen");
+    assert!(core.recovery().expect("report").clean_shutdown);
+    let ch = channel(&core);
+    assert_eq!(
+        take_all(&ch, "q"),
+        [("seen".to_owned(), true), ("unseen".to_owned(), false)]
+    );
+}
