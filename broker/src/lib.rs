@@ -99,6 +99,29 @@ pub enum BrokerError {
     },
 }
 
+/// The store's segment size when the default (32 MiB) cannot hold the largest
+/// message a client may publish (its body, a content header of at most a frame,
+/// and the record's framing): `None` to keep the default.
+fn segment_size_for(max_message_size: u64) -> Option<u64> {
+    const DEFAULT: u64 = 32 << 20;
+    const MARGIN: u64 = 1 << 20;
+    let need = max_message_size
+        .min(server::limits::MAX_MESSAGE_SIZE_CAP)
+        .saturating_add(MARGIN);
+    (need > DEFAULT).then(|| need.next_multiple_of(MARGIN))
+}
+
+#[cfg(test)]
+mod segment_tests {
+    #[test]
+    fn segments_grow_only_for_messages_the_default_cannot_hold() {
+        assert_eq!(super::segment_size_for(16 << 20), None);
+        assert_eq!(super::segment_size_for(31 << 20), None);
+        assert_eq!(super::segment_size_for(40 << 20), Some(41 << 20));
+        assert_eq!(super::segment_size_for(u64::MAX), Some(513 << 20));
+    }
+}
+
 /// Entry point of the embedded broker.
 #[derive(Debug)]
 pub struct Broker;
@@ -301,12 +324,17 @@ impl BrokerBuilder {
         let users = std::mem::take(&mut self.users);
         let core = match &self.data_dir {
             Some(dir) => {
-                let core =
-                    core::Core::open_durable_with(dir, &users, &self.vhosts, None, self.repair)
-                        .map_err(|source| BrokerError::DataDir {
-                            dir: dir.clone(),
-                            source,
-                        })?;
+                let core = core::Core::open_durable_with(
+                    dir,
+                    &users,
+                    &self.vhosts,
+                    segment_size_for(self.limits.max_message_size),
+                    self.repair,
+                )
+                .map_err(|source| BrokerError::DataDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
                 core::disk::spawn(
                     &core,
                     self.disk_free_limit
