@@ -347,7 +347,9 @@ impl BrokerBuilder {
         // RabbitMQ's default user (an administrator, with its default
         // permissions), on a node without users only: a data directory keeps
         // an operator's deletion of guest across restarts.
+        let mut guest_created = false;
         if default_user && core.list_users().is_empty() {
+            guest_created = true;
             let guest = core
                 .add_user("guest", "guest")
                 .and_then(|()| core.set_user_tags("guest", &["administrator".to_owned()]));
@@ -426,14 +428,23 @@ impl BrokerBuilder {
                 tracker.clone(),
             ));
         }
-        let first_user = (
-            users
-                .into_iter()
-                .next()
-                .map(|(name, _)| name)
-                .unwrap_or_default(),
-            self.first_password.map(|Secret(p)| p),
-        );
+        // The user of `url()` and of in-process connections: the first one
+        // given; else guest, created now (its password known) or kept in the
+        // data directory; else the first user kept there.
+        let first_user = match users.into_iter().next() {
+            Some((name, _)) => (name, self.first_password.map(|Secret(p)| p)),
+            None if guest_created => ("guest".to_owned(), Some("guest".to_owned())),
+            None => {
+                let kept = core.list_users();
+                let name = kept
+                    .iter()
+                    .find(|u| u.name == "guest")
+                    .or_else(|| kept.first())
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default();
+                (name, None)
+            }
+        };
         Ok(BrokerHandle {
             inner: Arc::new(HandleInner {
                 core,
