@@ -307,3 +307,26 @@ fn a_message_given_back_before_a_clean_close_comes_back_redelivered() {
         [("seen".to_owned(), true), ("unseen".to_owned(), false)]
     );
 }
+
+#[test]
+fn a_transaction_commits_once_its_persistent_messages_are_on_disk() {
+    let dir = TempDir::new();
+    {
+        let core = open(&dir.0).expect("open");
+        let ch = channel(&core);
+        durable_queue(&ch, "q", FieldTable::default());
+        ch.tx_select().expect("tx.select");
+        publish(&ch, "", "q", "t1", true);
+        publish(&ch, "", "q", "t2", true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        ch.tx_commit_then(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }))
+        .expect("tx.commit");
+        assert_eq!(rx.recv().ok(), Some(true), "committed and durable");
+    }
+    let core = open(&dir.0).expect("reopen");
+    let ch = channel(&core);
+    let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
+    assert_eq!(bodies, ["t1", "t2"]);
+}
