@@ -183,7 +183,12 @@ fn warren_bin() -> std::path::PathBuf {
 async fn spawn_broker() -> (std::process::Child, String) {
     let port = free_port();
     let child = std::process::Command::new(warren_bin())
-        .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "broker",
+            "--in-memory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("warren broker starts");

@@ -39,7 +39,8 @@ impl std::fmt::Debug for Connection {
 ///
 /// Options after `?`: `codec=msgpack|oslo`, `amqp_durable_queues`,
 /// `rabbit_quorum_queue`, `rabbit_transient_queues_ttl` (seconds, 0 omits),
-/// `rabbit_login_method=PLAIN|AMQPLAIN`; `listen=ADDR` for `embedded://`.
+/// `rabbit_login_method=PLAIN|AMQPLAIN`; `listen=ADDR` and `data_dir=PATH` for
+/// `embedded://`.
 pub async fn connect(url: &str) -> Result<Connection, Error> {
     let url: TransportUrl = url.parse()?;
     let codec = match url.option("codec") {

@@ -4,9 +4,13 @@
 //! also exposes it over AMQP so other processes can share it, and
 //! `embedded://?tls_listen=0.0.0.0:5671&tls_cert=PEM&tls_key=PEM` over AMQP
 //! with TLS (`tls_ca=PEM` to check client certificates and let them log in
-//! with `EXTERNAL`, `tls_verify_peer=true` to require one).
+//! with `EXTERNAL`, `tls_verify_peer=true` to require one). It keeps
+//! everything in memory unless given a data directory:
+//! `embedded://?data_dir=PATH` keeps durable exchanges, queues, bindings and
+//! persistent messages there, as `warren broker --data-dir` does.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
@@ -22,15 +26,17 @@ static BROKER: OnceCell<BrokerHandle> = OnceCell::const_new();
 /// This process's embedded broker, started on first use (listening on
 /// `listen` if given then).
 pub async fn broker(listen: Option<SocketAddr>) -> Result<&'static BrokerHandle, Error> {
-    start(listen, None).await
+    start(listen, None, None).await
 }
 
 /// [`broker`], with TLS listeners too when it starts now.
 async fn start(
     listen: Option<SocketAddr>,
     tls: Option<(SocketAddr, crate::broker::server::TlsConfig)>,
+    data_dir: Option<PathBuf>,
 ) -> Result<&'static BrokerHandle, Error> {
     let with_tls = tls.is_some();
+    let with_dir = data_dir.clone();
     let broker = BROKER
         .get_or_try_init(|| async {
             let mut builder = match listen {
@@ -39,6 +45,9 @@ async fn start(
             };
             if let Some((addr, config)) = tls {
                 builder = builder.tls(config).tls_listen(addr);
+            }
+            if let Some(dir) = data_dir {
+                builder = builder.data_dir(dir);
             }
             builder
                 .start()
@@ -54,6 +63,9 @@ async fn start(
     }
     if with_tls && broker.tls_addrs().is_empty() {
         tracing::warn!("the embedded broker was already started; `tls_listen` ignored");
+    }
+    if with_dir.is_some() && broker.core().data_dir() != with_dir.as_deref() {
+        tracing::warn!("the embedded broker was already started; `data_dir` ignored");
     }
     Ok(broker)
 }
@@ -86,7 +98,8 @@ pub(crate) async fn transport(url: &TransportUrl) -> Result<Arc<dyn Transport>, 
         }
         None => None,
     };
-    let broker = start(listen, tls).await?;
+    let data_dir = url.option("data_dir").map(PathBuf::from);
+    let broker = start(listen, tls, data_dir).await?;
     Ok(Arc::new(LocalTransport::connect(
         broker.core(),
         "/",

@@ -39,7 +39,10 @@
 //!   touches;
 //! - [`wire`]: envelopes and codecs (MessagePack, oslo JSON);
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
+//! - [`metrics`]: the process's RPC metrics, in Prometheus' text format;
 //! - [`notify`]: oslo-style notifications (notifier and listener);
+//! - [`queue`]: work queues and pipelines: typed publishers, workers with
+//!   retries and dead-lettering, pipeline stages;
 //! - `broker`: the embedded AMQP 0-9-1 broker (crate `warren-broker`,
 //!   re-exported with the default `embedded` feature).
 #![warn(missing_docs)]
@@ -50,7 +53,9 @@ mod connection;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
+pub mod metrics;
 pub mod notify;
+pub mod queue;
 pub mod rpc;
 pub mod transport;
 pub mod wire;

@@ -42,12 +42,16 @@
 pub mod control;
 pub mod core;
 pub mod definitions;
+#[cfg(feature = "management")]
+pub mod management;
 pub mod server;
-// The durable store (issue #11), not yet called by the core.
+// The durable store: some of its API (statistics, explicit GC) serves its own
+// tests and measurements only.
 #[allow(dead_code)]
 pub(crate) mod store;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +78,16 @@ pub enum BrokerError {
     /// TLS listeners without a TLS configuration.
     #[error("tls_listen needs a certificate and key (BrokerBuilder::tls)")]
     NoTlsConfig,
+    /// The data directory cannot be used: another broker holds it, or its files
+    /// cannot be read.
+    #[error("cannot use the data directory {}: {source}", dir.display())]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: core::StoreError,
+    },
     /// A permission pattern is not a valid regular expression.
     #[error("invalid permission pattern for user {user} on vhost {vhost}: {source}")]
     Permission {
@@ -114,6 +128,9 @@ pub struct BrokerBuilder {
     consumer_timeout: ConsumerTimeout,
     memory_high_watermark: Option<core::MemoryWatermark>,
     limits: server::Limits,
+    data_dir: Option<PathBuf>,
+    disk_free_limit: Option<u64>,
+    repair: bool,
 }
 
 /// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
@@ -248,26 +265,72 @@ impl BrokerBuilder {
         self
     }
 
+    /// Keep durable state in `dir` (created if needed): durable exchanges, queues
+    /// and bindings, vhosts, permissions, and persistent messages in durable
+    /// queues survive a restart, and confirms of those messages wait for the
+    /// disk. Without it the broker keeps everything in memory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// When the data directory's log is damaged other than by a torn last write
+    /// (which is always dropped), truncate it there, logging everything dropped,
+    /// instead of refusing to start (the default). Only with
+    /// [`data_dir`](Self::data_dir).
+    pub fn repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
+        self
+    }
+
+    /// Block publishers while the data directory's file system has less than
+    /// `bytes` free (RabbitMQ's `disk_free_limit`; default
+    /// [`core::disk::DEFAULT_DISK_FREE_LIMIT`], 50 MB). Only with
+    /// [`data_dir`](Self::data_dir).
+    pub fn disk_free_limit(mut self, bytes: u64) -> Self {
+        self.disk_free_limit = Some(bytes);
+        self
+    }
+
     /// Bind the listeners and start serving.
     pub async fn start(mut self) -> Result<BrokerHandle, BrokerError> {
-        let default_user = self.users.is_empty();
-        if default_user {
-            // RabbitMQ's default user and its default permissions.
-            self = self.user("guest", "guest");
-            let all = ".*";
-            self.permissions
-                .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
-        }
         for (user, _) in &self.users {
             if !self.permissions.iter().any(|p| p[0] == *user) {
                 tracing::warn!(%user, "user has no permissions: it can use no vhost");
             }
         }
-        let users = self.users;
-        let core = core::Core::with_password_hashes(&users, &self.vhosts);
-        if default_user {
-            // As RabbitMQ's default user: an administrator.
-            let _ = core.set_user_tags("guest", &["administrator".to_owned()]);
+        let default_user = self.users.is_empty();
+        let users = std::mem::take(&mut self.users);
+        let core = match &self.data_dir {
+            Some(dir) => {
+                let core =
+                    core::Core::open_durable_with(dir, &users, &self.vhosts, None, self.repair)
+                        .map_err(|source| BrokerError::DataDir {
+                            dir: dir.clone(),
+                            source,
+                        })?;
+                core::disk::spawn(
+                    &core,
+                    self.disk_free_limit
+                        .unwrap_or(core::disk::DEFAULT_DISK_FREE_LIMIT),
+                );
+                core
+            }
+            None => core::Core::with_password_hashes(&users, &self.vhosts),
+        };
+        // RabbitMQ's default user (an administrator, with its default
+        // permissions), on a node without users only: a data directory keeps
+        // an operator's deletion of guest across restarts.
+        if default_user && core.list_users().is_empty() {
+            let guest = core
+                .add_user("guest", "guest")
+                .and_then(|()| core.set_user_tags("guest", &["administrator".to_owned()]));
+            if let Err(e) = guest {
+                tracing::warn!(error = %e, "the default user guest could not be added");
+            }
+            let all = ".*";
+            self.permissions
+                .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
         }
         core.set_consumer_timeout(match self.consumer_timeout {
             ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
@@ -452,7 +515,13 @@ impl BrokerHandle {
         self.inner.core.clone()
     }
 
-    /// Stop accepting, close every connection with 320 CONNECTION_FORCED and wait.
+    /// What was restored from the data directory at start (`None` without one).
+    pub fn recovery(&self) -> Option<core::RecoveryReport> {
+        self.inner.core.recovery().cloned()
+    }
+
+    /// Stop accepting, close every connection with 320 CONNECTION_FORCED and wait;
+    /// then close the data directory's store cleanly, if there is one.
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);
         let tracker = core::lock(&self.inner.tracker).take();
@@ -460,6 +529,9 @@ impl BrokerHandle {
         let done = self.inner.done.lock().await.take();
         if let Some(mut done) = done {
             let _ = done.recv().await;
+        }
+        if let Err(e) = self.inner.core.close_durable() {
+            tracing::error!(error = %e, "closing the durable store");
         }
     }
 }

@@ -80,11 +80,26 @@ pub struct BrokerArgs {
     /// unlimited when unset.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// The broker's data directory, where its control socket (`ctl.sock`,
-    /// for `warren ctl`) lives. Default: `$XDG_DATA_HOME/warren`, else
-    /// `~/.local/share/warren`.
+    /// Keep durable exchanges, queues, bindings, users, vhosts, permissions
+    /// and persistent messages here, beside the control socket (`ctl.sock`,
+    /// for `warren ctl`). Default: `$XDG_DATA_HOME/warren`, else
+    /// `~/.local/share/warren`. One broker at a time may use a directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: every restart starts empty. (With --data-dir,
+    /// the directory holds only the control socket.)
+    #[arg(long)]
+    in_memory: bool,
+    /// Start even if the data directory's log is damaged (not just a torn
+    /// last write, which is always dropped): truncate it at the damage,
+    /// logging what is lost. Without it such a broker refuses to start.
+    #[arg(long, conflicts_with = "in_memory")]
+    repair: bool,
+    /// Block publishers while the data directory's disk has less free space
+    /// than SIZE (RabbitMQ's disk_free_limit): bytes or a size with a unit
+    /// (`50MB`, `1GB`, `512MiB`).
+    #[arg(long, value_name = "SIZE", default_value = "50MB", value_parser = parse_size)]
+    disk_free_limit: u64,
     /// The control socket's path, instead of `ctl.sock` in the data
     /// directory. A socket another live broker answers on is left alone
     /// (this broker then runs without one, and says so).
@@ -95,6 +110,22 @@ pub struct BrokerArgs {
     /// permissions, exchanges, queues, bindings.
     #[arg(long, value_name = "FILE")]
     definitions: Option<PathBuf>,
+    /// Serve RabbitMQ's management HTTP API, Prometheus `/metrics` and the
+    /// dashboard on this address (RabbitMQ uses port 15672). Basic
+    /// authentication with the broker's users; their tags
+    /// (`administrator`, `monitoring`, `management`) decide what they see.
+    #[arg(long, value_name = "ADDR")]
+    management: Option<SocketAddr>,
+}
+
+/// A size in bytes: `50MB`, `1GB`, `512MiB`, `1000000`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    match s.parse::<warren_broker::core::MemoryWatermark>() {
+        Ok(warren_broker::core::MemoryWatermark::Bytes(b)) => Ok(b),
+        _ => Err(format!(
+            "invalid size {s:?}: expected bytes or a size with a unit, like 50MB or 1GB"
+        )),
+    }
 }
 
 /// `name:secret` split at the first colon (names have none, secrets may).
@@ -167,7 +198,34 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(max) = args.max_connections {
         builder = builder.max_connections(max);
     }
+    if !args.in_memory {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::data_dir::default_data_dir);
+        tracing::info!(dir = %dir.display(), "data directory");
+        builder = builder
+            .data_dir(dir)
+            .disk_free_limit(args.disk_free_limit)
+            .repair(args.repair);
+    } else {
+        tracing::info!("in memory: nothing is kept on disk");
+    }
     let broker = builder.start().await?;
+    if let Some(r) = broker.recovery() {
+        if let Some(t) = &r.torn_tail {
+            tracing::warn!("recovery: a torn write was dropped: {t}");
+        }
+        tracing::info!(
+            exchanges = r.exchanges,
+            queues = r.queues,
+            bindings = r.bindings,
+            messages = r.messages,
+            clean_shutdown = r.clean_shutdown,
+            ms = r.duration.as_millis() as u64,
+            "recovered"
+        );
+    }
     if let Some(path) = &args.definitions {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
@@ -209,6 +267,20 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for addr in broker.tls_addrs() {
         tracing::info!(%addr, "warren broker listening (TLS)");
+    }
+    if let Some(addr) = args.management {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--management {addr}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "management API, /metrics and dashboard listening");
+        let management = warren_broker::management::Management::new(broker.core())
+            .amqp_listeners(broker.local_addrs())
+            .extra_metrics(warren::metrics::render);
+        tokio::spawn(async move {
+            if let Err(e) = management.serve(listener).await {
+                tracing::error!(error = %e, "the management listener failed");
+            }
+        });
     }
     let signal = stop_signal(&broker).await?;
     tracing::info!(signal, "shutting down");

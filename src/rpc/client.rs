@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use tracing::Instrument;
+
 use super::reply_queue::{Registration, ReplyQueue, ReplyResult};
 use super::target::fanout_exchange;
-use super::{CallOptions, Outcome, ServiceRequest, Stub};
+use super::{CallOptions, Outcome, ServiceRequest, Stub, TraceContext};
+use crate::metrics::{failure_kind, Measured, Side};
 use crate::transport::recovery::DeclaredOnce;
 use crate::transport::{Outgoing, Properties};
 use crate::wire::{new_id, Args, Codec, Reply, ReplyTo, Request};
@@ -115,15 +118,35 @@ impl Client {
         self.cast_args(options, method, args).await
     }
 
-    /// [`Client::cast`] with the arguments already encoded.
+    /// [`Client::cast`] with the arguments already encoded, in a span of
+    /// its own, counted.
     pub(crate) async fn cast_args(
         &self,
         options: &CallOptions,
         method: &str,
         args: Args,
     ) -> Result<(), Error> {
+        let traced = trace_for(options);
+        let span = client_span("cast", &options.target.topic, method, &traced);
+        let trace = traced.0;
+        let counted = Measured::start(Side::Client, &options.target.topic, method);
+        let result = self
+            .send_cast(options, method, args, &trace)
+            .instrument(span)
+            .await;
+        counted.finish(result.as_ref().err().map(Error::kind_label));
+        result
+    }
+
+    async fn send_cast(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: Args,
+        trace: &TraceContext,
+    ) -> Result<(), Error> {
         let target = &options.target;
-        let request = self.request(options, method, args, None);
+        let request = self.request(options, method, args, None, trace);
         let (exchange, routing_key) = if target.fanout {
             let exchange = fanout_exchange(&target.topic);
             let spec = self.inner.connection.topology().fanout_exchange(&exchange);
@@ -133,16 +156,39 @@ impl Client {
             self.declare_control_exchange(&target.exchange).await?;
             (target.exchange.clone(), target.routing_key())
         };
-        let message = self.outgoing(exchange, routing_key, &request, None, true)?;
+        let message = self.outgoing(exchange, routing_key, &request, None, true, trace)?;
         self.inner.connection.transport().publish(message).await
     }
 
-    /// A call with the arguments already encoded: its reply, still encoded.
+    /// A call with the arguments already encoded: its reply, still encoded;
+    /// in a span of its own, counted.
     pub(crate) async fn call_args(
         &self,
         options: &CallOptions,
         method: &str,
         args: Args,
+    ) -> Result<Outcome, Error> {
+        let traced = trace_for(options);
+        let span = client_span("call", &options.target.topic, method, &traced);
+        let trace = traced.0;
+        let counted = Measured::start(Side::Client, &options.target.topic, method);
+        let result = self
+            .send_call(options, method, args, &trace)
+            .instrument(span)
+            .await;
+        counted.finish(match &result {
+            Ok(outcome) => outcome.failure_class().map(failure_kind),
+            Err(e) => Some(e.kind_label()),
+        });
+        result
+    }
+
+    async fn send_call(
+        &self,
+        options: &CallOptions,
+        method: &str,
+        args: Args,
+        trace: &TraceContext,
     ) -> Result<Outcome, Error> {
         let target = &options.target;
         if target.fanout {
@@ -157,7 +203,7 @@ impl Client {
             queue: replies.name().to_owned(),
             msg_id,
         };
-        let mut request = self.request(options, method, args, Some(reply_to));
+        let mut request = self.request(options, method, args, Some(reply_to), trace);
         // The deadline travels so a server can drop the request if it is
         // dequeued after the caller gave up; a timeout too large for the
         // clock is no deadline.
@@ -169,6 +215,7 @@ impl Client {
             &request,
             Some(timeout),
             false,
+            trace,
         )?;
         self.inner.connection.transport().publish(message).await?;
         let reply = match tokio::time::timeout(timeout, reply).await {
@@ -198,7 +245,10 @@ impl Client {
         method: &str,
         args: Args,
         reply: Option<ReplyTo>,
+        trace: &TraceContext,
     ) -> Request {
+        let mut context = options.context.clone();
+        trace.write_to(&mut context);
         Request {
             method: method.to_owned(),
             args,
@@ -207,7 +257,7 @@ impl Client {
             reply,
             timeout: None,
             unique_id: Some(new_id()),
-            context: options.context.clone(),
+            context,
         }
     }
 
@@ -218,9 +268,11 @@ impl Client {
         request: &Request,
         timeout: Option<Duration>,
         confirm: bool,
+        trace: &TraceContext,
     ) -> Result<Outgoing, Error> {
         let codec = self.inner.codec;
-        let mut properties = Properties::default().with_content_type(codec.content_type())?;
+        let mut properties =
+            trace.write_headers(Properties::default().with_content_type(codec.content_type())?);
         if let Some(timeout) = timeout {
             properties = properties.with_expiration_ms(timeout.as_millis().max(1))?;
         }
@@ -308,4 +360,35 @@ impl Client {
             })
             .await
     }
+}
+
+/// The trace context of a request sent with `options`: a child of the one
+/// its context carries, else of the request this task serves, else a new
+/// trace.
+fn trace_for(options: &CallOptions) -> (TraceContext, Option<String>) {
+    match TraceContext::from_context(&options.context).or_else(TraceContext::current) {
+        Some(parent) => (parent.child(), Some(parent.span_id())),
+        None => (TraceContext::new_root(), None),
+    }
+}
+
+/// The client span of a call or cast, named after OpenTelemetry's RPC
+/// conventions.
+fn client_span(
+    kind: &str,
+    service: &str,
+    method: &str,
+    (trace, parent): &(TraceContext, Option<String>),
+) -> tracing::Span {
+    tracing::info_span!(
+        "rpc.client",
+        otel.kind = "client",
+        rpc.system = "oslo",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.kind = %kind,
+        trace_id = %trace.trace_id(),
+        span_id = %trace.span_id(),
+        parent_id = parent.as_deref(),
+    )
 }

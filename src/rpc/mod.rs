@@ -19,6 +19,7 @@ mod server;
 mod stub;
 mod target;
 mod topology;
+mod trace;
 mod variant;
 mod version;
 
@@ -40,4 +41,5 @@ pub use stub::{Method, Outcome, ServiceRequest, Stub};
 pub use target::{fanout_exchange, server_queue, Target, DEFAULT_EXCHANGE};
 pub(crate) use topology::declare_topic_queues;
 pub use topology::{Topology, DEFAULT_TRANSIENT_TTL_MS};
+pub use trace::{TraceContext, TRACEPARENT, TRACESTATE};
 pub use version::Version;

@@ -20,6 +20,8 @@ use super::dispatch::{Dispatch, Endpoints, Request, Response};
 use super::duplicates::{Duplicates, DEFAULT_DUPLICATE_WINDOW};
 use super::target::{fanout_exchange, fanout_queue, server_queue, DEFAULT_EXCHANGE};
 use super::topology::declare_topic_queues;
+use super::TraceContext;
+use crate::metrics::{failure_kind, Measured, Side};
 use crate::transport::recovery::resubscribe;
 use crate::transport::{ConsumeSpec, Delivery, Outgoing, Properties, QueueSpec, Subscription};
 use crate::wire::{new_id, Codec, Failure, Reply, ReplyTo, WARREN_MODULE};
@@ -663,7 +665,25 @@ async fn execute(
     // method can watch `Context::deadline_passed`).
     request.context.deadline = request_deadline(props.expiration(), request.context.deadline())
         .unwrap_or_else(|()| Some(Instant::now()));
-    let dispatch = shared.service.clone().oneshot(request);
+    // The server span continues the caller's trace (or starts one); calls
+    // the method makes continue the server span, through its context.
+    let parent = TraceContext::of_request(props, &request.context);
+    let trace = parent
+        .as_ref()
+        .map_or_else(TraceContext::new_root, TraceContext::child);
+    trace.write_to(&mut request.context);
+    let span = tracing::info_span!(
+        "rpc.server",
+        otel.kind = "server",
+        rpc.system = "oslo",
+        rpc.service = %shared.plan.topic,
+        rpc.method = %request.method,
+        trace_id = %trace.trace_id(),
+        span_id = %trace.span_id(),
+        parent_id = parent.as_ref().map(TraceContext::span_id),
+    );
+    let counted = Measured::start(Side::Server, &shared.plan.topic, &request.method);
+    let dispatch = tracing::Instrument::instrument(shared.service.clone().oneshot(request), span);
     let response = match (keepalive, &address) {
         // Boxed: only oslo callers ask for keepalives, and the timer
         // would otherwise enlarge every request's task.
@@ -683,6 +703,7 @@ async fn execute(
         Ok(response) => response.into_outcome(),
         Err(e) => Err(middleware_failure(e)),
     };
+    counted.finish(outcome.as_ref().err().map(|f| failure_kind(&f.class)));
     (address, outcome)
 }
 

@@ -116,6 +116,11 @@ impl Outcome {
         Outcome { codec, outcome }
     }
 
+    /// The class of the server's failure, if it failed.
+    pub(crate) fn failure_class(&self) -> Option<&str> {
+        self.outcome.as_ref().err().map(|f| f.class.as_str())
+    }
+
     /// The result of a method returning `T`.
     pub fn value<T: DeserializeOwned>(self) -> Result<T, Error> {
         match self.outcome {

@@ -6,10 +6,14 @@
 //!   with the same assertions on both brokers;
 //! - [`wire`]: protocol headers and malformed frames;
 //! - [`heartbeat`]: heartbeats over a raw socket, on both brokers;
+//! - [`management`]: `warren broker --management` (RabbitMQ's management
+//!   API, `/metrics`, the dashboard) beside RabbitMQ's own;
 //! - [`embedded`] and [`permissions`]: warren's own broker API (the socket-free
 //!   core, users and permission patterns, shutdown);
 //! - [`ctl`]: `warren ctl` against a `warren broker` process, beside
 //!   `rabbitmqctl`, and RabbitMQ's definitions both ways.
+//! - [`tutorials`]: RabbitMQ's six tutorials, the Rust examples against the
+//!   tutorials' Python programs, on both brokers.
 //!
 //! Tests share the process: names are unique per test and embedded brokers
 //! listen on ephemeral ports.
@@ -21,6 +25,8 @@ mod ctl;
 mod embedded;
 mod heartbeat;
 mod lapin_spec;
+mod management;
 mod permissions;
 mod spec;
+mod tutorials;
 mod wire;

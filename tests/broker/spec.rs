@@ -117,6 +117,7 @@ spec! {
     reject_publish_dlx_and_max_length_bytes: [pika],
     max_priority: [pika],
     invalid_queue_arguments_are_406: [pika],
+    quorum_queue_delivery_limit: [pika],
 
     // Lifetimes.
     exclusive_queue: [lapin, pika, kombu],

@@ -657,11 +657,16 @@ mod signals {
     fn spawn_broker(extra: &[&str], env: &[(&str, &str)]) -> (std::process::Child, u16) {
         let port = free_port();
         let mut cmd = Command::new(crate::common::warren_bin());
-        cmd.args(["broker", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "broker",
+            "--in-memory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let child = cmd.spawn().expect("warren broker starts");
         let deadline = Instant::now() + GUARD;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

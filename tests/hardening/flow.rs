@@ -77,6 +77,7 @@ impl BrokerProcess {
         let child = Command::new(crate::common::warren_bin())
             .args([
                 "broker",
+                "--in-memory",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--memory-high-watermark",

@@ -11,5 +11,6 @@ mod common;
 
 mod access;
 mod dead_letter;
+mod durability;
 mod flow;
 mod frames;

@@ -29,6 +29,7 @@ def main():
     transport = messaging.get_rpc_transport(cfg.CONF, url=url)
     target = messaging.Target(exchange=exchange, topic=topic, version="1.0")
     client = messaging.get_rpc_client(transport, target, timeout=20)
+    traced = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
     ctxt = {"request_id": "req-6d1f", "user_id": "u1", "project_id": "p1", "is_admin": False}
     out = {
         "health_check": outcome(lambda: client.call({}, "health_check", seqid=7, host="heat-api", req="How are you?")),
@@ -41,6 +42,7 @@ def main():
         "wrong_namespace": outcome(lambda: client.prepare(namespace="other").call({}, "add", a=1, b=2)),
         "context": outcome(lambda: client.call(ctxt, "get_context", key="user_id")),
         "context_is_admin": outcome(lambda: client.call(ctxt, "get_context", key="is_admin")),
+        "traceparent": outcome(lambda: client.call(traced, "get_context", key="traceparent")),
         "call_monitor": outcome(lambda: client.prepare(call_monitor_timeout=1).call({}, "sleep", seconds=2.5)),
         "cast": outcome(lambda: client.cast({}, "record", value=5)),
         "fanout": outcome(lambda: client.prepare(fanout=True).cast({}, "record", value=6)),

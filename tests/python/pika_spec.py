@@ -1072,6 +1072,36 @@ def queue_expires(conn, n):
 
 
 @feature
+def quorum_queue_delivery_limit(conn, n):
+    # A quorum queue is durable, counts each delivery in x-delivery-count, and
+    # dead-letters a message given back more often than x-delivery-limit.
+    ch = confirmed_channel(conn)
+    dlx = n.x("qdlx")
+    ch.exchange_declare(dlx, "fanout")
+    dead = n.q("qdead")
+    ch.queue_declare(dead)
+    ch.queue_bind(dead, dlx)
+    expect_channel_error(406, conn.channel().queue_declare, n.q("transient"),
+                         durable=False, arguments={"x-queue-type": "quorum"})
+    q = n.q("quorum")
+    ch.queue_declare(q, durable=True, arguments={
+        "x-queue-type": "quorum", "x-delivery-limit": 2, "x-dead-letter-exchange": dlx})
+    publish(ch, "", q, b"poison", delivery_mode=2)
+    seen = []
+    for _ in range(3):
+        method, props, _body = wait_get(ch, q, auto_ack=False)
+        seen.append((method.redelivered, props.headers["x-delivery-count"]))
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    assert seen == [(False, 0), (True, 1), (True, 2)], seen
+    method, props, body = wait_get(ch, dead)
+    assert body == b"poison"
+    (d,) = death(props)
+    assert (d["reason"], d["queue"], d["count"]) == ("delivery_limit", q, 1), d
+    assert "x-delivery-count" not in props.headers, props.headers
+    assert ch.basic_get(q)[0] is None
+
+
+@feature
 def invalid_queue_arguments_are_406(conn, n):
     ten_years = 315360000000  # RabbitMQ's longest TTL and expiry, in ms
     for args in ({"x-message-ttl": "soon"}, {"x-message-ttl": -1},

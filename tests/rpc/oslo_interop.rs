@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use warren::rpc::{Context, RemoteException};
+use warren::rpc::{Context, RemoteException, TraceContext, TRACEPARENT};
 
 const EXCHANGE: &str = "heat";
 
@@ -141,6 +141,15 @@ async fn python_client_calls_warren_servers(url: &str) {
     assert_eq!(out["wrong_namespace"]["exc_type"], "UnsupportedVersion");
     assert_eq!(out["context"], json!({"result": "u1"}));
     assert_eq!(out["context_is_admin"], json!({"result": false}));
+    // The warren server's span continues the Python caller's trace: same
+    // trace id, a span of its own.
+    let served = out["traceparent"]["result"].as_str().unwrap_or_default();
+    assert!(
+        served.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && !served.contains("00f067aa0ba902b7"),
+        "{}",
+        out["traceparent"]
+    );
     assert_eq!(
         out["call_monitor"],
         json!({"result": 2.5}),
@@ -263,6 +272,23 @@ async fn warren_client_calls_a_python_server(url: &str) {
             .await
             .unwrap(),
         Some(json!("u1"))
+    );
+
+    // The trace context reaches the Python server's context (as oslo's
+    // `_context_traceparent`) and comes back: the id survives the round trip.
+    let trace = TraceContext::new_root();
+    let seen = engine
+        .context(Context::new().with(TRACEPARENT, trace.traceparent()))
+        .get_context(TRACEPARENT.into())
+        .await
+        .unwrap();
+    let seen = seen.as_ref().and_then(Value::as_str).unwrap_or_default();
+    let seen = TraceContext::parse(seen, None).expect("a traceparent came back");
+    assert_eq!(seen.trace_id(), trace.trace_id());
+    assert_ne!(
+        seen.span_id(),
+        trace.span_id(),
+        "the client span is a child"
     );
 
     engine.record(5).await.unwrap();

@@ -333,7 +333,12 @@ async fn warren_broker_command_reloads_certificates_on_sighup() {
     std::fs::copy(&pki.server.key, &key).expect("copy");
     let (plain_port, tls_port) = (free_port(), free_port());
     let mut broker = std::process::Command::new(crate::common::warren_bin())
-        .args(["broker", "--listen", &format!("127.0.0.1:{plain_port}")])
+        .args([
+            "broker",
+            "--in-memory",
+            "--listen",
+            &format!("127.0.0.1:{plain_port}"),
+        ])
         .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
         .arg("--tls-cert")
         .arg(&cert)

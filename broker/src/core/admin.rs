@@ -347,6 +347,8 @@ impl Core {
                 tags: tags.to_vec(),
             },
         );
+        drop(users);
+        self.store_user(name);
         Ok(())
     }
 
@@ -356,7 +358,18 @@ impl Core {
         if write(&self.users).remove(name).is_none() {
             return Err(AdminError::NoSuchUser(name.to_owned()));
         }
-        write(&self.permissions).retain(|(user, _), _| user != name);
+        self.store_user(name);
+        let mut cleared = Vec::new();
+        write(&self.permissions).retain(|(user, vhost), _| {
+            let keep = user != name;
+            if !keep {
+                cleared.push(vhost.clone());
+            }
+            keep
+        });
+        for vhost in cleared {
+            self.store_permissions_cleared(name, &vhost);
+        }
         let reason = format!("user '{name}' is deleted");
         for s in self.connections.sessions() {
             if s.user == name {
@@ -373,25 +386,29 @@ impl Core {
 
     /// Sets a user's password by its hash.
     pub fn set_password_hash(&self, name: &str, hash: PasswordHash) -> Result<(), AdminError> {
-        match write(&self.users).get_mut(name) {
-            Some(u) => {
-                u.hash = hash;
-                Ok(())
-            }
-            None => Err(AdminError::NoSuchUser(name.to_owned())),
+        let found = write(&self.users)
+            .get_mut(name)
+            .map(|u| u.hash = hash)
+            .is_some();
+        if !found {
+            return Err(AdminError::NoSuchUser(name.to_owned()));
         }
+        self.store_user(name);
+        Ok(())
     }
 
     /// Replaces a user's tags (`administrator`, `monitoring`,
     /// `management`, … as RabbitMQ; none clears them).
     pub fn set_user_tags(&self, name: &str, tags: &[String]) -> Result<(), AdminError> {
-        match write(&self.users).get_mut(name) {
-            Some(u) => {
-                u.tags = tags.to_vec();
-                Ok(())
-            }
-            None => Err(AdminError::NoSuchUser(name.to_owned())),
+        let found = write(&self.users)
+            .get_mut(name)
+            .map(|u| u.tags = tags.to_vec())
+            .is_some();
+        if !found {
+            return Err(AdminError::NoSuchUser(name.to_owned()));
         }
+        self.store_user(name);
+        Ok(())
     }
 
     // ----- vhosts and permissions -----
@@ -414,7 +431,18 @@ impl Core {
         let Some(vh) = write(&self.vhosts).remove(name) else {
             return Err(AdminError::NoSuchVhost(name.to_owned()));
         };
-        write(&self.permissions).retain(|(_, vhost), _| vhost != name);
+        self.store_vhost_deleted(name);
+        let mut cleared = Vec::new();
+        write(&self.permissions).retain(|(user, vhost), _| {
+            let keep = vhost != name;
+            if !keep {
+                cleared.push(user.clone());
+            }
+            keep
+        });
+        for user in cleared {
+            self.store_permissions_cleared(&user, name);
+        }
         let reason = format!("vhost '{name}' is deleted");
         for s in self.connections.sessions() {
             if s.vhost.name == name {
@@ -424,6 +452,9 @@ impl Core {
         for q in vh.queue_list() {
             vh.delete_queue_internal(&q.name, Some(&q));
         }
+        // Its durable exchanges (and their bindings) leave the data directory
+        // too, so a vhost declared again under the name starts empty.
+        vh.forget_stored_exchanges();
         Ok(())
     }
 
@@ -455,6 +486,7 @@ impl Core {
         }
         self.vhost_or_err(vhost)?;
         write(&self.permissions).remove(&(user.to_owned(), vhost.to_owned()));
+        self.store_permissions_cleared(user, vhost);
         Ok(())
     }
 

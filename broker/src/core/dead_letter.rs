@@ -178,16 +178,25 @@ fn reroute(vhost: &dyn Router, task: DeadLetter, out: &mut DeadLetters) {
         return;
     };
     let cycles = cycle_queues(&dead.properties);
-    for t in targets {
-        if cycles.contains(t.name.as_str()) {
+    let mut targets = targets;
+    targets.retain(|t| {
+        let cycle = cycles.contains(t.name.as_str());
+        if cycle {
             tracing::debug!(
                 "dead letter from '{}' dropped: it would cycle back into '{}' with no \
                  rejection on the way",
                 source.name,
                 t.name
             );
-            continue;
         }
+        !cycle
+    });
+    // Stored before any target holds it; nobody waits for it to be on disk.
+    if let Err(e) = super::durable::persist_routed(&dead, &targets) {
+        tracing::warn!(error = %e, "durable store refused a dead letter: dropped");
+        return;
+    }
+    for t in targets {
         t.enqueue_into(dead.clone(), out);
     }
 }

@@ -148,6 +148,10 @@ pub struct MemoryMonitor {
     untracked: AtomicUsize,
     /// The alarm, read on every publish (the watch below is for waiters).
     on: AtomicBool,
+    /// The disk alarm (free space under `--disk-free-limit`, or the store's disk
+    /// full), which blocks publishers the same way.
+    disk: AtomicBool,
+    /// Memory or disk alarm.
     alarm: watch::Sender<bool>,
     /// When the monitor was made, and the last transition logged at info
     /// (ms after it): at the watermark the alarm may flip many times a
@@ -165,6 +169,7 @@ impl MemoryMonitor {
             sampled: AtomicUsize::new(0),
             untracked: AtomicUsize::new(0),
             on: AtomicBool::new(false),
+            disk: AtomicBool::new(false),
             alarm: watch::Sender::new(false),
             born: std::time::Instant::now(),
             logged_ms: std::sync::atomic::AtomicU64::new(0),
@@ -189,9 +194,38 @@ impl MemoryMonitor {
         self.tracked.load(Ordering::Relaxed)
     }
 
-    /// Whether the alarm is on (publishers are to be blocked).
+    /// Whether the memory or the disk alarm is on (publishers are to be blocked).
     pub fn alarm(&self) -> bool {
-        self.on.load(Ordering::Acquire)
+        self.on.load(Ordering::Acquire) || self.disk.load(Ordering::Acquire)
+    }
+
+    /// Whether the disk alarm is on.
+    pub fn disk_alarm(&self) -> bool {
+        self.disk.load(Ordering::Acquire)
+    }
+
+    /// Sets or clears the disk alarm (see [`super::disk`]).
+    pub(crate) fn set_disk_alarm(&self, on: bool) {
+        if self.disk.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        if on {
+            tracing::warn!("disk alarm set: blocking publishers");
+        } else {
+            tracing::info!("disk alarm cleared: unblocking publishers");
+        }
+        self.publish_alarm();
+    }
+
+    /// Publishes the alarm as it is now, inside the watch's lock: two racing
+    /// transitions then leave the watch agreeing with the last of them.
+    fn publish_alarm(&self) {
+        self.alarm.send_if_modified(|v| {
+            let now = self.alarm();
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
     }
 
     /// The alarm, for waiting on its changes.
@@ -288,14 +322,7 @@ impl MemoryMonitor {
             (false, true) => tracing::info!(tracked, "memory alarm cleared: unblocking publishers"),
             (false, false) => tracing::debug!(tracked, "memory alarm cleared"),
         }
-        // Publish the flag as it is now, inside the watch's lock: two racing
-        // transitions then leave the watch agreeing with the last of them.
-        self.alarm.send_if_modified(|v| {
-            let now = self.on.load(Ordering::Acquire);
-            let changed = *v != now;
-            *v = now;
-            changed
-        });
+        self.publish_alarm();
     }
 }
 

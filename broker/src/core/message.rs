@@ -4,7 +4,7 @@
 //! clones a pointer, never the body (a cheap-clone `Bytes`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use amq_protocol::protocol::BasicProperties;
@@ -29,6 +29,8 @@ pub struct Message {
     charge: Charge,
     /// For a dead letter: the count its copies share (see [`super::dead_letter`]).
     pub(crate) lineage: Option<Arc<Lineage>>,
+    /// Its id in the durable store, once stored (see [`super::durable`]).
+    pub(crate) store_id: OnceLock<u64>,
 }
 
 impl Message {
@@ -46,6 +48,7 @@ impl Message {
             body,
             charge: Charge::none(),
             lineage: None,
+            store_id: OnceLock::new(),
         }
     }
 
@@ -191,6 +194,10 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// When it expires (queue TTL or per-message TTL), if ever.
     pub expires_at: Option<Instant>,
+    /// Times it was given back to the queue (a quorum queue's `x-delivery-count`).
+    pub(crate) delivery_count: u32,
+    /// Its copy in the durable store: settled there when the last clone goes.
+    pub(crate) stored: Option<Arc<super::durable::Stored>>,
 }
 
 impl QueuedMessage {

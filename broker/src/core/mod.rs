@@ -49,6 +49,10 @@ pub mod admin;
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub mod dead_letter;
+pub mod disk;
+pub(crate) mod durable;
+#[cfg(test)]
+mod durable_tests;
 pub(crate) mod error;
 pub(crate) mod exchange;
 pub(crate) mod locks;
@@ -58,17 +62,20 @@ pub(crate) mod password;
 pub mod permission;
 pub(crate) mod queue;
 pub(crate) mod reply_to;
+pub(crate) mod restore;
 pub(crate) mod session;
 pub mod snapshot;
 pub(crate) mod vhost;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::AMQPValue;
 
+pub use crate::store::StoreError;
 pub use channel::{
     ChannelEvent, ChannelSink, ConsumeOptions, CoreChannel, Delivery, GetOk, PublishOutcome,
     QueueDeclareOk, Returned,
@@ -80,7 +87,10 @@ pub use memory::{MemoryMonitor, MemoryWatermark};
 pub use message::Message;
 pub use password::{InvalidPasswordHash, PasswordHash};
 pub use queue::{QueueDeclareOptions, QueueDeleteOptions};
+pub use restore::RecoveryReport;
 use vhost::VHost;
+
+use crate::store;
 
 /// How often TTL expiry and `x-expires` are checked.
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
@@ -157,6 +167,16 @@ pub(crate) struct User {
     tags: Vec<String>,
 }
 
+impl User {
+    /// A user without tags.
+    fn new(hash: PasswordHash) -> Self {
+        Self {
+            hash,
+            tags: Vec::new(),
+        }
+    }
+}
+
 /// The broker core: users, vhosts and connections.
 #[derive(Debug)]
 pub struct Core {
@@ -170,8 +190,21 @@ pub struct Core {
     /// In milliseconds; [`NO_CONSUMER_TIMEOUT`] for none.
     consumer_timeout_ms: AtomicU64,
     memory: Arc<MemoryMonitor>,
+    /// The durable store, for a core opened on a data directory.
+    durable: Option<Arc<durable::Persistence>>,
+    /// What was restored from the store at start.
+    recovery: Option<RecoveryReport>,
     /// The open connections, for operators.
     connections: Arc<session::Registry>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Dropping the queues must not record their messages as settled.
+        if let Some(p) = &self.durable {
+            p.abandon();
+        }
+    }
 }
 
 impl Core {
@@ -190,30 +223,85 @@ impl Core {
 
     /// [`new`](Self::new) with users given by their password hashes.
     pub fn with_password_hashes(users: &[(String, PasswordHash)], vhosts: &[String]) -> Arc<Self> {
-        let mut map = HashMap::new();
-        map.insert("/".to_string(), VHost::new("/"));
-        for v in vhosts {
-            map.entry(v.clone()).or_insert_with(|| VHost::new(v));
-        }
         let users = users
             .iter()
-            .map(|(name, hash)| {
-                let user = User {
-                    hash: hash.clone(),
-                    tags: Vec::new(),
-                };
-                (name.clone(), user)
-            })
+            .map(|(name, hash)| (name.clone(), User::new(hash.clone())))
             .collect();
-        let core = Arc::new(Self {
+        Self::started(Self::build(users, vhosts, None))
+    }
+
+    /// A core keeping its durable state in `dir` (the durable store): what the
+    /// store holds is restored first (vhosts, users, permissions, durable
+    /// exchanges, queues, bindings, persistent messages; see [`Core::recovery`]),
+    /// then `users` (which win over stored ones of the same name) and `vhosts`
+    /// are added. Fails when another broker holds `dir`
+    /// ([`StoreError::Locked`]) or its files cannot be read.
+    pub fn open_durable(
+        dir: &Path,
+        users: &[(String, PasswordHash)],
+        vhosts: &[String],
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::open_durable_with(dir, users, vhosts, None, false)
+    }
+
+    /// [`open_durable`](Self::open_durable) with segments of `segment_size` bytes;
+    /// `repair`: truncate the log at damage that is not a torn tail (logging what
+    /// is dropped) instead of refusing to start.
+    pub(crate) fn open_durable_with(
+        dir: &Path,
+        users: &[(String, PasswordHash)],
+        vhosts: &[String],
+        segment_size: Option<u64>,
+        repair: bool,
+    ) -> Result<Arc<Self>, StoreError> {
+        let started = Instant::now();
+        let (p, recovered) = durable::Persistence::open(dir, segment_size, repair)?;
+        let (mut stored_users, rest) = restore::split_users(recovered);
+        for (name, hash) in users {
+            // A given password wins; tags set by an operator stay.
+            stored_users
+                .entry(name.clone())
+                .and_modify(|u| u.hash = hash.clone())
+                .or_insert_with(|| User::new(hash.clone()));
+        }
+        let mut core = Self::build(stored_users, &[], Some(p.clone()));
+        let mut report = restore::restore(&core, &p, rest);
+        for v in vhosts {
+            core.add_vhost(v);
+        }
+        report.duration = started.elapsed();
+        report.log();
+        core.recovery = Some(report);
+        Ok(Self::started(core))
+    }
+
+    fn build(
+        users: HashMap<String, User>,
+        vhosts: &[String],
+        durable: Option<Arc<durable::Persistence>>,
+    ) -> Self {
+        let mut map = HashMap::new();
+        map.insert("/".to_string(), VHost::with_store("/", durable.clone()));
+        for v in vhosts {
+            map.entry(v.clone())
+                .or_insert_with(|| VHost::with_store(v, durable.clone()));
+        }
+        Self {
             users: RwLock::new(users),
             permissions: RwLock::new(HashMap::new()),
             vhosts: RwLock::new(map),
             next_connection: AtomicU64::new(1),
             consumer_timeout_ms: AtomicU64::new(timeout_ms(Some(DEFAULT_CONSUMER_TIMEOUT))),
             memory: MemoryMonitor::new(MemoryWatermark::default().resolve()),
+            durable,
+            recovery: None,
             connections: Arc::default(),
-        });
+        }
+    }
+
+    /// Shares the core and starts its background tasks.
+    fn started(core: Self) -> Arc<Self> {
+        let core = Arc::new(core);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             memory::spawn_sampler(&handle, &core.memory);
             let weak: Weak<Core> = Arc::downgrade(&core);
@@ -228,6 +316,32 @@ impl Core {
             });
         }
         core
+    }
+
+    /// What was restored from the data directory at start (`None` for a core
+    /// kept in memory).
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// The data directory, for a durable core.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.durable.as_ref().map(|p| p.dir())
+    }
+
+    /// Follows the store's disk-full state (`None` for a core kept in memory).
+    pub(crate) fn watch_disk_full(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.durable.as_ref().map(|p| p.watch_disk_full())
+    }
+
+    /// Closes the durable store cleanly: everything pending reaches the disk and
+    /// the next start knows the shutdown was clean. Settlements after this are
+    /// not recorded (the broker is stopping). A no-op for a core kept in memory.
+    pub fn close_durable(&self) -> Result<(), StoreError> {
+        match &self.durable {
+            Some(p) => p.close(),
+            None => Ok(()),
+        }
     }
 
     /// The memory gauge and alarm: above its watermark, publishers are blocked.
@@ -256,6 +370,42 @@ impl Core {
     /// Sets `user`'s permissions on `vhost`, as RabbitMQ's `set_permissions`:
     /// a user may use only the vhosts it has permissions on.
     pub fn set_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
+        if let Some(p) = &self.durable {
+            restore::store_permissions(p, user, vhost, &permissions);
+        }
+        self.insert_permissions(user, vhost, permissions);
+    }
+
+    /// Records `name` in the data directory as it is now, or its deletion
+    /// when it is gone (a no-op for a core kept in memory).
+    pub(crate) fn store_user(&self, name: &str) {
+        let Some(p) = &self.durable else { return };
+        let value = read(&self.users).get(name).map(restore::encode_user);
+        match value {
+            Some(value) => p.put(store::DefClass::USER, name.as_bytes(), &value),
+            None => p.delete(store::DefClass::USER, name.as_bytes()),
+        }
+    }
+
+    /// Records that `user` has no permissions on `vhost` any more.
+    pub(crate) fn store_permissions_cleared(&self, user: &str, vhost: &str) {
+        if let Some(p) = &self.durable {
+            p.delete(
+                store::DefClass::PERMISSION,
+                &restore::permissions_key(user, vhost),
+            );
+        }
+    }
+
+    /// Records that the vhost `name` is gone.
+    pub(crate) fn store_vhost_deleted(&self, name: &str) {
+        if let Some(p) = &self.durable {
+            p.delete(store::DefClass::VHOST, name.as_bytes());
+        }
+    }
+
+    /// Sets permissions without recording them (restore).
+    fn insert_permissions(&self, user: &str, vhost: &str, permissions: permission::Permissions) {
         write(&self.permissions).insert((user.to_owned(), vhost.to_owned()), Arc::new(permissions));
     }
 
@@ -301,9 +451,19 @@ impl Core {
 
     /// Add a vhost at runtime.
     pub fn add_vhost(&self, name: &str) {
-        write(&self.vhosts)
-            .entry(name.to_string())
-            .or_insert_with(|| VHost::new(name));
+        let added = {
+            let mut vhosts = write(&self.vhosts);
+            match vhosts.entry(name.to_string()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(VHost::with_store(name, self.durable.clone()));
+                    true
+                }
+            }
+        };
+        if let (true, Some(p)) = (added, &self.durable) {
+            p.put(crate::store::DefClass::VHOST, name.as_bytes(), b"");
+        }
     }
 
     /// Open a connection for an (already authenticated) user on a vhost.

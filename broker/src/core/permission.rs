@@ -46,6 +46,11 @@ impl Permissions {
         })
     }
 
+    /// The configure, write and read patterns.
+    pub(crate) fn patterns(&self) -> [&str; 3] {
+        [self.configure(), self.write(), self.read()]
+    }
+
     /// The configure pattern, as given.
     pub fn configure(&self) -> &str {
         self.configure.as_str()

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
+use super::durable::QueueStore;
 use super::error::AmqpError;
 use super::locks::lock;
 use super::message::{Message, QueuedMessage, MAX_EXPIRY_MS};
@@ -120,7 +121,8 @@ impl DeadLetters {
 pub struct QueueDeclareOptions {
     /// Only check that the queue exists (404 if not); change nothing.
     pub passive: bool,
-    /// Declared durable (nothing is persisted).
+    /// Durable: kept in the data directory of a durable core (unless exclusive or
+    /// auto-delete), with its persistent messages.
     pub durable: bool,
     /// Owned by the declaring connection, deleted when it closes.
     pub exclusive: bool,
@@ -148,6 +150,8 @@ pub enum DeadReason {
     Expired,
     /// Dropped from the head because of a length limit.
     MaxLen,
+    /// Given back more times than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeadReason {
@@ -157,6 +161,7 @@ impl DeadReason {
             Self::Rejected => "rejected",
             Self::Expired => "expired",
             Self::MaxLen => "maxlen",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -191,6 +196,11 @@ pub struct QueueConfig {
     pub dead_letter_routing_key: Option<String>,
     /// `x-max-priority`.
     pub max_priority: Option<u8>,
+    /// `x-queue-type: quorum`: durable, every message persisted.
+    pub quorum: bool,
+    /// `x-delivery-limit` (quorum queues): a message given back more times than
+    /// this is dead-lettered (or dropped).
+    pub delivery_limit: Option<u32>,
 }
 
 impl QueueConfig {
@@ -237,6 +247,25 @@ impl QueueConfig {
                 &format!("{{unacceptable_type,{}}}", value_type_name(v)),
             )
         };
+        if let Some(v) = args.inner().get("x-queue-type") {
+            cfg.quorum = match value_as_string(v).as_deref() {
+                Some("quorum") => true,
+                Some("classic") => false,
+                Some(other) => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': \
+                         {{unsupported_queue_type,'{other}'}}"
+                    )))
+                }
+                None => return Err(unacceptable("x-queue-type", v)),
+            };
+        }
+        // As RabbitMQ 3.x: a limit that is not a non-negative integer is ignored.
+        cfg.delivery_limit = args
+            .inner()
+            .get("x-delivery-limit")
+            .and_then(value_as_i64)
+            .and_then(|n| u32::try_from(n.max(0)).ok());
         if let Some(v) = args.inner().get("x-overflow") {
             cfg.overflow = Some(match value_as_string(v).as_deref() {
                 Some("drop-head") => Overflow::DropHead,
@@ -414,7 +443,8 @@ impl QueueCounters {
 pub struct Queue {
     /// Queue name.
     pub name: String,
-    /// Declared durable flag (nothing is persisted).
+    /// Declared durable (kept in the data directory of a durable core unless
+    /// exclusive or auto-delete).
     pub durable: bool,
     /// Owning connection id for exclusive queues.
     pub exclusive_owner: Option<u64>,
@@ -424,6 +454,8 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// Parsed `x-` arguments.
     pub config: QueueConfig,
+    /// Its link to the durable store, for a durable queue of a durable core.
+    pub(crate) store: Option<QueueStore>,
     /// Counters for operators.
     pub(crate) counters: QueueCounters,
     state: Mutex<QueueState>,
@@ -447,6 +479,7 @@ impl Queue {
             auto_delete,
             arguments,
             config,
+            store: None,
             counters: QueueCounters::default(),
             state: Mutex::new(QueueState {
                 store,
@@ -456,6 +489,23 @@ impl Queue {
                 deleted: false,
             }),
         }
+    }
+
+    /// The queue, kept in the durable store.
+    pub(crate) fn with_store(mut self, store: QueueStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Puts back a message recovered from the durable store (at start-up, in
+    /// publish order; nothing is dispatched: there are no consumers yet).
+    pub(crate) fn restore(&self, qm: QueuedMessage) {
+        self.st().store.push_back(qm);
+    }
+
+    /// The expiry of `msg` published at `published` (for restored messages).
+    pub(crate) fn expiry_at(&self, msg: &Message, published: Instant) -> Option<Instant> {
+        self.expiry_for(msg, published)
     }
 
     /// The queue's state (rank 3 of [`super::locks`]: one queue at a time, no
@@ -511,10 +561,19 @@ impl Queue {
     ) -> EnqueueResult {
         let now = Instant::now();
         let expires_at = self.expiry_for(&msg, now);
+        let stored = self.store.as_ref().and_then(|s| s.token(&msg));
+        // A quorum queue tells every delivery its count, from 0.
+        let msg = if self.config.quorum {
+            with_delivery_count(&msg, Some(0))
+        } else {
+            msg
+        };
         let qm = QueuedMessage {
             msg,
             redelivered: false,
             expires_at,
+            delivery_count: 0,
+            stored,
         };
         // The lock is held to the end: nothing here reaches another queue.
         {
@@ -660,10 +719,39 @@ impl Queue {
         }
         for mut m in msgs.into_iter().rev() {
             m.redelivered = true;
+            if self.config.quorum {
+                m = match self.count_delivery(m) {
+                    Ok(m) => m,
+                    Err(m) => {
+                        dead.push(self, m, DeadReason::DeliveryLimit);
+                        continue;
+                    }
+                };
+            }
             st.store.push_front(m);
         }
         self.dispatch_locked(&mut st, &mut dead);
         dead
+    }
+
+    /// A quorum queue's count of a message given back: the `x-delivery-count`
+    /// header, recorded in the store; `Err` past `x-delivery-limit`.
+    fn count_delivery(&self, mut m: QueuedMessage) -> Result<QueuedMessage, QueuedMessage> {
+        m.delivery_count = m.delivery_count.saturating_add(1);
+        if let (Some(s), Some(st)) = (&self.store, &m.stored) {
+            s.persistence.delivered(s.uid, st.id(), m.delivery_count);
+        }
+        if self
+            .config
+            .delivery_limit
+            .is_some_and(|limit| m.delivery_count > limit)
+        {
+            // Dead-lettered without the count, as RabbitMQ does.
+            m.msg = with_delivery_count(&m.msg, None);
+            return Err(m);
+        }
+        m.msg = with_delivery_count(&m.msg, Some(m.delivery_count));
+        Ok(m)
     }
 
     /// Add a subscriber and dispatch to it; `None` when the queue was deleted.
@@ -700,7 +788,28 @@ impl Queue {
 
     /// Drop all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
-        u32::try_from(self.st().store.clear()).unwrap_or(u32::MAX)
+        let mut st = self.st();
+        self.forget_stored(&st, false);
+        u32::try_from(st.store.clear()).unwrap_or(u32::MAX)
+    }
+
+    /// Records the ready messages about to be dropped as settled in a few
+    /// records rather than one each: the whole queue when it is `deleted` (its
+    /// unacked messages go with it), else those messages.
+    fn forget_stored(&self, st: &QueueState, deleted: bool) {
+        let Some(s) = &self.store else { return };
+        let mut ids = Vec::new();
+        for m in st.store.levels.iter().flatten() {
+            if let Some(t) = &m.stored {
+                t.forget();
+                ids.push(t.id());
+            }
+        }
+        if deleted {
+            s.persistence.purge(s.uid);
+        } else {
+            s.persistence.settle_many(s.uid, &ids);
+        }
     }
 
     /// Mark deleted, drop messages, return (message count, subscribers to
@@ -708,6 +817,7 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<dyn Subscriber>>) {
         let mut st = self.st();
         st.deleted = true;
+        self.forget_stored(&st, true);
         let n = st.store.clear();
         let consumers = std::mem::take(&mut st.consumers)
             .into_iter()
@@ -787,6 +897,28 @@ impl Queue {
             redelivered: load(&c.redelivered),
         }
     }
+}
+
+/// A copy of `msg` with its `x-delivery-count` header set to `count` (removed
+/// for `None`).
+pub(crate) fn with_delivery_count(msg: &Arc<Message>, count: Option<u32>) -> Arc<Message> {
+    let mut copy = Message::clone(msg);
+    let mut headers = copy.properties.headers().clone().unwrap_or_default();
+    match count {
+        Some(n) => {
+            headers.insert(
+                "x-delivery-count".into(),
+                AMQPValue::LongLongInt(i64::from(n)),
+            );
+        }
+        None => {
+            let mut map = headers.inner().clone();
+            map.remove("x-delivery-count");
+            headers = FieldTable::from(map);
+        }
+    }
+    copy.properties = copy.properties.with_headers(headers);
+    Arc::new(copy)
 }
 
 /// A [`Subscriber`] for tests: takes up to `capacity` unsettled messages and

@@ -18,6 +18,7 @@ use std::time::Instant;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::dead_letter::{Backlog, Router, SWEEP_BUDGET};
+use super::durable::{self, Enc, Persistence, QueueStore};
 use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeDeclareOptions, ExchangeKind};
 use super::locks::{lock, read, write};
@@ -26,14 +27,19 @@ use super::queue::{
     DeadLetters, EnqueueResult, Queue, QueueConfig, QueueDeclareOptions, QueueDeleteOptions,
 };
 use super::reply_to::ReplyTo;
+use crate::store::{DefClass, Durable};
 
 /// Outcome of routing one published message.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct RouteResult {
     /// Number of queues the message was delivered to.
     pub routed: usize,
-    /// True if at least one queue refused it (`x-overflow=reject-publish`).
+    /// True if at least one queue refused it (`x-overflow=reject-publish`), or the
+    /// durable store could not take it (disk full).
     pub rejected: bool,
+    /// Resolves once the message is on disk, when it was stored (a persistent
+    /// message routed to durable queues): its confirm waits for it.
+    pub durable: Option<Durable>,
 }
 
 /// A virtual host.
@@ -56,11 +62,22 @@ pub struct VHost {
     /// chain of n auto-delete exchanges cost n² (minutes for some tens of
     /// thousands, under the topology lock). Changed only under that lock.
     bound_by: Mutex<HashMap<Destination, HashSet<String>>>,
+    /// The durable store, for a vhost of a durable core.
+    store: Option<Arc<Persistence>>,
+    /// Uids of the durable exchanges and queues kept in the store (a leaf lock,
+    /// changed under the topology lock).
+    uids: Mutex<HashMap<Destination, u64>>,
 }
 
 impl VHost {
     /// Create a vhost with the standard pre-declared exchanges.
+    #[cfg(test)]
     pub fn new(name: &str) -> Arc<Self> {
+        Self::with_store(name, None)
+    }
+
+    /// [`new`](Self::new), keeping its durable entities in `store`.
+    pub(crate) fn with_store(name: &str, store: Option<Arc<Persistence>>) -> Arc<Self> {
         let mut exchanges = HashMap::new();
         for (n, k, internal) in [
             ("", ExchangeKind::Direct, false),
@@ -91,7 +108,61 @@ impl VHost {
             reply_to: ReplyTo::default(),
             dead_letters: Backlog::default(),
             bound_by: Mutex::new(HashMap::new()),
+            store,
+            uids: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The uid in the store of a durable exchange or queue (0 for the
+    /// predeclared exchanges); `None` if it is not kept there.
+    fn uid_of(&self, d: &Destination) -> Option<u64> {
+        match d {
+            Destination::Exchange(n) if n.is_empty() || n.starts_with("amq.") => Some(0),
+            d => lock(&self.uids).get(d).copied(),
+        }
+    }
+
+    /// The store key of a binding.
+    fn binding_key(
+        &self,
+        source: &str,
+        b: &Destination,
+        routing_key: &str,
+        args: &FieldTable,
+    ) -> Vec<u8> {
+        let (kind, dest) = match b {
+            Destination::Queue(q) => (b'q', q),
+            Destination::Exchange(x) => (b'e', x),
+        };
+        Enc::default()
+            .str(&self.name)
+            .str(source)
+            .u8(kind)
+            .str(dest)
+            .str(routing_key)
+            .bytes(&durable::encode_table(args))
+            .done()
+    }
+
+    /// Records an exchange declared durable.
+    fn store_exchange(&self, x: &Exchange, uid: Option<u64>) {
+        let Some(p) = &self.store else { return };
+        if !x.durable || x.auto_delete {
+            return;
+        }
+        let uid = uid.unwrap_or_else(|| p.new_uid());
+        lock(&self.uids).insert(Destination::Exchange(x.name.clone()), uid);
+        let value = Enc::default()
+            .u64(uid)
+            .str(x.kind.as_str())
+            .u8(u8::from(x.internal))
+            .bytes(&durable::encode_table(&x.arguments))
+            .done();
+        p.put(
+            DefClass::EXCHANGE,
+            &durable::entity_key(&self.name, &x.name),
+            &value,
+        );
     }
 
     /// Direct reply-to's addresses in this vhost.
@@ -231,17 +302,16 @@ impl VHost {
             )));
         }
         check_new(&arguments)?;
-        write(&self.exchanges).insert(
-            name.to_string(),
-            Arc::new(Exchange::new(
-                name,
-                k,
-                durable,
-                auto_delete,
-                internal,
-                arguments,
-            )),
-        );
+        let x = Arc::new(Exchange::new(
+            name,
+            k,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        ));
+        write(&self.exchanges).insert(name.to_string(), x.clone());
+        self.store_exchange(&x, None);
         Ok(())
     }
 
@@ -269,8 +339,26 @@ impl VHost {
         Ok(())
     }
 
+    /// Removes every exchange's record from the durable store (its vhost is
+    /// being deleted; the exchanges themselves go with the vhost).
+    pub(crate) fn forget_stored_exchanges(&self) {
+        let _t = lock(&self.topology);
+        let names: Vec<String> = read(&self.exchanges).keys().cloned().collect();
+        for name in names {
+            self.remove_exchange_locked(&name);
+        }
+    }
+
     fn remove_exchange_locked(&self, name: &str) {
         let removed = write(&self.exchanges).remove(name);
+        if lock(&self.uids)
+            .remove(&Destination::Exchange(name.to_string()))
+            .is_some()
+        {
+            if let Some(p) = &self.store {
+                p.delete(DefClass::EXCHANGE, &durable::entity_key(&self.name, name));
+            }
+        }
         if let Some(x) = removed {
             // Its bindings go with it: it no longer binds to anything.
             let dests = read(&x.router).destinations();
@@ -333,12 +421,39 @@ impl VHost {
             .entry(destination.clone())
             .or_default()
             .insert(source.to_string());
+        self.store_binding(source, &destination, routing_key, &arguments, true);
         write(&x.router).bind(Binding {
             destination,
             routing_key: routing_key.to_string(),
             arguments,
         });
         Ok(())
+    }
+
+    /// Records a binding (or its removal) when both its ends are kept in the store.
+    fn store_binding(
+        &self,
+        source: &str,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+        bound: bool,
+    ) {
+        let Some(p) = &self.store else { return };
+        let src = self.uid_of(&Destination::Exchange(source.to_string()));
+        let (Some(src), Some(dst)) = (src, self.uid_of(destination)) else {
+            return;
+        };
+        let key = self.binding_key(source, destination, routing_key, arguments);
+        if bound {
+            p.put(
+                DefClass::BINDING,
+                &key,
+                &Enc::default().u64(src).u64(dst).done(),
+            );
+        } else {
+            p.delete(DefClass::BINDING, &key);
+        }
     }
 
     fn check_binding_ends(
@@ -391,6 +506,7 @@ impl VHost {
         let Some(x) = self.exchange(source) else {
             return Ok(());
         };
+        self.store_binding(source, &destination, routing_key, &arguments, false);
         let now_empty = {
             let mut r = write(&x.router);
             r.unbind(&Binding {
@@ -475,16 +591,120 @@ impl VHost {
         }
         check_new(&arguments)?;
         let config = QueueConfig::parse(name, &self.name, &arguments)?;
-        let q = Arc::new(Queue::new(
+        if config.quorum {
+            // RabbitMQ's refusals of what a quorum queue cannot be.
+            let bad = [
+                (!durable, "non-durable"),
+                (exclusive, "exclusive"),
+                (auto_delete, "auto-delete"),
+            ];
+            if let Some((_, what)) = bad.iter().find(|(b, _)| *b) {
+                return Err(AmqpError::precondition(format!(
+                    "invalid property '{what}' for queue '{name}' in vhost '{}'",
+                    self.name
+                )));
+            }
+        }
+        let q = Queue::new(
             name.to_string(),
             durable,
             exclusive.then_some(conn_id),
             auto_delete,
             arguments,
             config,
-        ));
+        );
+        let q = Arc::new(self.store_queue(q, None));
         write(&self.queues).insert(name.to_string(), q.clone());
         Ok((q, 0, 0))
+    }
+
+    /// Links a queue declared durable (neither exclusive nor auto-delete) to the
+    /// store and records it; `uid` is its recovered uid at restore.
+    fn store_queue(&self, q: Queue, uid: Option<u64>) -> Queue {
+        let Some(p) = &self.store else { return q };
+        if !q.durable || q.exclusive_owner.is_some() || q.auto_delete {
+            return q;
+        }
+        let fresh = uid.is_none();
+        let uid = uid.unwrap_or_else(|| p.new_uid());
+        lock(&self.uids).insert(Destination::Queue(q.name.clone()), uid);
+        if fresh {
+            let value = Enc::default()
+                .u64(uid)
+                .bytes(&durable::encode_table(&q.arguments))
+                .done();
+            p.put(
+                DefClass::QUEUE,
+                &durable::entity_key(&self.name, &q.name),
+                &value,
+            );
+        }
+        let quorum = q.config.quorum;
+        q.with_store(QueueStore {
+            persistence: p.clone(),
+            uid,
+            quorum,
+        })
+    }
+
+    /// Restores a durable exchange from the store (nothing is written).
+    pub(crate) fn restore_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        internal: bool,
+        arguments: FieldTable,
+        uid: u64,
+    ) {
+        let _t = lock(&self.topology);
+        let x = Exchange::new(name, kind, true, false, internal, arguments);
+        lock(&self.uids).insert(Destination::Exchange(name.to_string()), uid);
+        write(&self.exchanges).insert(name.to_string(), Arc::new(x));
+    }
+
+    /// Restores a durable queue from the store (nothing is written).
+    pub(crate) fn restore_queue(
+        &self,
+        name: &str,
+        arguments: FieldTable,
+        uid: u64,
+    ) -> Result<Arc<Queue>, AmqpError> {
+        let _t = lock(&self.topology);
+        let config = QueueConfig::parse(name, &self.name, &arguments)?;
+        let q = Queue::new(name.to_string(), true, None, false, arguments, config);
+        let q = Arc::new(self.store_queue(q, Some(uid)));
+        write(&self.queues).insert(name.to_string(), q.clone());
+        Ok(q)
+    }
+
+    /// Restores a binding whose ends still carry the uids it was made with;
+    /// false (and nothing bound) otherwise.
+    pub(crate) fn restore_binding(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+        uids: (u64, u64),
+    ) -> bool {
+        let _t = lock(&self.topology);
+        let src = self.uid_of(&Destination::Exchange(source.to_string()));
+        if src != Some(uids.0) || self.uid_of(&destination) != Some(uids.1) {
+            return false;
+        }
+        let Some(x) = self.exchange(source) else {
+            return false;
+        };
+        lock(&self.bound_by)
+            .entry(destination.clone())
+            .or_default()
+            .insert(source.to_string());
+        write(&x.router).bind(Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+        });
+        true
     }
 
     /// `queue.delete`: returns the number of messages dropped.
@@ -549,7 +769,13 @@ impl VHost {
                     None => return 0,
                 }
             };
-            self.remove_destination_locked(&Destination::Queue(name.to_string()));
+            let dest = Destination::Queue(name.to_string());
+            if lock(&self.uids).remove(&dest).is_some() {
+                if let Some(p) = &self.store {
+                    p.delete(DefClass::QUEUE, &durable::entity_key(&self.name, name));
+                }
+            }
+            self.remove_destination_locked(&dest);
             q.mark_deleted()
         };
         for c in consumers {
@@ -566,6 +792,16 @@ impl VHost {
             msg.properties.headers().as_ref(),
         )?;
         let mut res = RouteResult::default();
+        match durable::persist_routed(&msg, &queues) {
+            Ok(d) => res.durable = d,
+            Err(e) => {
+                // Refused everywhere (a nack): the disk is full, or the store failed.
+                tracing::warn!(error = %e, "durable store refused a persistent message");
+                res.routed = queues.len();
+                res.rejected = true;
+                return Ok(res);
+            }
+        }
         let mut dead = DeadLetters::default();
         for q in &queues {
             if q.enqueue_into(msg.clone(), &mut dead) == EnqueueResult::Rejected {

@@ -23,6 +23,8 @@ use crate::core::MemoryMonitor;
 
 /// The reason RabbitMQ gives in `connection.blocked` for a memory alarm.
 pub(crate) const LOW_ON_MEMORY: &str = "low on memory";
+/// The reason RabbitMQ gives in `connection.blocked` for a disk alarm.
+pub(crate) const LOW_ON_DISK: &str = "low on disk";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -78,7 +80,12 @@ impl Flow {
         };
         self.capable.then(|| {
             frame(connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: LOW_ON_MEMORY.into(),
+                reason: if self.monitor.disk_alarm() {
+                    LOW_ON_DISK
+                } else {
+                    LOW_ON_MEMORY
+                }
+                .into(),
             }))
         })
     }

@@ -8,6 +8,7 @@
 //! (the consumers, which are the queues' [`Subscriber`](crate::core::queue::Subscriber)s),
 //! and this module the AMQP methods.
 
+mod confirms;
 mod events;
 mod state;
 
@@ -575,6 +576,7 @@ impl CoreChannel {
         let rk = msg.routing_key.as_str();
         let mut out = PublishOutcome::default();
         let mut rejected = false;
+        let mut durable = None;
         let reply = if ex.is_empty() {
             vhost.reply_to().deliver(rk, &msg)
         } else {
@@ -603,6 +605,8 @@ impl CoreChannel {
             let r = vhost.publish(ex, msg.clone())?;
             out.routed = r.routed;
             rejected = r.rejected;
+            durable = r.durable;
+            out.rejected = rejected;
         }
         if out.routed == 0 && mandatory {
             out.returned = true;
@@ -617,11 +621,7 @@ impl CoreChannel {
             st.next_seq += 1;
             let tag = st.next_seq;
             out.confirm_tag = Some(tag);
-            sh.sink.send(ChannelEvent::Confirm {
-                delivery_tag: tag,
-                multiple: false,
-                ack: !rejected,
-            });
+            st.confirms.confirm(sh, tag, !rejected, durable);
         }
         Ok(out)
     }

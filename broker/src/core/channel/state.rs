@@ -83,6 +83,8 @@ pub(super) struct ChState {
     pub(super) last_queue: Option<String>,
     /// The direct reply-to consumer: its tag and its token.
     pub(super) reply: Option<(ShortString, String)>,
+    /// Confirms waiting for the disk.
+    pub(super) confirms: super::confirms::Confirms,
 }
 
 /// Shared part of a channel (reached by its consumers, weakly).

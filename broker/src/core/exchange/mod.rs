@@ -23,7 +23,7 @@ pub use topic::TopicRouter;
 pub struct ExchangeDeclareOptions {
     /// Only check that the exchange exists (404 if not); change nothing.
     pub passive: bool,
-    /// Declared durable (nothing is persisted).
+    /// Durable: kept in the data directory of a durable core (unless auto-delete).
     pub durable: bool,
     /// Deleted when its last binding goes away.
     pub auto_delete: bool,
@@ -201,7 +201,8 @@ pub struct Exchange {
     pub name: String,
     /// Exchange type.
     pub kind: ExchangeKind,
-    /// Declared durable flag (kept for equivalence checks; nothing is persisted).
+    /// Declared durable (kept in the data directory of a durable core unless
+    /// auto-delete).
     pub durable: bool,
     /// Deleted when its last binding is removed.
     pub auto_delete: bool,
