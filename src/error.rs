@@ -34,6 +34,9 @@ enum Kind {
     NoSuchMethod,
     UnsupportedVersion,
     Config,
+    Returned,
+    Refused,
+    NotFound,
 }
 
 impl Error {
@@ -88,6 +91,23 @@ impl Error {
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(Kind::Config, message)
+    }
+
+    /// The broker returned a mandatory message: no queue took it.
+    pub(crate) fn returned(message: impl Into<String>) -> Self {
+        Self::new(Kind::Returned, message)
+    }
+
+    /// The broker refused a message: a publisher-confirm nack, or a
+    /// channel closed over it (RabbitMQ's 406 for a body over its
+    /// `max_message_size`).
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
+        Self::new(Kind::Refused, message)
+    }
+
+    /// The broker has no such queue or exchange (AMQP 404).
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, message)
     }
 
     /// An error raised by the server side of a call, classified by the
@@ -162,6 +182,26 @@ impl Error {
         self.kind == Kind::Config
     }
 
+    /// A message published with `mandatory` came back: no queue was bound
+    /// to take it (for a publish straight to a queue: the queue does not
+    /// exist). Nothing was delivered; the message was not stored.
+    pub fn is_returned(&self) -> bool {
+        self.kind == Kind::Returned
+    }
+
+    /// The broker refused a message it received: it nacked the publish
+    /// (publisher confirms), or closed the channel over it (a body larger
+    /// than the broker's `max_message_size`). Nothing was stored.
+    pub fn is_refused(&self) -> bool {
+        self.kind == Kind::Refused
+    }
+
+    /// The broker has no queue or exchange of that name (AMQP 404
+    /// `NOT_FOUND`), e.g. a passive check of a queue nobody declared.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == Kind::NotFound
+    }
+
     /// The failure as the server described it (class, module, message,
     /// traceback), when this error came from a server.
     pub fn remote(&self) -> Option<&Failure> {
@@ -194,6 +234,9 @@ impl fmt::Display for Error {
             Kind::NoSuchMethod => "no such method",
             Kind::UnsupportedVersion => "unsupported version",
             Kind::Config => "invalid configuration",
+            Kind::Returned => "message returned",
+            Kind::Refused => "message refused",
+            Kind::NotFound => "not found",
         };
         write!(f, "{what}: {}", self.message)
     }

@@ -41,6 +41,8 @@
 //! - [`transport`]: how the RPC layer reaches a broker (any AMQP server);
 //! - [`metrics`]: the process's RPC metrics, in Prometheus' text format;
 //! - [`notify`]: oslo-style notifications (notifier and listener);
+//! - [`queue`]: work queues and pipelines: typed publishers, workers with
+//!   retries and dead-lettering, pipeline stages;
 //! - `broker`: the embedded AMQP 0-9-1 broker (crate `warren-broker`,
 //!   re-exported with the default `embedded` feature).
 #![warn(missing_docs)]
@@ -53,6 +55,7 @@ pub mod embedded;
 mod error;
 pub mod metrics;
 pub mod notify;
+pub mod queue;
 pub mod rpc;
 pub mod transport;
 pub mod wire;

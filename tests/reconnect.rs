@@ -149,3 +149,53 @@ async fn everything_resumes_after_rabbitmq_restarts() {
     };
     survives_a_restart(&url, down, up).await;
 }
+
+/// A queue worker (`warren::queue::Worker`) lives through a broker restart
+/// as RPC servers do: its consumer is cut off, it declares its queues again
+/// on the restarted broker (which forgot them) and consumes again; the
+/// publisher reconnects on its next publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_worker_resumes_after_the_embedded_broker_restarts() {
+    use warren::queue::{Publisher, Worker};
+
+    let broker = embedded_broker().await;
+    let addr = broker.local_addrs()[0];
+    let connection = warren::connect(&broker.url()).await.expect("connect");
+    let queue = unique("work");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::<u32>::new(&connection, &queue)
+        .start(move |message| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(message.into_body());
+            }
+        })
+        .await
+        .expect("worker");
+    let publisher = Publisher::<u32>::new(&connection, &queue);
+    publisher.publish(&1).await.expect("before the restart");
+    assert_eq!(drain(&mut rx, 1, Duration::from_secs(30)).await, [1]);
+
+    broker.shutdown().await;
+    let err = publisher.publish(&2).await.expect_err("the broker is down");
+    assert!(err.is_transport(), "{err:?}");
+    let _restarted = Broker::builder()
+        .listen(addr)
+        .start()
+        .await
+        .expect("restart on the same port");
+    // The worker declares its queue again and consumes it.
+    let guard = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connection.transport().check_queue(&queue).await {
+            Ok(stats) if stats.consumers > 0 => break,
+            _ => {
+                assert!(Instant::now() < guard, "the worker never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    publisher.publish(&3).await.expect("after the restart");
+    assert_eq!(drain(&mut rx, 1, Duration::from_secs(30)).await, [3]);
+    worker.shutdown().await.expect("shutdown");
+}

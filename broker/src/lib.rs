@@ -130,6 +130,7 @@ pub struct BrokerBuilder {
     limits: server::Limits,
     data_dir: Option<PathBuf>,
     disk_free_limit: Option<u64>,
+    repair: bool,
 }
 
 /// A password kept for [`BrokerHandle::url`], hidden from `Debug` output.
@@ -273,6 +274,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// When the data directory's log is damaged other than by a torn last write
+    /// (which is always dropped), truncate it there, logging everything dropped,
+    /// instead of refusing to start (the default). Only with
+    /// [`data_dir`](Self::data_dir).
+    pub fn repair(mut self, repair: bool) -> Self {
+        self.repair = repair;
+        self
+    }
+
     /// Block publishers while the data directory's file system has less than
     /// `bytes` free (RabbitMQ's `disk_free_limit`; default
     /// [`core::disk::DEFAULT_DISK_FREE_LIMIT`], 50 MB). Only with
@@ -294,12 +304,11 @@ impl BrokerBuilder {
         let core = match &self.data_dir {
             Some(dir) => {
                 let core =
-                    core::Core::open_durable(dir, &users, &self.vhosts).map_err(|source| {
-                        BrokerError::DataDir {
+                    core::Core::open_durable_with(dir, &users, &self.vhosts, None, self.repair)
+                        .map_err(|source| BrokerError::DataDir {
                             dir: dir.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                 core::disk::spawn(
                     &core,
                     self.disk_free_limit

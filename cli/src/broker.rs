@@ -90,6 +90,11 @@ pub struct BrokerArgs {
     /// the directory holds only the control socket.)
     #[arg(long)]
     in_memory: bool,
+    /// Start even if the data directory's log is damaged (not just a torn
+    /// last write, which is always dropped): truncate it at the damage,
+    /// logging what is lost. Without it such a broker refuses to start.
+    #[arg(long, conflicts_with = "in_memory")]
+    repair: bool,
     /// Block publishers while the data directory's disk has less free space
     /// than SIZE (RabbitMQ's disk_free_limit): bytes or a size with a unit
     /// (`50MB`, `1GB`, `512MiB`).
@@ -199,7 +204,10 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
             .clone()
             .unwrap_or_else(crate::data_dir::default_data_dir);
         tracing::info!(dir = %dir.display(), "data directory");
-        builder = builder.data_dir(dir).disk_free_limit(args.disk_free_limit);
+        builder = builder
+            .data_dir(dir)
+            .disk_free_limit(args.disk_free_limit)
+            .repair(args.repair);
     } else {
         tracing::info!("in memory: nothing is kept on disk");
     }

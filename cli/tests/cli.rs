@@ -20,17 +20,18 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     fn start() -> Self {
+        Self::start_with(&["--in-memory"])
+    }
+
+    /// `warren broker` with `extra` arguments (`start` keeps nothing on disk).
+    fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let child = Command::new(WARREN)
-            .args([
-                "broker",
-                "--in-memory",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -124,6 +125,86 @@ fn bench_counts_every_call_through_a_broker_process() {
 }
 
 #[test]
+fn bench_queue_mode_receives_every_message_it_sent() {
+    let broker = BrokerProcess::start();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
+    let json = std::env::temp_dir().join(format!(
+        "warren-cli-bench-queue-{}.json",
+        std::process::id()
+    ));
+    let out = warren(&[
+        "bench",
+        "--mode",
+        "queue",
+        "--url",
+        &url,
+        "--count",
+        "1000",
+        "--warmup",
+        "0",
+        "-x",
+        "2",
+        "-y",
+        "3",
+        "--queues",
+        "2",
+        "--confirm",
+        "8",
+        "--persistent",
+        "--prefetch",
+        "20",
+        "--size",
+        "100",
+        // The same broker again: two runs, one report.
+        "--compare",
+        &url,
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "warren bench --mode queue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("recv msg/s"), "{stdout}");
+    assert!(
+        stdout.contains("2 producers, 3 consumers, 2 queues, body 100 B, confirm 8, persistent"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    let _ = std::fs::remove_file(&json);
+    assert!(stdout.contains(" vs "), "--compare prints ratios: {stdout}");
+    let runs = report.as_array().expect("one result per URL");
+    assert_eq!(runs.len(), 2, "{report}");
+    for run in runs {
+        assert_eq!(run["mode"], "queue", "{report}");
+        let queue = &run["queue"];
+        assert_eq!(queue["sent"], 1000, "{report}");
+        assert_eq!(queue["sent_total"], 1000, "{report}");
+        assert_eq!(queue["received_total"], 1000, "no loss: {report}");
+        assert_eq!(queue["publish_errors"], 0, "{report}");
+        assert_eq!(queue["ack_errors"], 0, "{report}");
+        // Every measured message was received and timed.
+        assert_eq!(run["completed"], 1000, "{report}");
+        let latency = &run["latency_us"];
+        assert!(
+            latency["p50"].as_u64() <= latency["p99"].as_u64(),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn bench_queue_mode_is_refused_in_split_roles() {
+    let out = warren(&["bench", "client", "--mode", "queue"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mode queue"), "{err}");
+}
+
+#[test]
 fn an_unknown_flag_is_refused_with_clap_exit_code_2() {
     let out = warren(&["broker", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
@@ -141,6 +222,45 @@ fn a_bad_memory_watermark_is_refused_before_listening() {
         "lots",
     ]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lots"), "{err}");
+}
+
+#[test]
+fn a_data_directory_another_broker_holds_is_refused_naming_it() {
+    let dir = std::env::temp_dir().join(format!("warren-cli-locked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("a UTF-8 temporary path");
+    let first = BrokerProcess::start_with(&["--data-dir", d]);
+    let out = warren(&["broker", "--listen", "127.0.0.1:0", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another broker")
+            && err.contains(&format!("pid {}", first.child.id())),
+        "{err}"
+    );
+    drop(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_data_directory_is_refused_before_listening() {
+    let out = warren(&[
+        "broker",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "/dev/null/warren",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot use the data directory /dev/null/warren"),
+        "{err}"
+    );
+    let out = warren(&["broker", "--in-memory", "--disk-free-limit", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lots"), "{err}");
 }

@@ -42,7 +42,7 @@ use super::tls::{describe_handshake_error, ClientTls};
 use super::url::{redact, TlsOptions};
 use super::{
     short, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, NoAck, Outgoing, Properties,
-    QueueSpec, Subscription, Transport,
+    QueueSpec, QueueStats, Subscription, Transport,
 };
 use crate::Error;
 
@@ -89,6 +89,27 @@ impl Pool {
 
 fn transport_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
     Error::transport(format!("{what}: {e}")).with_source(e)
+}
+
+/// The AMQP reply code of a channel or connection the broker closed, if
+/// that is what `e` is.
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// A failed publish: the broker refused the message (406, e.g. a body over
+/// its `max_message_size`), had no such exchange (404), or the connection
+/// failed.
+fn publish_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
+    let message = format!("{what}: {e}");
+    match reply_code(&e) {
+        Some(406) => Error::refused(message).with_source(e),
+        Some(404) => Error::not_found(message).with_source(e),
+        _ => Error::transport(message).with_source(e),
+    }
 }
 
 /// A connection to an AMQP 0-9-1 server, re-established when lost.
@@ -510,6 +531,31 @@ impl Transport for AmqpTransport {
         .await
     }
 
+    async fn check_queue(&self, queue: &str) -> Result<QueueStats, Error> {
+        let name = short(queue)?;
+        let channel = self.scratch_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let result = channel
+            .queue_declare(name, options, FieldTable::default())
+            .await;
+        if channel.status().connected() {
+            let _ = channel.close(200, ShortString::from("OK")).await;
+        }
+        match result {
+            Ok(ok) => Ok(QueueStats {
+                messages: ok.message_count(),
+                consumers: ok.consumer_count(),
+            }),
+            Err(e) if reply_code(&e) == Some(404) => {
+                Err(Error::not_found(format!("no queue {queue:?}: {e}")).with_source(e))
+            }
+            Err(e) => Err(transport_error(format!("cannot check queue {queue:?}"), e)),
+        }
+    }
+
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
         let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
         let properties = message.properties.into_amqp();
@@ -532,23 +578,23 @@ impl Transport for AmqpTransport {
         let confirm = channel
             .basic_publish(exchange, routing_key, options, &message.body, properties)
             .await
-            .map_err(|e| transport_error(format!("cannot publish to {:?}", message.exchange), e))?;
+            .map_err(|e| publish_error(format!("cannot publish to {:?}", message.exchange), e))?;
         if !message.confirm {
             return Ok(());
         }
         let confirmation = confirm
             .await
-            .map_err(|e| transport_error(format!("publish to {:?} failed", message.exchange), e))?;
+            .map_err(|e| publish_error(format!("publish to {:?} failed", message.exchange), e))?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(Error::transport(format!(
+                Err(Error::returned(format!(
                     "message to exchange {:?} with routing key {:?} was returned: {} {}",
                     message.exchange, message.routing_key, returned.reply_code, returned.reply_text
                 )))
             }
-            Confirmation::Nack(None) => Err(Error::transport(format!(
-                "the broker refused the message to exchange {:?}",
+            Confirmation::Nack(None) => Err(Error::refused(format!(
+                "the broker nacked the message to exchange {:?}",
                 message.exchange
             ))),
         }
@@ -657,6 +703,7 @@ impl Subscription for AmqpSubscription {
             // lapin hands over the body it assembled: taken, not copied.
             body: delivery.data.into(),
             redelivered: delivery.redelivered,
+            routing_key: delivery.routing_key,
             acker,
         }))
     }

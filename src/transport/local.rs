@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{
     short_owned, Acker, ConsumeSpec, Delivery, ExchangeKind, ExchangeSpec, HasProperties, NoAck,
-    Outgoing, Properties, QueueSpec, Subscription, Transport,
+    Outgoing, Properties, QueueSpec, QueueStats, Subscription, Transport,
 };
 use crate::broker::core::{
     AmqpError, ChannelEvent, ConsumeOptions, Core, CoreChannel, CoreConnection,
@@ -22,6 +22,14 @@ use crate::Error;
 
 fn refused(e: AmqpError) -> Error {
     Error::transport(e.text.clone()).with_source(e)
+}
+
+/// A failed publish: a missing exchange is [`Error::is_not_found`].
+fn publish_refused(e: AmqpError) -> Error {
+    if e.code == 404 {
+        return Error::not_found(e.text.clone()).with_source(e);
+    }
+    refused(e)
 }
 
 /// A connection to a broker core in this process.
@@ -127,6 +135,29 @@ impl Transport for LocalTransport {
             .map_err(refused)
     }
 
+    async fn check_queue(&self, queue: &str) -> Result<QueueStats, Error> {
+        let ok = self
+            .scratch()
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .map_err(|e| {
+                if e.code == 404 {
+                    Error::not_found(e.text.clone()).with_source(e)
+                } else {
+                    refused(e)
+                }
+            })?;
+        Ok(QueueStats {
+            messages: ok.message_count,
+            consumers: ok.consumer_count,
+        })
+    }
+
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
         // Like a TCP publisher, an in-process one waits while the broker's
         // memory alarm is on.
@@ -152,11 +183,20 @@ impl Transport for LocalTransport {
                 properties.into_amqp(),
                 body,
             )
-            .map_err(refused)?;
+            .map_err(publish_refused)?;
+        if outcome.rejected && confirm {
+            let (exchange, routing_key) = names.clone().unwrap_or_default();
+            return Err(Error::refused(format!(
+                "the broker nacked the message to exchange {:?} with routing key {:?} \
+                 (a full queue refuses publishes)",
+                exchange.as_str(),
+                routing_key.as_str()
+            )));
+        }
         if outcome.returned {
             let (exchange, routing_key) = names.unwrap_or_default();
             if confirm {
-                return Err(Error::transport(format!(
+                return Err(Error::returned(format!(
                     "message to exchange {:?} with routing key {:?} was returned: 312 NO_ROUTE",
                     exchange.as_str(),
                     routing_key.as_str()
@@ -227,6 +267,7 @@ impl Subscription for LocalSubscription {
                         // The message stays the broker's (until acked):
                         // its properties and body are shared, not copied.
                         body: d.message.body.clone(),
+                        routing_key: d.message.routing_key.clone(),
                         properties: Properties::shared(d.message),
                         redelivered: d.redelivered,
                         acker,

@@ -71,7 +71,7 @@ impl PartialEq for Properties {
 pub const WARREN_DELIVERY_COUNT: &str = "x-warren-delivery-count";
 
 /// The count in header `name`, if present and an integer.
-fn header_count(p: &BasicProperties, name: &str) -> Option<u32> {
+pub(crate) fn header_count(p: &BasicProperties, name: &str) -> Option<u32> {
     p.headers()
         .as_ref()?
         .inner()
@@ -341,6 +341,9 @@ pub struct Delivery {
     pub body: Bytes,
     /// Whether the broker delivered this message before.
     pub redelivered: bool,
+    /// The routing key it was published with (what a topic or direct
+    /// binding matched).
+    pub routing_key: ShortString,
     /// Acknowledges it (a no-op for `no_ack` subscriptions).
     pub acker: Box<dyn Acker>,
 }
@@ -351,6 +354,7 @@ impl std::fmt::Debug for Delivery {
             .field("properties", &self.properties)
             .field("body_len", &self.body.len())
             .field("redelivered", &self.redelivered)
+            .field("routing_key", &self.routing_key)
             .finish()
     }
 }
@@ -410,6 +414,24 @@ pub struct QueueSpec {
     pub expires_ms: Option<u32>,
     /// `x-queue-type: quorum` (RabbitMQ's replicated queues).
     pub quorum: bool,
+    /// `x-message-ttl`: messages expire (and are dead-lettered, if the
+    /// queue says where) after this long in the queue, in milliseconds.
+    pub message_ttl_ms: Option<u32>,
+    /// `x-dead-letter-exchange`: where rejected and expired messages go
+    /// (`""` is the default exchange).
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`: the routing key they go with (else
+    /// their own).
+    pub dead_letter_routing_key: Option<String>,
+}
+
+/// What a passive declaration ([`Transport::check_queue`]) tells of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not those delivered and unacknowledged).
+    pub messages: u32,
+    /// Consumers.
+    pub consumers: u32,
 }
 
 impl QueueSpec {
@@ -426,6 +448,22 @@ impl QueueSpec {
             arguments.insert(
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if let Some(ms) = self.message_ttl_ms {
+            let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongInt(ms));
+        }
+        if let Some(exchange) = &self.dead_letter_exchange {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(exchange.as_str().into()),
+            );
+        }
+        if let Some(key) = &self.dead_letter_routing_key {
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(key.as_str().into()),
             );
         }
         arguments
@@ -458,6 +496,15 @@ pub trait Transport: Send + Sync + 'static {
         -> Result<(), Error>;
     /// Deletes a queue.
     async fn delete_queue(&self, queue: &str) -> Result<(), Error>;
+    /// Checks that a queue exists (a passive declaration: nothing is
+    /// created or changed) and counts its messages and consumers; an error
+    /// with [`Error::is_not_found`] when there is no such queue. Both of
+    /// warren's transports implement it; the default refuses.
+    async fn check_queue(&self, queue: &str) -> Result<QueueStats, Error> {
+        Err(Error::config(format!(
+            "this transport cannot check that queue {queue:?} exists"
+        )))
+    }
     /// Publishes a message; with `confirm`, returns once the broker took it.
     async fn publish(&self, message: Outgoing) -> Result<(), Error>;
     /// Starts consuming a queue.

@@ -12,6 +12,8 @@
 //!   core, users and permission patterns, shutdown);
 //! - [`ctl`]: `warren ctl` against a `warren broker` process, beside
 //!   `rabbitmqctl`, and RabbitMQ's definitions both ways.
+//! - [`tutorials`]: RabbitMQ's six tutorials, the Rust examples against the
+//!   tutorials' Python programs, on both brokers.
 //!
 //! Tests share the process: names are unique per test and embedded brokers
 //! listen on ephemeral ports.
@@ -26,4 +28,5 @@ mod lapin_spec;
 mod management;
 mod permissions;
 mod spec;
+mod tutorials;
 mod wire;

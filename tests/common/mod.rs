@@ -239,6 +239,27 @@ pub fn warren_bin() -> PathBuf {
     }
 }
 
+/// The binary of example `name` (`examples/<name>.rs`), for tests that run
+/// an example as a process of its own.
+///
+/// `cargo test` builds the examples before any test runs; a narrower run
+/// (`cargo test --test NAME`) needs `cargo build --examples` (or
+/// `--example <name>`) first, which the panic below says.
+pub fn example_bin(name: &str) -> PathBuf {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    // target/<profile>/deps/<test binary> -> target/<profile>/examples/<name>
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples").join(&file)));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "example `{name}` is not built next to this test: run \
+             `cargo build --example {name}` (or `cargo test`, which builds the examples)"
+        ),
+    }
+}
+
 /// A Python with pika and oslo.messaging: `$WARREN_PYTHON`, else a venv
 /// under `target/` that this creates once (from PyPI) when missing.
 pub fn python() -> PathBuf {

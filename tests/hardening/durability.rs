@@ -7,7 +7,8 @@
 //! are pika (`tests/python/durability.py`).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -348,6 +349,94 @@ fn a_torn_tail_is_dropped_alone_and_reported() {
     let mut ids = found.ids.clone();
     ids.sort_unstable();
     assert_eq!(ids, expected, "only the torn message is gone");
+    assert!(found.routed);
+}
+
+/// The (offset, payload length) of every publish record (kind 1) in `seg`.
+fn publish_records(seg: &Path) -> Vec<(u64, u64)> {
+    let bytes = std::fs::read(seg).expect("read a segment");
+    let mut at = 32usize;
+    let mut out = Vec::new();
+    while let Some(h) = bytes.get(at..at + 24) {
+        if h.iter().all(|&b| b == 0) {
+            break;
+        }
+        let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        if h[12] == 1 {
+            out.push((at as u64, len as u64));
+        }
+        at += 24 + len;
+    }
+    out
+}
+
+#[test]
+fn damage_inside_the_log_is_refused_and_repair_truncates_there() {
+    let dir = TempDir::new("warren-corrupt");
+    let data = dir.join("data");
+    let mut warren = Warren::start(&data, dir.join("broker.log"), &[]);
+    let suffix = unique("corrupt");
+    let publisher = Publisher::start(&warren.url(), &suffix, 50, 1000);
+    let mut confirmed = BTreeSet::new();
+    let end = publisher.read_until(&mut confirmed, |l, _| l == "done" || l == "closed");
+    assert_eq!(end.as_deref(), Some("done"));
+    warren.kill();
+    // Flip one byte of message 20's body: later records check, so this is
+    // corruption, not a torn write.
+    let (seg, _, _) = last_record(&data);
+    let publishes = publish_records(&seg);
+    assert_eq!(publishes.len(), 50, "all in one segment");
+    let (offset, len) = publishes[20];
+    let at = offset + 24 + len - 1;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .expect("open the segment");
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).expect("read");
+    f.write_all_at(&[byte[0] ^ 0xff], at).expect("write");
+    drop(f);
+    // Without --repair the broker refuses to start, and says why.
+    let mut refused = Command::new(warren_bin())
+        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("warren broker runs");
+    let deadline = Instant::now() + GUARD;
+    let status = loop {
+        if let Some(status) = refused.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = refused.kill();
+            panic!("warren broker started on a corrupt log");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = refused.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("corrupt data") && err.contains("repair"),
+        "{err}"
+    );
+    // With --repair it truncates the log there: messages 0..=19 stay.
+    warren.extra.push("--repair".into());
+    warren.spawn();
+    assert!(
+        warren.log_text().contains("repair: truncating"),
+        "{}",
+        warren.log_text()
+    );
+    let found = check(&warren.url(), &suffix);
+    let mut ids = found.ids.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..20).collect::<Vec<u64>>());
     assert!(found.routed);
 }
 

@@ -83,8 +83,7 @@ async fn closing_ends_subscriptions_cleanly(url: String) {
             durable: false,
             auto_delete: false,
             exclusive: true,
-            expires_ms: None,
-            quorum: false,
+            ..warren::transport::QueueSpec::default()
         })
         .await
         .expect("declare");

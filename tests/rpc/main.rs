@@ -14,6 +14,10 @@
 //! - [`reliability`]: duplicates, poison requests, a shutdown's grace period;
 //! - [`cluster`]: failover on a three-node RabbitMQ cluster of the test's own;
 //! - [`tls`]: `amqps://` clients and TLS listeners, on both brokers;
+//! - [`queue`]: work queues (`warren::queue`): typed publishers and
+//!   workers, outcomes, retries, dead-letter queues, confirms;
+//! - [`pipeline`]: the edge pipeline, `aion_stage` processes between a
+//!   Python producer and the last queue.
 //! - [`trace`]: W3C trace context across calls, and the RPC metrics.
 //!
 //! Tests share the process: topics and queue names are unique per test,
@@ -30,7 +34,9 @@ mod calls;
 mod cluster;
 mod connect;
 mod oslo_interop;
+mod pipeline;
 mod plain_amqp;
+mod queue;
 mod reliability;
 mod tls;
 mod topology;

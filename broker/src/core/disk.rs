@@ -1,5 +1,5 @@
 //! The disk alarm (RabbitMQ's `disk_free_limit`): publishers are blocked, through
-//! the memory alarm's path ([`super::MemoryMonitor::set_disk_alarm`], then
+//! the memory alarm's path (the [`super::MemoryMonitor`] alarm, then
 //! `connection.blocked`), while the data directory's file system has less free
 //! space than the limit or the store could not prepare a segment (disk full); they
 //! are unblocked when space returns. Consumers keep reading and acking meanwhile,
@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,7 +30,10 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    // Both are u64 on 64-bit Linux, narrower on some other targets.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(blocks.saturating_mul(size))
 }
 
 /// Follows free space and the store's disk-full state for `core` (a durable core)
@@ -63,7 +66,7 @@ pub(crate) fn spawn(core: &Arc<Core>, limit: u64) {
 
 /// Whether `dir` has less than `limit` bytes free (an unreadable figure counts as
 /// enough: the store's own disk-full state still guards the writes).
-fn low(dir: &PathBuf, limit: u64) -> bool {
+fn low(dir: &Path, limit: u64) -> bool {
     match free_bytes(dir) {
         Ok(free) => free < limit,
         Err(e) => {

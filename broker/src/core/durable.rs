@@ -56,8 +56,12 @@ impl Persistence {
     pub(crate) fn open(
         dir: &Path,
         segment_size: Option<u64>,
+        repair: bool,
     ) -> Result<(Arc<Self>, Recovered), StoreError> {
-        let mut opts = StoreOptions::default();
+        let mut opts = StoreOptions {
+            repair,
+            ..StoreOptions::default()
+        };
         if let Some(s) = segment_size {
             opts.segment_size = s;
         }

@@ -37,7 +37,7 @@ impl Drop for TempDir {
 
 fn open(dir: &Path) -> Result<Arc<Core>, StoreError> {
     let users = [("guest".to_owned(), PasswordHash::new("guest"))];
-    let core = Core::open_durable_with(dir, &users, &[], Some(1 << 20))?;
+    let core = Core::open_durable_with(dir, &users, &[], Some(1 << 20), false)?;
     let all = Permissions::new(".*", ".*", ".*").expect("patterns");
     core.set_permissions("guest", "/", all);
     Ok(core)
@@ -240,13 +240,20 @@ fn a_quorum_queue_keeps_transient_messages_and_delivery_counts() {
     let m = ch.basic_get("qq", true).expect("get").expect("kept");
     assert!(m.redelivered, "given back once before the restart");
     assert_eq!(&m.message.body[..], b"m");
+    let count = m
+        .message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(AMQPValue::LongLongInt(1)));
 }
 
 #[test]
 fn users_with_tags_survive_and_deletions_hold() {
     let dir = TempDir::new();
     {
-        let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20)).expect("open");
+        let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20), false).expect("open");
         core.add_user("ops", "s3cret").expect("add");
         core.set_user_tags("ops", &["administrator".to_owned()])
             .expect("tags");
@@ -263,7 +270,7 @@ fn users_with_tags_survive_and_deletions_hold() {
             .expect("grant");
         core.delete_vhost("dropped").expect("delete vhost");
     }
-    let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20)).expect("reopen");
+    let core = Core::open_durable_with(&dir.0, &[], &[], Some(1 << 20), false).expect("reopen");
     assert!(core.authenticate("ops", "n3w"));
     assert!(!core.authenticate("ops", "s3cret"));
     assert_eq!(

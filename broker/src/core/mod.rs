@@ -230,7 +230,7 @@ impl Core {
         Self::started(Self::build(users, vhosts, None))
     }
 
-    /// A core keeping its durable state in `dir` (see [`crate::store`]): what the
+    /// A core keeping its durable state in `dir` (the durable store): what the
     /// store holds is restored first (vhosts, users, permissions, durable
     /// exchanges, queues, bindings, persistent messages; see [`Core::recovery`]),
     /// then `users` (which win over stored ones of the same name) and `vhosts`
@@ -241,18 +241,21 @@ impl Core {
         users: &[(String, PasswordHash)],
         vhosts: &[String],
     ) -> Result<Arc<Self>, StoreError> {
-        Self::open_durable_with(dir, users, vhosts, None)
+        Self::open_durable_with(dir, users, vhosts, None, false)
     }
 
-    /// [`open_durable`](Self::open_durable) with segments of `segment_size` bytes.
+    /// [`open_durable`](Self::open_durable) with segments of `segment_size` bytes;
+    /// `repair`: truncate the log at damage that is not a torn tail (logging what
+    /// is dropped) instead of refusing to start.
     pub(crate) fn open_durable_with(
         dir: &Path,
         users: &[(String, PasswordHash)],
         vhosts: &[String],
         segment_size: Option<u64>,
+        repair: bool,
     ) -> Result<Arc<Self>, StoreError> {
         let started = Instant::now();
-        let (p, recovered) = durable::Persistence::open(dir, segment_size)?;
+        let (p, recovered) = durable::Persistence::open(dir, segment_size, repair)?;
         let (mut stored_users, rest) = restore::split_users(recovered);
         for (name, hash) in users {
             // A given password wins; tags set by an operator stay.

@@ -901,7 +901,7 @@ impl Queue {
 
 /// A copy of `msg` with its `x-delivery-count` header set to `count` (removed
 /// for `None`).
-fn with_delivery_count(msg: &Arc<Message>, count: Option<u32>) -> Arc<Message> {
+pub(crate) fn with_delivery_count(msg: &Arc<Message>, count: Option<u32>) -> Arc<Message> {
     let mut copy = Message::clone(msg);
     let mut headers = copy.properties.headers().clone().unwrap_or_default();
     match count {

@@ -297,10 +297,16 @@ pub(crate) fn restore(core: &Core, p: &Arc<Persistence>, r: Recovered) -> Recove
                 p.settle(uid, m.id);
                 continue;
             };
+            // A quorum queue's deliveries carry their count.
+            let msg = if q.config.quorum {
+                super::queue::with_delivery_count(&msg, Some(count))
+            } else {
+                msg.clone()
+            };
             q.restore(QueuedMessage {
-                msg: msg.clone(),
-                redelivered: !r.clean_shutdown || count > 0,
                 expires_at: q.expiry_at(&msg, published),
+                msg,
+                redelivered: !r.clean_shutdown || count > 0,
                 delivery_count: count,
                 stored: Some(Stored::new(p.clone(), uid, m.id)),
             });

@@ -298,7 +298,7 @@ impl Default for StoreOptions {
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process (or another [`Store`] in this one) holds the directory.
+    /// Another process (or another store in this one) holds the directory.
     #[error("data directory {} is in use by another broker{}", dir.display(), holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked {
         /// The directory.
@@ -763,7 +763,11 @@ impl Store {
             (SEGMENT_HEADER + RECORD_HEADER + 64) as u64,
             u64::from(u32::MAX),
         );
-        std::fs::create_dir_all(dir).map_err(|e| fsutil::io_err("create directory", dir, e))?;
+        // Private to the broker's user, like the messages it holds (and the
+        // control socket that lives beside them).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| fsutil::io_err("create directory", dir, e))?;
         let lock = fsutil::lock_dir(dir)?;
         let opened = recovery::recover(dir, &opts)?;
         let (disk_full_tx, _) = watch::channel(false);

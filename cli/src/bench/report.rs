@@ -7,11 +7,12 @@ use super::run::RunResult;
 
 /// Prints the final table; with several runs, ratios against the first.
 pub fn print(results: &[RunResult]) {
+    let queues = results.iter().any(|r| r.queue.is_some());
     println!(
         "{:<34} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>8}",
         "broker",
         "mode",
-        "req/s",
+        if queues { "recv msg/s" } else { "req/s" },
         "min µs",
         "p50 µs",
         "p90 µs",
@@ -51,6 +52,36 @@ pub fn print(results: &[RunResult]) {
         }
     }
     for r in results {
+        if let Some(q) = &r.queue {
+            println!(
+                "{}: {} producers, {} consumers, {} queues, body {} B{}{}{}{}, prefetch {}: \
+                 sent {} ({:.0} msg/s), received {} ({:.0} msg/s) in {:.1} s; \
+                 whole run sent {} received {}",
+                r.url,
+                q.producers,
+                q.consumers,
+                q.queues,
+                r.payload,
+                q.confirm
+                    .map(|n| format!(", confirm {n}"))
+                    .unwrap_or_default(),
+                if q.persistent { ", persistent" } else { "" },
+                if q.autoack { ", autoack" } else { "" },
+                r.rate
+                    .filter(|x| *x > 0.0)
+                    .map(|x| format!(", {x:.0} msg/s per producer"))
+                    .unwrap_or_default(),
+                q.prefetch,
+                q.sent,
+                q.sent_rate,
+                r.completed,
+                r.throughput,
+                r.seconds,
+                q.sent_total,
+                q.received_total,
+            );
+            continue;
+        }
         println!(
             "{}: {} servers, {} clients × {} in flight, payload {} B, {} requests in {:.1} s{}{}",
             r.url,

@@ -82,10 +82,13 @@ pub struct RunResult {
     pub timeline: Vec<u64>,
     /// (percentile, latency µs) points of the latency distribution.
     pub distribution: Vec<(f64, u64)>,
+    /// `--mode queue`: what the producers and consumers did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queue::QueueRun>,
 }
 
 /// `SIZE` or `SIZE:WEIGHT,…`.
-fn parse_payload(spec: &str) -> Result<Vec<(usize, u32)>, String> {
+pub(super) fn parse_payload(spec: &str) -> Result<Vec<(usize, u32)>, String> {
     let sizes = spec
         .split(',')
         .map(|part| {
@@ -108,10 +111,10 @@ fn parse_payload(spec: &str) -> Result<Vec<(usize, u32)>, String> {
 }
 
 /// A tiny xorshift generator: payload sizes need no crypto.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -119,7 +122,7 @@ impl Rng {
     }
 }
 
-fn pick(sizes: &[(usize, u32)], rng: &mut Rng) -> usize {
+pub(super) fn pick(sizes: &[(usize, u32)], rng: &mut Rng) -> usize {
     let total: u64 = sizes.iter().map(|(_, w)| *w as u64).sum();
     let mut roll = rng.next() % total.max(1);
     for (size, weight) in sizes {
@@ -131,7 +134,7 @@ fn pick(sizes: &[(usize, u32)], rng: &mut Rng) -> usize {
     sizes.last().map(|(s, _)| *s).unwrap_or(0)
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(super) fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 100 s, 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant histogram bounds are valid")
 }
@@ -183,21 +186,104 @@ pub async fn serve_until_ctrl_c(workload: &Workload) -> Result<(), Box<dyn std::
 }
 
 /// Shared by the workers of one run.
-struct Shared {
-    start: Instant,
-    measure_from: Instant,
-    end: Option<Instant>,
-    remaining: AtomicI64,
-    completed: AtomicU64,
-    errors: AtomicU64,
-    timeouts: AtomicU64,
-    timeline: Vec<AtomicU64>,
-    histograms: Vec<Mutex<Histogram<u64>>>,
-    last_done: Mutex<Option<Instant>>,
-    finished: std::sync::atomic::AtomicBool,
+pub(super) struct Shared {
+    pub(super) start: Instant,
+    pub(super) measure_from: Instant,
+    pub(super) end: Option<Instant>,
+    pub(super) remaining: AtomicI64,
+    pub(super) completed: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) timeouts: AtomicU64,
+    pub(super) timeline: Vec<AtomicU64>,
+    pub(super) histograms: Vec<Mutex<Histogram<u64>>>,
+    pub(super) last_done: Mutex<Option<Instant>>,
+    pub(super) finished: std::sync::atomic::AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+impl Shared {
+    /// The clock and counters of a run starting now, with one histogram
+    /// per recorder.
+    pub(super) fn new(workload: &Workload, recorders: usize) -> Arc<Shared> {
+        let start = Instant::now();
+        let measure_from = start + Duration::from_secs_f64(workload.warmup.max(0.0));
+        let end = match workload.count {
+            Some(_) => None,
+            None => Some(measure_from + Duration::from_secs_f64(workload.duration.max(0.001))),
+        };
+        let seconds_hint = end.map_or(3600, |e| (e - measure_from).as_secs() as usize + 2);
+        Arc::new(Shared {
+            start,
+            measure_from,
+            end,
+            remaining: AtomicI64::new(
+                workload
+                    .count
+                    .map_or(i64::MAX, |c| c.min(i64::MAX as u64) as i64),
+            ),
+            completed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            timeline: (0..seconds_hint).map(|_| AtomicU64::new(0)).collect(),
+            histograms: (0..recorders)
+                .map(|_| Mutex::new(new_histogram()))
+                .collect(),
+            last_done: Mutex::new(None),
+            finished: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Records one completion at `done`, `micros` after it was meant to start.
+    pub(super) fn record(&self, recorder: usize, micros: u64, done: Instant) {
+        if let Some(h) = self.histograms.get(recorder) {
+            let _ = lock(h).record(micros.max(1));
+        }
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        let second = done.saturating_duration_since(self.measure_from).as_secs() as usize;
+        if let Some(slot) = self.timeline.get(second) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut last = lock(&self.last_done);
+        if last.is_none_or(|l| l < done) {
+            *last = Some(done);
+        }
+    }
+
+    /// The merged histogram, the measured seconds and the timeline.
+    pub(super) fn summary(&self) -> (Histogram<u64>, f64, Vec<u64>) {
+        let mut histogram = new_histogram();
+        for h in &self.histograms {
+            let _ = histogram.add(&*lock(h));
+        }
+        let window_end = lock(&self.last_done).unwrap_or_else(Instant::now);
+        let seconds = window_end
+            .saturating_duration_since(self.measure_from)
+            .as_secs_f64()
+            .max(1e-9);
+        let timeline_len = (seconds.ceil() as usize).min(self.timeline.len());
+        let timeline = self.timeline[..timeline_len]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (histogram, seconds, timeline)
+    }
+}
+
+impl Latency {
+    /// The percentiles of `histogram`.
+    pub(super) fn of(histogram: &Histogram<u64>) -> Latency {
+        Latency {
+            min: histogram.min(),
+            p50: histogram.value_at_quantile(0.5),
+            p90: histogram.value_at_quantile(0.9),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        }
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -206,6 +292,9 @@ pub async fn measure(
     workload: &Workload,
     servers: Servers,
 ) -> Result<RunResult, Box<dyn std::error::Error>> {
+    if workload.mode == Mode::Queue {
+        return super::queue::measure(workload).await;
+    }
     let sizes = parse_payload(&workload.payload)?;
     let topic = match servers {
         Servers::InProcess => format!("{}_{}", workload.topic, &warren::wire::new_id()[..8]),
@@ -230,30 +319,7 @@ pub async fn measure(
         clients.push((connection, client));
     }
 
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(workload.warmup.max(0.0));
-    let end = match workload.count {
-        Some(_) => None,
-        None => Some(measure_from + Duration::from_secs_f64(workload.duration.max(0.001))),
-    };
-    let seconds_hint = end.map_or(3600, |e| (e - measure_from).as_secs() as usize + 2);
-    let shared = Arc::new(Shared {
-        start,
-        measure_from,
-        end,
-        remaining: AtomicI64::new(
-            workload
-                .count
-                .map_or(i64::MAX, |c| c.min(i64::MAX as u64) as i64),
-        ),
-        completed: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        timeouts: AtomicU64::new(0),
-        timeline: (0..seconds_hint).map(|_| AtomicU64::new(0)).collect(),
-        histograms: (0..workers).map(|_| Mutex::new(new_histogram())).collect(),
-        last_done: Mutex::new(None),
-        finished: std::sync::atomic::AtomicBool::new(false),
-    });
+    let shared = Shared::new(workload, workers);
 
     let progress = progress_bar(shared.clone(), workload);
     let mut tasks = tokio::task::JoinSet::new();
@@ -268,17 +334,8 @@ pub async fn measure(
     shared.finished.store(true, Ordering::Relaxed);
     let _ = progress.await;
 
-    let mut histogram = new_histogram();
-    for h in &shared.histograms {
-        let _ = histogram.add(&*lock(h));
-    }
-    let window_end = lock(&shared.last_done).unwrap_or_else(Instant::now);
-    let seconds = window_end
-        .saturating_duration_since(measure_from)
-        .as_secs_f64()
-        .max(1e-9);
+    let (histogram, seconds, timeline) = shared.summary();
     let completed = shared.completed.load(Ordering::Relaxed);
-    let timeline_len = (seconds.ceil() as usize).min(shared.timeline.len());
     // Casts may still be in the servers' queues: give them a moment.
     if matches!(servers, Servers::InProcess) && workload.mode != Mode::Call {
         let expected = completed
@@ -307,20 +364,10 @@ pub async fn measure(
         timeouts: shared.timeouts.load(Ordering::Relaxed),
         received: matches!(servers, Servers::InProcess).then(|| received.load(Ordering::Relaxed)),
         throughput: completed as f64 / seconds,
-        latency_us: Latency {
-            min: histogram.min(),
-            p50: histogram.value_at_quantile(0.5),
-            p90: histogram.value_at_quantile(0.9),
-            p99: histogram.value_at_quantile(0.99),
-            p999: histogram.value_at_quantile(0.999),
-            max: histogram.max(),
-            mean: histogram.mean(),
-        },
-        timeline: shared.timeline[..timeline_len]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect(),
+        latency_us: Latency::of(&histogram),
+        timeline,
         distribution: distribution(&histogram),
+        queue: None,
     };
     for (connection, handle) in server_handles {
         handle.shutdown().await?;
@@ -333,7 +380,7 @@ pub async fn measure(
 }
 
 /// The URL without passwords; `embedded` for the default.
-fn display_url(url: &str) -> String {
+pub(super) fn display_url(url: &str) -> String {
     if url.is_empty() {
         "embedded".to_owned()
     } else {
@@ -342,7 +389,7 @@ fn display_url(url: &str) -> String {
 }
 
 /// Latency at percentiles 0 .. 99.999 (log-spaced towards the tail).
-fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+pub(super) fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     if h.is_empty() {
         return Vec::new();
     }
@@ -387,7 +434,8 @@ async fn worker(
         let payload = ByteBuf::from(vec![0x5a; pick(&sizes, &mut rng)]);
         let result = match mode {
             Mode::Call => client.echo(payload).await.map(drop),
-            Mode::Cast => client.sink(payload).await,
+            // `measure` hands queue mode to `super::queue`.
+            Mode::Cast | Mode::Queue => client.sink(payload).await,
             Mode::Fanout => fanout.sink(payload).await,
         };
         let done = Instant::now();
@@ -397,18 +445,7 @@ async fn worker(
         match result {
             Ok(()) => {
                 let micros = done.saturating_duration_since(intended).as_micros() as u64;
-                let _ = lock(&shared.histograms[index]).record(micros.max(1));
-                shared.completed.fetch_add(1, Ordering::Relaxed);
-                let second = done
-                    .saturating_duration_since(shared.measure_from)
-                    .as_secs() as usize;
-                if let Some(slot) = shared.timeline.get(second) {
-                    slot.fetch_add(1, Ordering::Relaxed);
-                }
-                let mut last = lock(&shared.last_done);
-                if last.is_none_or(|l| l < done) {
-                    *last = Some(done);
-                }
+                shared.record(index, micros, done);
             }
             Err(e) if e.is_timeout() => {
                 shared.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +459,10 @@ async fn worker(
     }
 }
 
-fn progress_bar(shared: Arc<Shared>, workload: &Workload) -> tokio::task::JoinHandle<()> {
+pub(super) fn progress_bar(
+    shared: Arc<Shared>,
+    workload: &Workload,
+) -> tokio::task::JoinHandle<()> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
@@ -433,6 +473,11 @@ fn progress_bar(shared: Arc<Shared>, workload: &Workload) -> tokio::task::JoinHa
         display_url(&workload.url),
         format!("{:?}", workload.mode).to_lowercase()
     );
+    let unit = if workload.mode == Mode::Queue {
+        "msg/s"
+    } else {
+        "req/s"
+    };
     tokio::spawn(async move {
         let mut last = (Instant::now(), 0u64);
         while !shared.finished.load(Ordering::Relaxed) {
@@ -451,7 +496,7 @@ fn progress_bar(shared: Arc<Shared>, workload: &Workload) -> tokio::task::JoinHa
                 ""
             };
             bar.set_message(format!(
-                "{label}: {phase}{rate:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  errors {}  timeouts {}",
+                "{label}: {phase}{rate:>9.0} {unit}  p50 {:>6} µs  p99 {:>7} µs  errors {}  timeouts {}",
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
                 shared.errors.load(Ordering::Relaxed),

@@ -107,6 +107,7 @@ impl Options {
                     value(a)?;
                 }
                 "-l" | "--longnames" => {}
+                "-h" | "-?" | "--help" => o.positional.insert(0, "help".to_owned()),
                 _ => {
                     if let Some(v) = a.strip_prefix("--vhost=") {
                         o.vhost = Some(v.to_owned());

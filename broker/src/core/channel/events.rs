@@ -121,6 +121,9 @@ pub struct PublishOutcome {
     pub routed: usize,
     /// A `basic.return` was emitted.
     pub returned: bool,
+    /// A queue refused the message (`x-overflow: reject-publish` on a full
+    /// queue): in confirm mode, its confirm was a `basic.nack`.
+    pub rejected: bool,
     /// Publish sequence number in confirm mode (its confirm was emitted).
     pub confirm_tag: Option<u64>,
     /// Buffered by an open transaction (nothing routed yet).

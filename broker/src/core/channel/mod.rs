@@ -606,6 +606,7 @@ impl CoreChannel {
             out.routed = r.routed;
             rejected = r.rejected;
             durable = r.durable;
+            out.rejected = rejected;
         }
         if out.routed == 0 && mandatory {
             out.returned = true;
