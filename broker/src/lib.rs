@@ -321,6 +321,7 @@ impl BrokerBuilder {
         // RabbitMQ's default user (an administrator, with its default
         // permissions), on a node without users only: a data directory keeps
         // an operator's deletion of guest across restarts.
+        let mut first_user = users.first().map(|(name, _)| name.clone());
         if default_user && core.list_users().is_empty() {
             let guest = core
                 .add_user("guest", "guest")
@@ -331,6 +332,16 @@ impl BrokerBuilder {
             let all = ".*";
             self.permissions
                 .insert(0, ["guest", "/", all, all, all].map(str::to_owned));
+        }
+        // Without users given, the handle's user (`url()`, in-process
+        // connections) is guest, whether just added or kept in the data
+        // directory (its password only if it is still the default).
+        if default_user && first_user.is_none() && core.has_user("guest") {
+            first_user = Some("guest".to_owned());
+            if core.authenticate("guest", "guest") {
+                self.first_password
+                    .get_or_insert(Secret("guest".to_owned()));
+            }
         }
         core.set_consumer_timeout(match self.consumer_timeout {
             ConsumerTimeout::Default => Some(DEFAULT_CONSUMER_TIMEOUT),
@@ -401,11 +412,7 @@ impl BrokerBuilder {
             ));
         }
         let first_user = (
-            users
-                .into_iter()
-                .next()
-                .map(|(name, _)| name)
-                .unwrap_or_default(),
+            first_user.unwrap_or_default(),
             self.first_password.map(|Secret(p)| p),
         );
         Ok(BrokerHandle {
