@@ -444,7 +444,10 @@ impl BrokerBuilder {
                     .or_else(|| kept.first())
                     .map(|u| u.name.clone())
                     .unwrap_or_default();
-                (name, None)
+                // Its password only if it is still the default.
+                let password = (name == "guest" && core.authenticate("guest", "guest"))
+                    .then(|| "guest".to_owned());
+                (name, password)
             }
         };
         Ok(BrokerHandle {

@@ -28,6 +28,7 @@ impl ManagedBroker {
         let child = Command::new(warren_bin())
             .args(["broker", "--listen", &format!("127.0.0.1:{amqp}")])
             .args(["--management", &format!("127.0.0.1:{http}")])
+            .arg("--in-memory")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
