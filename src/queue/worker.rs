@@ -196,7 +196,10 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
 
     /// Dead-letters into `<first queue>.dlq` (see
     /// [`dead_letter_queue`](Self::dead_letter_queue)).
-    pub fn dead_letter(self) -> Self {
+    pub fn dead_letter(mut self) -> Self {
+        if self.queues[0].is_empty() {
+            self.queues[0] = generated_name();
+        }
         let name = format!("{}.dlq", self.queues[0]);
         self.dead_letter_queue(name)
     }
@@ -259,13 +262,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         let queues = self
             .queues
             .into_iter()
-            .map(|q| {
-                if q.is_empty() {
-                    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
-                } else {
-                    q
-                }
-            })
+            .map(|q| if q.is_empty() { generated_name() } else { q })
             .collect();
         let plan = Plan {
             queues,
@@ -315,6 +312,11 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
             grace_period: self.grace_period,
         })
     }
+}
+
+/// A unique queue name, for a worker given an empty one.
+fn generated_name() -> String {
+    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
 }
 
 type Handler<T> =
