@@ -15,7 +15,8 @@
 //! RABBITMQ_URL=amqp://guest:guest@localhost:5672/%2f QUEUE_ORIGIN=resize \
 //!     QUEUE_TO=thumbnails,audit cargo run --example aion_stage -- --declare
 //! ```
-//! `TRANSPORT_URL` works too (warren's broker, or any AMQP server).
+//! `TRANSPORT_URL` works too (warren's broker, or any AMQP server);
+//! `QUEUE_PREFETCH=N` processes N inputs at once (default 1, in order).
 
 #[path = "heat/service.rs"]
 #[allow(dead_code)]

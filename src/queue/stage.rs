@@ -28,6 +28,7 @@ const RESEND_PAUSE: Duration = Duration::from_secs(1);
 /// | `QUEUE_ORIGIN` | the queue to read (required) |
 /// | `QUEUE_TO` | the queues to send to, comma-separated (none: a sink) |
 /// | `QUEUE_DLQ` | where to dead-letter input that cannot be processed (optional) |
+/// | `QUEUE_PREFETCH` | inputs processed at once, and prefetched (default 1) |
 ///
 /// A stage declares nothing by default: queues belong to the operator, and
 /// a missing one is an [`Error::is_not_found`] error naming it.
@@ -80,7 +81,8 @@ impl Stage {
 
     /// A stage as the environment says (see the table above): connects to
     /// `RABBITMQ_URL` (or `TRANSPORT_URL`); a configuration error naming
-    /// `QUEUE_ORIGIN` when it is unset.
+    /// `QUEUE_ORIGIN` when it is unset, or `QUEUE_PREFETCH` when it is not
+    /// a count.
     pub async fn from_env() -> Result<Self, Error> {
         let origin = env("QUEUE_ORIGIN").ok_or_else(|| {
             Error::config("QUEUE_ORIGIN is not set: name the queue this stage reads")
@@ -92,6 +94,14 @@ impl Stage {
         let connection = crate::connect(&url).await?;
         let mut stage = Stage::new(&connection, origin, to);
         stage.dead_letter = env("QUEUE_DLQ");
+        if let Some(prefetch) = env("QUEUE_PREFETCH") {
+            let n: u16 = prefetch.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::config(format!(
+                    "QUEUE_PREFETCH={prefetch:?} is not a number from 1 to 65535"
+                ))
+            })?;
+            stage = stage.prefetch(n).concurrency(n.into());
+        }
         Ok(stage)
     }
 
@@ -208,30 +218,31 @@ impl Stage {
     }
 }
 
-/// Sends `output` to every destination: [`Outcome::Ack`] once all
+/// Sends `output` to every destination at once: [`Outcome::Ack`] once all
 /// confirmed.
 async fn send<O: Serialize + Sync>(outputs: &[Publisher<O>], output: &O) -> Outcome {
-    for publisher in outputs {
-        match publisher.publish(output).await {
-            Ok(()) => {}
-            Err(e) if e.is_returned() || e.is_refused() || e.is_not_found() || e.is_config() => {
-                return Outcome::Reject(format!(
-                    "cannot send the output to {:?}: {e}",
-                    publisher.routing_key()
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(
-                    to = %publisher.routing_key(),
-                    error = %e,
-                    "cannot send the output now: the input goes back to its queue"
-                );
-                tokio::time::sleep(RESEND_PAUSE).await;
-                return Outcome::Requeue;
-            }
+    let sent = futures::future::join_all(outputs.iter().map(|p| p.publish(output))).await;
+    let mut outcome = Outcome::Ack;
+    for (publisher, result) in outputs.iter().zip(sent) {
+        let Err(e) = result else { continue };
+        if e.is_returned() || e.is_refused() || e.is_not_found() || e.is_config() {
+            // It would fail again: dead-letter the input.
+            return Outcome::Reject(format!(
+                "cannot send the output to {:?}: {e}",
+                publisher.routing_key()
+            ));
         }
+        tracing::warn!(
+            to = %publisher.routing_key(),
+            error = %e,
+            "cannot send the output now: the input goes back to its queue"
+        );
+        outcome = Outcome::Requeue;
     }
-    Outcome::Ack
+    if outcome == Outcome::Requeue {
+        tokio::time::sleep(RESEND_PAUSE).await;
+    }
+    outcome
 }
 
 #[cfg(test)]

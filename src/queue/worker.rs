@@ -172,7 +172,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
     /// At most this many handlers running at once, over all the worker's
     /// queues (default 1).
     pub fn concurrency(mut self, handlers: usize) -> Self {
-        self.concurrency = handlers.max(1);
+        self.concurrency = handlers.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
@@ -196,7 +196,10 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
 
     /// Dead-letters into `<first queue>.dlq` (see
     /// [`dead_letter_queue`](Self::dead_letter_queue)).
-    pub fn dead_letter(self) -> Self {
+    pub fn dead_letter(mut self) -> Self {
+        if self.queues[0].is_empty() {
+            self.queues[0] = generated_name();
+        }
         let name = format!("{}.dlq", self.queues[0]);
         self.dead_letter_queue(name)
     }
@@ -236,7 +239,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
     }
 
     /// How long [`WorkerHandle::shutdown`] waits for handlers still
-    /// running (default [`DEFAULT_GRACE_PERIOD`]).
+    /// running (default 30 s, as RPC servers).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace_period = grace;
         self
@@ -259,13 +262,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         let queues = self
             .queues
             .into_iter()
-            .map(|q| {
-                if q.is_empty() {
-                    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
-                } else {
-                    q
-                }
-            })
+            .map(|q| if q.is_empty() { generated_name() } else { q })
             .collect();
         let plan = Plan {
             queues,
@@ -315,6 +312,11 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
             grace_period: self.grace_period,
         })
     }
+}
+
+/// A unique queue name, for a worker given an empty one.
+fn generated_name() -> String {
+    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
 }
 
 type Handler<T> =
@@ -442,7 +444,8 @@ pub struct WorkerStats {
 }
 
 /// A running worker. [`shutdown`](Self::shutdown) stops it gracefully;
-/// dropping the handle stops consuming without waiting.
+/// dropping the handle stops consuming without waiting for the handlers
+/// running (they still settle their messages).
 pub struct WorkerHandle {
     shared: Arc<dyn Running>,
     queues: Vec<String>,
@@ -563,8 +566,32 @@ impl WorkerHandle {
 }
 
 impl Drop for WorkerHandle {
+    /// Stops consuming without waiting for the handlers; the consumers
+    /// close in the background once the handlers finished, so deliveries
+    /// not started go back to their queues rather than wait,
+    /// unacknowledged, for the connection to close.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        let loops = std::mem::take(&mut self.loops);
+        if loops.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut subscriptions = Vec::new();
+                for handle in loops {
+                    if let Ok(Some(subscription)) = handle.await {
+                        subscriptions.push(subscription);
+                    }
+                }
+                // The handlers running settle their messages first.
+                shared.idle().await;
+                for subscription in subscriptions {
+                    let _ = subscription.close().await;
+                }
+            });
+        }
     }
 }
 
@@ -843,5 +870,26 @@ async fn dead_letter<T>(shared: &Shared<T>, queue: &str, delivery: Delivery, rea
     );
     if move_to(shared, queue, &delivery, target, properties).await {
         shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_longest_and_name_their_queues() {
+        let retry = Retry::new(6).backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (1..=6).map(|n| retry.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        // No overflow however far it goes.
+        assert_eq!(retry.delay(u32::MAX), Duration::from_secs(1));
+        assert_eq!(Retry::new(0).retries(), 1);
+        let spec = retry.queue_spec("resize", 3);
+        assert_eq!(spec.name, "resize.retry.3");
+        assert_eq!(spec.message_ttl_ms, Some(400));
+        assert_eq!(spec.dead_letter_exchange.as_deref(), Some(""));
+        assert_eq!(spec.dead_letter_routing_key.as_deref(), Some("resize"));
+        assert!(spec.durable);
     }
 }

@@ -498,8 +498,13 @@ pub trait Transport: Send + Sync + 'static {
     async fn delete_queue(&self, queue: &str) -> Result<(), Error>;
     /// Checks that a queue exists (a passive declaration: nothing is
     /// created or changed) and counts its messages and consumers; an error
-    /// with [`Error::is_not_found`] when there is no such queue.
-    async fn check_queue(&self, queue: &str) -> Result<QueueStats, Error>;
+    /// with [`Error::is_not_found`] when there is no such queue. Both of
+    /// warren's transports implement it; the default refuses.
+    async fn check_queue(&self, queue: &str) -> Result<QueueStats, Error> {
+        Err(Error::config(format!(
+            "this transport cannot check that queue {queue:?} exists"
+        )))
+    }
     /// Publishes a message; with `confirm`, returns once the broker took it.
     async fn publish(&self, message: Outgoing) -> Result<(), Error>;
     /// Starts consuming a queue.

@@ -21,6 +21,7 @@ crate::on_both_brokers!(
     a_stage_killed_mid_stream_loses_nothing,
     bad_input_is_dead_lettered_with_a_logged_reason,
     a_missing_queue_stops_the_stage_naming_it,
+    a_python_stage_and_a_warren_stage_chain,
 );
 
 /// Hang guard for a stage to come up or a queue to fill: far above any
@@ -31,6 +32,8 @@ const WAIT: Duration = Duration::from_secs(60);
 struct StageProcess {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Reads stderr into `stderr` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StageProcess {
@@ -50,9 +53,10 @@ impl StageProcess {
         }
         let mut child = command.spawn().expect("aion_stage runs");
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut reader = None;
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
-            std::thread::spawn(move || {
+            reader = Some(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf) {
                     if n == 0 {
@@ -63,9 +67,13 @@ impl StageProcess {
                         .unwrap_or_else(|p| p.into_inner())
                         .push_str(&text);
                 }
-            });
+            }));
         }
-        StageProcess { child, stderr }
+        StageProcess {
+            child,
+            stderr,
+            reader,
+        }
     }
 
     fn log(&self) -> String {
@@ -79,7 +87,16 @@ impl StageProcess {
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().expect("wait")
+        let status = self.child.wait().expect("wait");
+        self.read_all();
+        status
+    }
+
+    /// Waits until everything the exited process wrote is in the log.
+    fn read_all(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// Waits for the process to exit by itself.
@@ -87,6 +104,7 @@ impl StageProcess {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.read_all();
                 return status;
             }
             assert!(
@@ -173,7 +191,14 @@ async fn two_chained_stages_relay_every_message_exactly_once(url: String) {
     let (origin, middle, last) = (unique("origin"), unique("middle"), unique("last"));
     operator_declares(&connection, &[&origin, &middle, &last]).await;
     let first = StageProcess::spawn(&url, &origin, &middle, &[("STAGE_NAME", "one")], &[]);
-    let second = StageProcess::spawn(&url, &middle, &last, &[("STAGE_NAME", "two")], &[]);
+    // The second takes eight at a time (their order is not kept).
+    let second = StageProcess::spawn(
+        &url,
+        &middle,
+        &last,
+        &[("STAGE_NAME", "two"), ("QUEUE_PREFETCH", "8")],
+        &[],
+    );
     consumed(&connection, &origin, &first).await;
     consumed(&connection, &middle, &second).await;
     produce(&url, &origin, N).await;
@@ -312,6 +337,14 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
         assert_eq!(take_json(&connection, queue, 1).await[0]["id"], 0);
     }
     assert!(stage.stop().success());
+    // A prefetch that is not a count.
+    let mut stage = StageProcess::spawn(&url, &origin, &to, &[("QUEUE_PREFETCH", "0")], &[]);
+    assert!(!stage.wait_exit().success());
+    assert!(
+        stage.log().contains("QUEUE_PREFETCH=\"0\""),
+        "{}",
+        stage.log()
+    );
     // No QUEUE_ORIGIN at all.
     let mut stage = StageProcess::spawn(&url, "", &to, &[], &[]);
     assert!(!stage.wait_exit().success());
@@ -323,46 +356,115 @@ async fn a_missing_queue_stops_the_stage_naming_it(url: String) {
     cleanup(&connection, &[&origin, &to, &second]).await;
 }
 
-/// A message larger than the broker's `max_message_size`: the producer's
-/// is refused by the broker, and a stage whose output grows past the limit
-/// dead-letters its input with the reason instead of looping on it.
+/// aio-pika stages (`tests/python/aio_stage.py`, the benchmark's
+/// comparison) and `aion_stage` in one pipeline, each reading what the
+/// other wrote: Python, then warren, then Python again.
+async fn a_python_stage_and_a_warren_stage_chain(url: String) {
+    const N: usize = 100;
+    let connection = warren::connect(&url).await.expect("connect");
+    let queues: Vec<String> = (0..4).map(|i| unique(&format!("mixed{i}"))).collect();
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    operator_declares(&connection, &names).await;
+    let python = |origin: &str, to: &str, name: &str| {
+        let mut command = python_script("aio_stage.py");
+        command
+            .env("RABBITMQ_URL", &url)
+            .env("QUEUE_ORIGIN", origin)
+            .env("QUEUE_TO", to)
+            .env("STAGE_NAME", name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().expect("aio_stage.py runs")
+    };
+    let mut first = python(names[0], names[1], "python1");
+    let warren = StageProcess::spawn(&url, names[1], names[2], &[("STAGE_NAME", "rust")], &[]);
+    let mut last = python(names[2], names[3], "python2");
+    consumed(&connection, names[1], &warren).await;
+    produce(&url, names[0], N).await;
+    let messages = take_json(&connection, names[3], N).await;
+    for child in [&mut first, &mut last] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(warren.stop().success());
+    assert_eq!(ids(&messages).len(), N);
+    for message in &messages {
+        assert_eq!(
+            message["processed_by_python1"]["stage"], "aio_stage",
+            "{message}"
+        );
+        assert_eq!(
+            message["processed_by_rust"]["stage"], "aion_stage",
+            "{message}"
+        );
+        assert_eq!(
+            message["processed_by_python2"]["stage"], "aio_stage",
+            "{message}"
+        );
+        assert_eq!(message["source"], "pika", "{message}");
+    }
+    cleanup(&connection, &names).await;
+}
+
+/// The `max_message_size` of the over-limit tests' brokers.
+const LIMIT: u64 = 16 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_over_the_broker_limit_is_refused_with_a_reason() {
-    const LIMIT: u64 = 16 * 1024;
+async fn a_message_over_warrens_limit_is_refused_with_a_reason() {
     let broker = warren::broker::Broker::builder()
         .listen(([127, 0, 0, 1], 0).into())
         .max_message_size(LIMIT)
         .start()
         .await
         .expect("broker");
-    let url = broker.url();
-    let connection = warren::connect(&url).await.expect("connect");
+    over_the_limit(&broker.url()).await;
+}
+
+/// On a RabbitMQ node of the test's own (the shared one keeps its 128 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_rabbitmqs_limit_is_refused_with_a_reason() {
+    let config = format!("max_message_size = {LIMIT}");
+    let Some(node) = tokio::task::spawn_blocking(move || {
+        crate::common::rabbit::RabbitNode::start("warren-limit", &config, &[])
+    })
+    .await
+    .expect("join") else {
+        return; // RabbitNode::start printed why.
+    };
+    over_the_limit(&format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        node.amqp_port
+    ))
+    .await;
+}
+
+/// A message larger than the broker's `max_message_size` ([`LIMIT`]): the
+/// producer's is refused by the broker, and a stage whose output grows
+/// past the limit dead-letters its input with the reason (logged) instead
+/// of looping on it, then goes on.
+async fn over_the_limit(url: &str) {
+    let connection = warren::connect(url).await.expect("connect");
     let (origin, last, dlq) = (unique("origin"), unique("last"), unique("dlq"));
     operator_declares(&connection, &[&origin, &last, &dlq]).await;
-    // The producer's own message over the limit: the broker refuses it.
     let over = python_run(
         Duration::from_secs(120),
         "pika_json_producer.py",
-        &[&url, &origin, "1", "--pad", &(LIMIT + 1).to_string()],
+        &[url, &origin, "1", "--pad", &(LIMIT + 1).to_string()],
     );
     assert!(
         over.status.is_some_and(|s| !s.success()) && over.stderr.contains("larger than"),
         "{over:?}"
     );
     // One under the limit whose output is over it.
-    let stage = StageProcess::spawn(&url, &origin, &last, &[("QUEUE_DLQ", dlq.as_str())], &[]);
+    let stage = StageProcess::spawn(url, &origin, &last, &[("QUEUE_DLQ", dlq.as_str())], &[]);
     consumed(&connection, &origin, &stage).await;
     let pad = (LIMIT - 100).to_string();
-    run_python(
-        "pika_json_producer.py",
-        &[&url, &origin, "1", "--pad", &pad],
-    )
-    .await;
+    run_python("pika_json_producer.py", &[url, &origin, "1", "--pad", &pad]).await;
     let dead = take(&connection, &dlq, 1).await;
     let reason = warren::queue::text_header(&dead[0].properties, ERROR_HEADER).expect("reason");
     assert!(reason.contains("larger than"), "{reason}");
     // The stage goes on.
-    produce(&url, &origin, 1).await;
+    produce(url, &origin, 1).await;
     assert_eq!(take_json(&connection, &last, 1).await[0]["id"], 0);
     assert!(stage.log().contains("larger than"), "{}", stage.log());
     assert!(stage.stop().success());

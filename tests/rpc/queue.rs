@@ -22,6 +22,9 @@ crate::conformance!(
     one_worker_consumes_several_queues,
     concurrency_is_bounded_and_shutdown_drains,
     subscribers_get_every_message_through_exclusive_bound_queues,
+    a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on,
+    dropping_the_handle_gives_back_what_was_not_started,
+    a_stage_sends_to_every_destination_then_acks,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,15 +69,16 @@ async fn stats_when(
     .unwrap_or_else(|_| panic!("stats never settled: {:?}", worker.stats()))
 }
 
-/// The next `n` messages of `queue`, taken (acknowledged) with the raw
-/// transport, so undecodable bodies can be read too.
+/// The next `n` messages of `queue`, taken (acknowledged one by one) with
+/// the raw transport, so undecodable bodies can be read too; messages the
+/// broker pushed beyond `n` go back to the queue.
 pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize) -> Vec<Delivery> {
     let mut subscription = connection
         .transport()
         .consume(&ConsumeSpec {
             queue: queue.to_owned(),
-            prefetch: 0,
-            no_ack: true,
+            prefetch: u16::try_from(n.clamp(1, 100)).unwrap_or(100),
+            no_ack: false,
         })
         .await
         .expect("consume");
@@ -85,6 +89,7 @@ pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize)
             .unwrap_or_else(|_| panic!("{n} messages on {queue}, got {}", out.len()))
             .expect("subscription open")
             .expect("a delivery");
+        delivery.acker.ack().await.expect("ack");
         out.push(delivery);
     }
     subscription.close().await.expect("close");
@@ -508,20 +513,23 @@ async fn concurrency_is_bounded_and_shutdown_drains(backend: Backend) {
     let third = drain(&mut starts, 1, Duration::from_millis(300)).await;
     assert!(third.is_empty(), "a third handler ran: {third:?}");
     assert_eq!(worker.in_flight(), 2);
-    // Shut down while two run: both finish and are acknowledged; the four
+    // Shut down while two run: they finish and are acknowledged (as is any
+    // handler that started before the shutdown did); the messages
     // prefetched or still queued stay in the queue.
     let stopping = tokio::spawn(worker.shutdown_within(WAIT));
-    gate.add_permits(2);
+    gate.add_permits(6);
     stopping.await.expect("join").expect("shutdown");
     assert_eq!(most.load(Ordering::SeqCst), 2);
+    let handled = 2 + drain(&mut starts, 4, Duration::ZERO).await.len();
     let left = connection
         .transport()
         .check_queue(&queue)
         .await
         .expect("check");
     assert_eq!(
-        left.messages, 4,
-        "the two handled were acked, the rest kept"
+        left.messages as usize,
+        6 - handled,
+        "the {handled} handled were acked, the rest kept"
     );
     cleanup(&connection, &[&queue]).await;
 }
@@ -626,4 +634,131 @@ async fn subscribers_get_every_message_through_exclusive_bound_queues(backend: B
     assert_eq!(recv(&mut rx).await, (2, "Hello World!".to_owned()));
     worker.shutdown().await.expect("shutdown");
     cleanup(&connection, &[&hello]).await;
+}
+
+async fn a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on(backend: Backend) {
+    let (connection, _broker) = backend.connect().await;
+    let queue = unique("panics");
+    let dlq = format!("{queue}.dlq");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let worker = Worker::<Task>::new(&connection, &queue)
+        .dead_letter()
+        .start(move |message| {
+            let tx = tx.clone();
+            async move {
+                let task = message.into_body();
+                if task.id == 13 {
+                    panic!("unlucky task {}", task.id);
+                }
+                let _ = tx.send(task.id);
+            }
+        })
+        .await
+        .expect("worker");
+    let publisher = Publisher::<Task>::new(&connection, &queue);
+    publisher.publish(&task(13)).await.expect("publish");
+    publisher.publish(&task(14)).await.expect("publish");
+    assert_eq!(recv(&mut rx).await, 14, "the worker went on");
+    let dead = take(&connection, &dlq, 1).await;
+    let reason = warren::queue::text_header(&dead[0].properties, ERROR_HEADER).expect("reason");
+    assert_eq!(reason, "handler panicked: unlucky task 13");
+    worker.shutdown().await.expect("shutdown");
+    cleanup(&connection, &[&queue, &dlq]).await;
+}
+
+async fn dropping_the_handle_gives_back_what_was_not_started(backend: Backend) {
+    let (connection, _broker) = backend.connect().await;
+    let queue = unique("dropped");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let worker = {
+        let gate = gate.clone();
+        Worker::<Task>::new(&connection, &queue)
+            .prefetch(5)
+            .start(move |message| {
+                let (gate, started) = (gate.clone(), started.clone());
+                async move {
+                    let _ = started.send(message.body.id);
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                }
+            })
+            .await
+            .expect("worker")
+    };
+    let publisher = Publisher::<Task>::new(&connection, &queue);
+    for id in 0..3 {
+        publisher.publish(&task(id)).await.expect("publish");
+    }
+    assert_eq!(recv(&mut starts).await, 0);
+    drop(worker);
+    // The handler running finishes and is acknowledged; the two prefetched
+    // behind it go back to the queue.
+    gate.add_permits(3);
+    let back = tokio::time::timeout(WAIT, async {
+        loop {
+            let stats = connection
+                .transport()
+                .check_queue(&queue)
+                .await
+                .expect("check");
+            if stats.messages == 2 && stats.consumers == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the prefetched messages never came back");
+    cleanup(&connection, &[&queue]).await;
+}
+
+async fn a_stage_sends_to_every_destination_then_acks(backend: Backend) {
+    use warren::queue::Stage;
+    let (connection, _broker) = backend.connect().await;
+    let (origin, a, b, dlq) = (unique("origin"), unique("a"), unique("b"), unique("dlq"));
+    // Nothing declared: the stage names the missing origin.
+    let err = Stage::new(&connection, &origin, [&a, &b])
+        .run(|task: Task| async move { Ok::<_, String>(task) })
+        .await
+        .expect_err("no queues");
+    assert!(
+        err.is_not_found() && err.to_string().contains(&origin),
+        "{err}"
+    );
+    let stage = Stage::new(&connection, &origin, [&a, &b])
+        .declare(true)
+        .dead_letter_queue(&dlq)
+        .run(|task: Task| async move {
+            if task.id == 0 {
+                return Err(format!("task {} cannot be done", task.id));
+            }
+            Ok(Task {
+                id: task.id * 10,
+                name: format!("{} done", task.name),
+            })
+        })
+        .await
+        .expect("stage");
+    let publisher = Publisher::<Task>::new(&connection, &origin);
+    publisher.publish(&task(0)).await.expect("publish");
+    publisher.publish(&task(4)).await.expect("publish");
+    for queue in [&a, &b] {
+        let out = take(&connection, queue, 1).await;
+        let done: Task = serde_json::from_slice(&out[0].body).expect("JSON");
+        assert_eq!(done.id, 40);
+        assert_eq!(done.name, "task-4 done");
+    }
+    let dead = take(&connection, &dlq, 1).await;
+    assert_eq!(
+        warren::queue::text_header(&dead[0].properties, ERROR_HEADER),
+        Some("task 0 cannot be done")
+    );
+    stage.shutdown().await.expect("shutdown");
+    let left = connection
+        .transport()
+        .check_queue(&origin)
+        .await
+        .expect("check");
+    assert_eq!(left.messages, 0);
+    cleanup(&connection, &[&origin, &a, &b, &dlq]).await;
 }
