@@ -97,7 +97,7 @@ pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize)
 }
 
 /// Deletes the test's queues (RabbitMQ is shared between tests).
-async fn cleanup(connection: &warren::Connection, queues: &[&str]) {
+pub(crate) async fn cleanup(connection: &warren::Connection, queues: &[&str]) {
     for queue in queues {
         let _ = connection.transport().delete_queue(queue).await;
     }
