@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::outcome::{IntoOutcome, Message, Outcome};
 use super::{durable_queue, with_header, Format, ERROR_HEADER, QUEUE_HEADER, RETRIES_HEADER};
+use crate::rpc::panic_message;
 use crate::transport::recovery::resubscribe;
 use crate::transport::{header_count, ConsumeSpec, Delivery, Outgoing, QueueSpec, Subscription};
 use crate::{Connection, Error};
@@ -713,9 +714,9 @@ async fn handle<T: DeserializeOwned + Send + 'static>(
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                Outcome::Retry(format!("handler panicked: {}", panic_text(&panic)))
+                Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
             }),
-        Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_text(&panic))),
+        Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_message(&panic))),
     };
     match outcome {
         Outcome::Ack => match delivery.acker.ack().await {
@@ -753,16 +754,6 @@ async fn handle<T: DeserializeOwned + Send + 'static>(
             tracing::warn!(%queue, %reason, "handler rejected a message");
             dead_letter(shared, queue, delivery, &reason).await;
         }
-    }
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(no message)".to_owned()
     }
 }
 
