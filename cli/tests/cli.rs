@@ -197,6 +197,47 @@ fn bench_queue_mode_receives_every_message_it_sent() {
 }
 
 #[test]
+fn bench_queue_mode_in_process_with_autoack_and_a_rate() {
+    let json = std::env::temp_dir().join(format!(
+        "warren-cli-bench-queue-local-{}.json",
+        std::process::id()
+    ));
+    let out = warren(&[
+        "bench",
+        "--mode",
+        "queue",
+        "--url",
+        "",
+        "--count",
+        "400",
+        "--warmup",
+        "0",
+        "--autoack",
+        "-x",
+        "2",
+        // Per producer: 2 × 2,000 msg/s, 400 messages.
+        "--rate",
+        "2000",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "warren bench --mode queue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    let _ = std::fs::remove_file(&json);
+    let run = &report[0];
+    assert_eq!(run["url"], "embedded", "{report}");
+    assert_eq!(run["queue"]["autoack"], true, "{report}");
+    assert_eq!(run["queue"]["sent"], 400, "{report}");
+    assert_eq!(run["queue"]["received_total"], 400, "{report}");
+    assert_eq!(run["completed"], 400, "{report}");
+}
+
+#[test]
 fn bench_queue_mode_is_refused_in_split_roles() {
     let out = warren(&["bench", "client", "--mode", "queue"]);
     assert!(!out.status.success());

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::outcome::{IntoOutcome, Message, Outcome};
 use super::{durable_queue, with_header, Format, ERROR_HEADER, QUEUE_HEADER, RETRIES_HEADER};
+use crate::rpc::panic_message;
 use crate::transport::recovery::resubscribe;
 use crate::transport::{header_count, ConsumeSpec, Delivery, Outgoing, QueueSpec, Subscription};
 use crate::{Connection, Error};
@@ -196,7 +197,10 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
 
     /// Dead-letters into `<first queue>.dlq` (see
     /// [`dead_letter_queue`](Self::dead_letter_queue)).
-    pub fn dead_letter(self) -> Self {
+    pub fn dead_letter(mut self) -> Self {
+        if self.queues[0].is_empty() {
+            self.queues[0] = generated_name();
+        }
         let name = format!("{}.dlq", self.queues[0]);
         self.dead_letter_queue(name)
     }
@@ -259,13 +263,7 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
         let queues = self
             .queues
             .into_iter()
-            .map(|q| {
-                if q.is_empty() {
-                    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
-                } else {
-                    q
-                }
-            })
+            .map(|q| if q.is_empty() { generated_name() } else { q })
             .collect();
         let plan = Plan {
             queues,
@@ -315,6 +313,11 @@ impl<T: DeserializeOwned + Send + 'static> Worker<T> {
             grace_period: self.grace_period,
         })
     }
+}
+
+/// A unique queue name, for a worker given an empty one.
+fn generated_name() -> String {
+    format!("warren.gen-{}", uuid::Uuid::new_v4().simple())
 }
 
 type Handler<T> =
@@ -711,9 +714,9 @@ async fn handle<T: DeserializeOwned + Send + 'static>(
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                Outcome::Retry(format!("handler panicked: {}", panic_text(&panic)))
+                Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
             }),
-        Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_text(&panic))),
+        Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_message(&panic))),
     };
     match outcome {
         Outcome::Ack => match delivery.acker.ack().await {
@@ -751,16 +754,6 @@ async fn handle<T: DeserializeOwned + Send + 'static>(
             tracing::warn!(%queue, %reason, "handler rejected a message");
             dead_letter(shared, queue, delivery, &reason).await;
         }
-    }
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(no message)".to_owned()
     }
 }
 

@@ -25,6 +25,7 @@ mod version;
 
 pub use client::Client;
 pub use context::Context;
+pub(crate) use dispatch::panic_message;
 pub use dispatch::{Dispatch, Endpoints, Request, Response, ServiceInfo};
 pub use duplicates::{DEFAULT_DUPLICATE_WINDOW, MAX_REMEMBERED_IDS};
 pub use exception::RemoteException;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
-use crate::queue::take;
+use crate::queue::{cleanup, take};
 use serde_json::Value;
 use warren::queue::{Publisher, ERROR_HEADER};
 
@@ -468,10 +468,4 @@ async fn over_the_limit(url: &str) {
     assert_eq!(take_json(&connection, &last, 1).await[0]["id"], 0);
     assert!(stage.log().contains("larger than"), "{}", stage.log());
     assert!(stage.stop().success());
-}
-
-async fn cleanup(connection: &warren::Connection, queues: &[&str]) {
-    for queue in queues {
-        let _ = connection.transport().delete_queue(queue).await;
-    }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::common::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use warren::queue::{Format, Outcome, Publisher, Retry, Worker, ERROR_HEADER, QUEUE_HEADER};
+use warren::queue::{
+    Format, Message, Outcome, Publisher, Retry, Worker, ERROR_HEADER, QUEUE_HEADER,
+};
 use warren::transport::{ConsumeSpec, Delivery, Outgoing, Properties};
 
 crate::conformance!(
@@ -37,6 +39,18 @@ fn task(id: u32) -> Task {
     Task {
         id,
         name: format!("task-{id}"),
+    }
+}
+
+/// A handler that sends what `pick` takes from each message to `tx`, and
+/// acknowledges the message.
+fn forward<T, U: Send + 'static>(
+    tx: mpsc::UnboundedSender<U>,
+    pick: impl Fn(Message<T>) -> U + Send + Sync + 'static,
+) -> impl Fn(Message<T>) -> std::future::Ready<()> + Send + Sync + 'static {
+    move |message| {
+        let _ = tx.send(pick(message));
+        std::future::ready(())
     }
 }
 
@@ -97,7 +111,7 @@ pub(crate) async fn take(connection: &warren::Connection, queue: &str, n: usize)
 }
 
 /// Deletes the test's queues (RabbitMQ is shared between tests).
-async fn cleanup(connection: &warren::Connection, queues: &[&str]) {
+pub(crate) async fn cleanup(connection: &warren::Connection, queues: &[&str]) {
     for queue in queues {
         let _ = connection.transport().delete_queue(queue).await;
     }
@@ -108,14 +122,11 @@ async fn a_typed_message_makes_the_round_trip_in_each_format(backend: Backend) {
     let queue = unique("tasks");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = Worker::<Task>::new(&connection, &queue)
-        .start(move |message| {
-            let tx = tx.clone();
-            async move {
-                let content_type = message.properties().content_type().map(str::to_owned);
-                let persistent = message.properties().delivery_mode();
-                let _ = tx.send((message.into_body(), content_type, persistent));
-            }
-        })
+        .start(forward(tx, |message| {
+            let content_type = message.properties().content_type().map(str::to_owned);
+            let persistent = message.properties().delivery_mode();
+            (message.into_body(), content_type, persistent)
+        }))
         .await
         .expect("worker");
     // The worker reads each message as its content_type says.
@@ -142,12 +153,7 @@ async fn a_typed_message_makes_the_round_trip_in_each_format(backend: Backend) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = Worker::<String>::new(&connection, &hello)
         .format(Format::Text)
-        .start(move |message| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(message.into_body());
-            }
-        })
+        .start(forward(tx, |message| message.into_body()))
         .await
         .expect("text worker");
     publish_raw(&connection, &hello, Properties::default(), b"Hello World!").await;
@@ -290,12 +296,7 @@ async fn an_undecodable_message_is_dead_lettered_with_its_reason(backend: Backen
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = Worker::<Task>::new(&connection, &queue)
         .dead_letter()
-        .start(move |message| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(message.into_body());
-            }
-        })
+        .start(forward(tx, |message| message.into_body()))
         .await
         .expect("worker");
     let json = Properties::default()
@@ -451,12 +452,9 @@ async fn one_worker_consumes_several_queues(backend: Backend) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = Worker::<Task>::new(&connection, &a)
         .queue(&b)
-        .start(move |message| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send((message.queue().to_owned(), message.into_body().id));
-            }
-        })
+        .start(forward(tx, |message: Message<Task>| {
+            (message.queue().to_owned(), message.into_body().id)
+        }))
         .await
         .expect("worker");
     Publisher::<Task>::new(&connection, &a)
@@ -557,12 +555,9 @@ async fn subscribers_get_every_message_through_exclusive_bound_queues(backend: B
             .exclusive(true)
             .bind(&exchange, "")
             .format(Format::Text)
-            .start(move |message| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send((subscriber, message.into_body()));
-                }
-            })
+            .start(forward(tx, move |message| {
+                (subscriber, message.into_body())
+            }))
             .await
             .expect("subscriber");
         assert!(
@@ -622,12 +617,7 @@ async fn subscribers_get_every_message_through_exclusive_bound_queues(backend: B
     let worker = Worker::<String>::new(&connection, &hello)
         .durable(false)
         .format(Format::Text)
-        .start(move |message| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send((2, message.into_body()));
-            }
-        })
+        .start(forward(tx, |message| (2, message.into_body())))
         .await
         .expect("worker on the transient queue");
     publisher.publish("Hello World!").await.expect("publish");
