@@ -63,6 +63,9 @@ impl Error {
             Kind::NoSuchMethod => "no_such_method",
             Kind::UnsupportedVersion => "unsupported_version",
             Kind::Config => "config",
+            Kind::Returned => "returned",
+            Kind::Refused => "refused",
+            Kind::NotFound => "not_found",
         }
     }
 
