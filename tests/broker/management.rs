@@ -952,6 +952,23 @@ fn the_benchmark_view_plots_a_bench_json_file_in_headless_chromium() {
         section.contains("id=\"bench-error\"></span>"),
         "no error:\n{section}"
     );
+    // Something else is refused with a message, not plotted.
+    let dom = chromium(
+        &["--dump-dom"],
+        &format!(
+            "http://guest:guest@127.0.0.1:{}/#bench=%5B%7B%22url%22%3A1%7D%5D",
+            warren.http
+        ),
+    )
+    .unwrap_or_default();
+    assert!(
+        dom.contains("not a warren bench --json file"),
+        "an error for [{{\"url\":1}}]:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"bench-runs\"></tbody>"),
+        "nothing plotted:\n{dom}"
+    );
 }
 
 #[test]
