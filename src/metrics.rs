@@ -24,7 +24,7 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 pub const MAX_SERIES: usize = 1024;
 
 /// The kinds errors are counted by (the `kind` label).
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 15] = [
     "timeout",
     "transport",
     "outcome_unknown",
@@ -32,6 +32,9 @@ const KINDS: [&str; 12] = [
     "no_such_method",
     "unsupported_version",
     "config",
+    "returned",
+    "refused",
+    "not_found",
     "remote",
     "overloaded",
     "poison",

@@ -101,6 +101,29 @@ pub enum BrokerError {
     },
 }
 
+/// The store's segment size when the default (32 MiB) cannot hold the largest
+/// message a client may publish (its body, a content header of at most a frame,
+/// and the record's framing): `None` to keep the default.
+fn segment_size_for(max_message_size: u64) -> Option<u64> {
+    const DEFAULT: u64 = 32 << 20;
+    const MARGIN: u64 = 1 << 20;
+    let need = max_message_size
+        .min(server::limits::MAX_MESSAGE_SIZE_CAP)
+        .saturating_add(MARGIN);
+    (need > DEFAULT).then(|| need.next_multiple_of(MARGIN))
+}
+
+#[cfg(test)]
+mod segment_tests {
+    #[test]
+    fn segments_grow_only_for_messages_the_default_cannot_hold() {
+        assert_eq!(super::segment_size_for(16 << 20), None);
+        assert_eq!(super::segment_size_for(31 << 20), None);
+        assert_eq!(super::segment_size_for(40 << 20), Some(41 << 20));
+        assert_eq!(super::segment_size_for(u64::MAX), Some(513 << 20));
+    }
+}
+
 /// Entry point of the embedded broker.
 #[derive(Debug)]
 pub struct Broker;
@@ -303,12 +326,17 @@ impl BrokerBuilder {
         let users = std::mem::take(&mut self.users);
         let core = match &self.data_dir {
             Some(dir) => {
-                let core =
-                    core::Core::open_durable_with(dir, &users, &self.vhosts, None, self.repair)
-                        .map_err(|source| BrokerError::DataDir {
-                            dir: dir.clone(),
-                            source,
-                        })?;
+                let core = core::Core::open_durable_with(
+                    dir,
+                    &users,
+                    &self.vhosts,
+                    segment_size_for(self.limits.max_message_size),
+                    self.repair,
+                )
+                .map_err(|source| BrokerError::DataDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
                 core::disk::spawn(
                     &core,
                     self.disk_free_limit
@@ -321,7 +349,9 @@ impl BrokerBuilder {
         // RabbitMQ's default user (an administrator, with its default
         // permissions), on a node without users only: a data directory keeps
         // an operator's deletion of guest across restarts.
+        let mut guest_created = false;
         if default_user && core.list_users().is_empty() {
+            guest_created = true;
             let guest = core
                 .add_user("guest", "guest")
                 .and_then(|()| core.set_user_tags("guest", &["administrator".to_owned()]));
@@ -400,14 +430,26 @@ impl BrokerBuilder {
                 tracker.clone(),
             ));
         }
-        let first_user = (
-            users
-                .into_iter()
-                .next()
-                .map(|(name, _)| name)
-                .unwrap_or_default(),
-            self.first_password.map(|Secret(p)| p),
-        );
+        // The user of `url()` and of in-process connections: the first one
+        // given; else guest, created now (its password known) or kept in the
+        // data directory; else the first user kept there.
+        let first_user = match users.into_iter().next() {
+            Some((name, _)) => (name, self.first_password.map(|Secret(p)| p)),
+            None if guest_created => ("guest".to_owned(), Some("guest".to_owned())),
+            None => {
+                let kept = core.list_users();
+                let name = kept
+                    .iter()
+                    .find(|u| u.name == "guest")
+                    .or_else(|| kept.first())
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default();
+                // Its password only if it is still the default.
+                let password = (name == "guest" && core.authenticate("guest", "guest"))
+                    .then(|| "guest".to_owned());
+                (name, password)
+            }
+        };
         Ok(BrokerHandle {
             inner: Arc::new(HandleInner {
                 core,

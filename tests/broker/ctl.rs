@@ -422,6 +422,17 @@ fn user_vhost_and_permission_commands() {
         "Listing permissions for vhost \"edge\" ...\nuser\tconfigure\twrite\tread\nops\t^ops\\.\t.*\t.*\n"
     );
     assert_eq!(broker.ok(&["-q", "list_vhosts"]), "name\n/\nedge\n");
+    assert_eq!(
+        broker.ok(&["list_user_permissions", "ops"]),
+        "Listing permissions for user \"ops\" ...\nvhost\tconfigure\twrite\tread\nedge\t^ops\\.\t.*\t.*\n"
+    );
+    for out in [
+        broker.ok(&["-q", "list_user_permissions", "guest"]),
+        rabbitmqctl(&["-q", "list_user_permissions", "guest"]),
+    ] {
+        assert!(out.starts_with("vhost\tconfigure\twrite\tread\n"), "{out}");
+        assert!(out.lines().any(|l| l == "/\t.*\t.*\t.*"), "{out}");
+    }
     // The new password logs in; the old one does not.
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let login = |password: &str| {
@@ -493,82 +504,88 @@ fn passive() -> lapin::options::QueueDeclareOptions {
 async fn queue_commands_and_close_connection() {
     let broker = Broker::start(&[]);
     let url = broker.url("guest", "guest", "/");
-    let amqp = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.queue_declare("jobs".into(), Default::default(), Default::default())
-        .await
-        .expect("declare");
-    for body in [b"1".as_slice(), b"22", b"333"] {
+    // Guarded: a hang fails the test, saying where.
+    let with_lapin = async {
+        let amqp = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = amqp.create_channel().await.expect("channel");
+        ch.queue_declare("jobs".into(), Default::default(), Default::default())
+            .await
+            .expect("declare");
+        for body in [b"1".as_slice(), b"22", b"333"] {
+            ch.basic_publish(
+                "".into(),
+                "jobs".into(),
+                Default::default(),
+                body,
+                Default::default(),
+            )
+            .await
+            .expect("publish");
+        }
+        ch.queue_declare("more".into(), Default::default(), Default::default())
+            .await
+            .expect("declare");
         ch.basic_publish(
             "".into(),
-            "jobs".into(),
+            "more".into(),
             Default::default(),
-            body,
+            b"x",
             Default::default(),
         )
         .await
         .expect("publish");
-    }
-    ch.queue_declare("more".into(), Default::default(), Default::default())
+        // Publishes are asynchronous: a declare after them is answered after them.
+        ch.queue_declare("jobs".into(), passive(), Default::default())
+            .await
+            .expect("passive declare");
+        assert_eq!(
+            broker.ok(&["-q", "list_queues", "name", "messages", "message_bytes"]),
+            "name\tmessages\tmessage_bytes\njobs\t3\t6\nmore\t1\t1\n"
+        );
+        assert_eq!(
+            broker.ok(&["purge_queue", "jobs"]),
+            "Purging queue 'jobs' in vhost '/' ...\n"
+        );
+        assert_eq!(
+            broker.ok(&["delete_queue", "more"]),
+            "Deleting queue 'more' on vhost '/' ...\nQueue was successfully deleted with 1 ready messages\n"
+        );
+        assert_eq!(
+            broker.ok(&["-q", "list_queues"]),
+            "name\tmessages\njobs\t0\n"
+        );
+        assert_eq!(
+            broker.ctl(&["delete_queue", "more"]).status.code(),
+            Some(65)
+        );
+        assert_eq!(broker.ctl(&["purge_queue", "more"]).status.code(), Some(65));
+        ch.basic_publish(
+            "".into(),
+            "jobs".into(),
+            Default::default(),
+            b"kept",
+            Default::default(),
+        )
         .await
-        .expect("declare");
-    ch.basic_publish(
-        "".into(),
-        "more".into(),
-        Default::default(),
-        b"x",
-        Default::default(),
-    )
-    .await
-    .expect("publish");
-    // Publishes are asynchronous: a declare after them is answered after them.
-    ch.queue_declare("jobs".into(), passive(), Default::default())
+        .expect("publish");
+        ch.queue_declare("jobs".into(), passive(), Default::default())
+            .await
+            .expect("passive declare");
+        assert_eq!(
+            broker
+                .ctl(&["delete_queue", "jobs", "--if-empty"])
+                .status
+                .code(),
+            Some(65)
+        );
+        drop(ch);
+        let _ = amqp.close(200, "bye".into()).await;
+    };
+    tokio::time::timeout(GUARD, with_lapin)
         .await
-        .expect("passive declare");
-    assert_eq!(
-        broker.ok(&["-q", "list_queues", "name", "messages", "message_bytes"]),
-        "name\tmessages\tmessage_bytes\njobs\t3\t6\nmore\t1\t1\n"
-    );
-    assert_eq!(
-        broker.ok(&["purge_queue", "jobs"]),
-        "Purging queue 'jobs' in vhost '/' ...\n"
-    );
-    assert_eq!(
-        broker.ok(&["delete_queue", "more"]),
-        "Deleting queue 'more' on vhost '/' ...\nQueue was successfully deleted with 1 ready messages\n"
-    );
-    assert_eq!(
-        broker.ok(&["-q", "list_queues"]),
-        "name\tmessages\njobs\t0\n"
-    );
-    assert_eq!(
-        broker.ctl(&["delete_queue", "more"]).status.code(),
-        Some(65)
-    );
-    assert_eq!(broker.ctl(&["purge_queue", "more"]).status.code(), Some(65));
-    ch.basic_publish(
-        "".into(),
-        "jobs".into(),
-        Default::default(),
-        b"kept",
-        Default::default(),
-    )
-    .await
-    .expect("publish");
-    ch.queue_declare("jobs".into(), passive(), Default::default())
-        .await
-        .expect("passive declare");
-    assert_eq!(
-        broker
-            .ctl(&["delete_queue", "jobs", "--if-empty"])
-            .status
-            .code(),
-        Some(65)
-    );
-    drop(ch);
-    let _ = amqp.close(200, "bye".into()).await;
+        .expect("the lapin client's part finishes within the guard");
 
     // close_connection: the client is told 320 CONNECTION_FORCED with the reason.
     let mut peer = Peer::open(&url, Opts::default()).await;
@@ -597,6 +614,38 @@ async fn queue_commands_and_close_connection() {
             .code(),
         Some(65)
     );
+
+    // Deleting a vhost closes its connections the same way, and deleting
+    // a user the user's.
+    broker.ok(&["add_vhost", "doomed"]);
+    broker.ok(&["set_permissions", "-p", "doomed", "guest", ".*", ".*", ".*"]);
+    broker.ok(&["add_user", "leaving", "pw"]);
+    broker.ok(&["set_permissions", "leaving", ".*", ".*", ".*"]);
+    for (url, command, reason) in [
+        (
+            broker.url("guest", "guest", "doomed"),
+            ["delete_vhost", "doomed"],
+            "vhost 'doomed' is deleted",
+        ),
+        (
+            broker.url("leaving", "pw", "/"),
+            ["delete_user", "leaving"],
+            "user 'leaving' is deleted",
+        ),
+    ] {
+        let mut peer = Peer::open(&url, Opts::default()).await;
+        broker.ok(&command);
+        match peer.method().await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
+                assert_eq!(c.reply_code, 320);
+                assert_eq!(
+                    c.reply_text.as_str(),
+                    format!("CONNECTION_FORCED - {reason}")
+                );
+            }
+            other => panic!("expected connection.close 320, got {other:?}"),
+        }
+    }
 }
 
 /// The edge platform's operator script (issue #15), against warren.

@@ -28,8 +28,6 @@ impl ManagedBroker {
         let child = Command::new(warren_bin())
             .args(["broker", "--listen", &format!("127.0.0.1:{amqp}")])
             .args(["--management", &format!("127.0.0.1:{http}")])
-            // Not the default data directory: brokers of parallel tests
-            // would find it locked, and it would keep earlier runs' state.
             .arg("--in-memory")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

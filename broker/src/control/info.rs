@@ -331,12 +331,14 @@ pub fn vhost(v: &VhostSnapshot) -> Row {
     ])
 }
 
-/// A permission's row.
+/// A permission's row (`list_permissions` shows its user,
+/// `list_user_permissions` its vhost).
 pub fn permission(p: &PermissionSnapshot) -> Row {
     row([
         ("configure", p.configure.clone()),
         ("read", p.read.clone()),
         ("user", p.user.clone()),
+        ("vhost", p.vhost.clone()),
         ("write", p.write.clone()),
     ])
 }

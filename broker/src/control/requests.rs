@@ -53,6 +53,19 @@ fn run(broker: &BrokerHandle, started: Instant, request: &Value) -> Result<Value
     let command = arg(request, "command")?;
     let vhost = request.get("vhost").and_then(Value::as_str).unwrap_or("/");
     let done = |r: Result<(), AdminError>| r.map(|()| json!({})).map_err(|e| admin_error(&e));
+    if command == "list_user_permissions" {
+        let user = arg(request, "user")?;
+        if !core.has_user(user) {
+            return Err(admin_error(&AdminError::NoSuchUser(user.to_owned())));
+        }
+        let rows: Vec<info::Row> = core
+            .list_permissions()
+            .iter()
+            .filter(|p| p.user == user)
+            .map(info::permission)
+            .collect();
+        return Ok(json!({ "rows": rows }));
+    }
     if let Some(listing) = Listing::of_command(command) {
         return list(broker, listing, vhost).map(|rows| json!({ "rows": rows }));
     }

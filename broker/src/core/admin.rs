@@ -352,8 +352,8 @@ impl Core {
         Ok(())
     }
 
-    /// Deletes a user and its permissions. Its open connections stay open
-    /// (as in RabbitMQ); it can log in no more.
+    /// Deletes a user and its permissions, and closes its connections (320
+    /// CONNECTION_FORCED, "user '…' is deleted", as RabbitMQ does).
     pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
         if write(&self.users).remove(name).is_none() {
             return Err(AdminError::NoSuchUser(name.to_owned()));
@@ -369,6 +369,12 @@ impl Core {
         });
         for vhost in cleared {
             self.store_permissions_cleared(name, &vhost);
+        }
+        let reason = format!("user '{name}' is deleted");
+        for s in self.connections.sessions() {
+            if s.user == name {
+                s.force_close(&reason);
+            }
         }
         Ok(())
     }
@@ -949,6 +955,10 @@ mod tests {
             core.list_queues(Some("edge")),
             Err(AdminError::NoSuchVhost("edge".into()))
         );
+        let conn = core.open_connection("/", "guest").expect("open");
+        let (ch, _events) = conn.open_channel_mpsc();
+        core.delete_user("guest").expect("delete user");
+        assert!(ch.is_closed(), "a deleted user's connections close");
         core.delete_user("ops").expect("delete user");
         assert!(!core.has_user("ops"));
         assert_eq!(

@@ -284,3 +284,49 @@ fn users_with_tags_survive_and_deletions_hold() {
     core.create_vhost("dropped").expect("vhost");
     assert!(!core.can_access("ops", "dropped"));
 }
+
+#[test]
+fn a_message_given_back_before_a_clean_close_comes_back_redelivered() {
+    let dir = TempDir::new();
+    {
+        let core = open(&dir.0).expect("open");
+        let ch = channel(&core);
+        durable_queue(&ch, "q", FieldTable::default());
+        publish(&ch, "", "q", "seen", true);
+        publish(&ch, "", "q", "unseen", true);
+        let _seen = ch.basic_get("q", false).expect("get").expect("seen");
+        // Closing the channel gives "seen" back, unacked.
+        drop(ch);
+        core.close_durable().expect("close");
+    }
+    let core = open(&dir.0).expect("reopen");
+    assert!(core.recovery().expect("report").clean_shutdown);
+    let ch = channel(&core);
+    assert_eq!(
+        take_all(&ch, "q"),
+        [("seen".to_owned(), true), ("unseen".to_owned(), false)]
+    );
+}
+
+#[test]
+fn a_transaction_commits_once_its_persistent_messages_are_on_disk() {
+    let dir = TempDir::new();
+    {
+        let core = open(&dir.0).expect("open");
+        let ch = channel(&core);
+        durable_queue(&ch, "q", FieldTable::default());
+        ch.tx_select().expect("tx.select");
+        publish(&ch, "", "q", "t1", true);
+        publish(&ch, "", "q", "t2", true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        ch.tx_commit_then(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }))
+        .expect("tx.commit");
+        assert_eq!(rx.recv().ok(), Some(true), "committed and durable");
+    }
+    let core = open(&dir.0).expect("reopen");
+    let ch = channel(&core);
+    let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
+    assert_eq!(bodies, ["t1", "t2"]);
+}

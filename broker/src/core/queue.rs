@@ -727,6 +727,13 @@ impl Queue {
                         continue;
                     }
                 };
+            } else if m.delivery_count == 0 {
+                // Recorded once, so that it comes back redelivered after a
+                // restart, even a clean one.
+                m.delivery_count = 1;
+                if let (Some(s), Some(st)) = (&self.store, &m.stored) {
+                    s.persistence.delivered(s.uid, st.id(), 1);
+                }
             }
             st.store.push_front(m);
         }

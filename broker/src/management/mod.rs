@@ -68,6 +68,20 @@ impl Shared {
         auth::authenticate(&self.core, headers)
     }
 
+    /// The resource alarms in effect: (memory, disk). The monitor reports
+    /// the disk alarm alone and both together; while the disk alarm is on,
+    /// the memory one is read off its watermark.
+    fn alarms(&self) -> (bool, bool) {
+        let memory = self.core.memory();
+        let disk = memory.disk_alarm();
+        let mem = if disk {
+            memory.tracked() >= memory.watermark()
+        } else {
+            memory.alarm()
+        };
+        (mem, disk)
+    }
+
     /// The connections `caller` may see: all of them for `administrator`
     /// and `monitoring`, else its own.
     fn visible_connections(&self, caller: &Caller) -> Vec<ConnectionSnapshot> {

@@ -238,14 +238,14 @@ pub(crate) fn render(s: &Shared, per_object: bool) -> String {
         "rabbitmq_alarms_memory_used_watermark",
         "gauge",
         "is 1 if VM memory watermark alarm is in effect",
-        u64::from(memory.alarm()),
+        u64::from(s.alarms().0),
     );
     one(
         &mut out,
         "rabbitmq_alarms_free_disk_space_watermark",
         "gauge",
         "is 1 if free disk space watermark alarm is in effect",
-        0,
+        u64::from(s.alarms().1),
     );
     one(
         &mut out,

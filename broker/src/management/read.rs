@@ -149,8 +149,8 @@ pub(crate) async fn nodes(State(s): State<Arc<Shared>>, headers: HeaderMap) -> A
         "running": true,
         "mem_used": super::prometheus::resident_memory().unwrap_or(memory.tracked() as u64),
         "mem_limit": memory.watermark(),
-        "mem_alarm": memory.alarm(),
-        "disk_free_alarm": false,
+        "mem_alarm": s.alarms().0,
+        "disk_free_alarm": s.alarms().1,
     }])))
 }
 
@@ -160,15 +160,21 @@ pub(crate) async fn alarms(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     s.caller(&headers)?;
-    if s.core.memory().alarm() {
+    let (memory, disk) = s.alarms();
+    let alarms: Vec<Value> = [(memory, "memory"), (disk, "disk")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, resource)| json!({"node": s.node, "resource": resource}))
+        .collect();
+    if alarms.is_empty() {
+        Ok(Json(json!({"status": "ok"})).into_response())
+    } else {
         let body = json!({
             "status": "failed",
             "reason": "There are alarms in effect in the cluster",
-            "alarms": [{"node": s.node, "resource": "memory"}],
+            "alarms": alarms,
         });
         Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
-    } else {
-        Ok(Json(json!({"status": "ok"})).into_response())
     }
 }
 

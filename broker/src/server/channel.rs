@@ -3,6 +3,8 @@
 //!
 //! Also assembles published content (method + header + body frames) into one message.
 
+use std::sync::Arc;
+
 use amq_protocol::protocol::{
     basic, channel, confirm, exchange, queue, tx, AMQPClass, BasicProperties,
 };
@@ -231,7 +233,11 @@ impl ServerChannel {
     }
 
     /// A method frame arrived for this channel.
-    pub(crate) fn on_method(&mut self, m: AMQPClass, out: &Outbound) -> Result<After, AmqpError> {
+    pub(crate) fn on_method(
+        &mut self,
+        m: AMQPClass,
+        out: &Arc<Outbound>,
+    ) -> Result<After, AmqpError> {
         if self.closing {
             // As RabbitMQ: until the client's close-ok, a close it sent
             // meanwhile (its close crossed ours) gets a close-ok and the
@@ -264,7 +270,7 @@ impl ServerChannel {
         }
     }
 
-    fn dispatch(&mut self, m: AMQPClass, out: &Outbound) -> Result<After, AmqpError> {
+    fn dispatch(&mut self, m: AMQPClass, out: &Arc<Outbound>) -> Result<After, AmqpError> {
         let ch = &self.core;
         match m {
             AMQPClass::Channel(cm) => match cm {
@@ -525,11 +531,23 @@ impl ServerChannel {
                     );
                 }
                 tx::AMQPMethod::Commit(_) => {
-                    ch.tx_commit()?;
-                    self.reply(
-                        out,
-                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                    );
+                    // commit-ok once the committed persistent messages are on disk.
+                    let (out, id) = (out.clone(), self.id);
+                    ch.tx_commit_then(Box::new(move |ok| {
+                        if ok {
+                            let _ = out.send(Outgoing::Frame(Box::new(
+                                amq_protocol::frame::AMQPFrame::Method(
+                                    id,
+                                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                                ),
+                            )));
+                        } else {
+                            tracing::error!(
+                                channel = id,
+                                "tx.commit: the store failed to write the committed messages; no commit-ok"
+                            );
+                        }
+                    }))?;
                 }
                 tx::AMQPMethod::Rollback(_) => {
                     ch.tx_rollback()?;

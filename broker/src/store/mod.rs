@@ -763,11 +763,15 @@ impl Store {
             (SEGMENT_HEADER + RECORD_HEADER + 64) as u64,
             u64::from(u32::MAX),
         );
-        // Private to the broker's user, like the messages it holds (and the
-        // control socket that lives beside them).
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(|e| fsutil::io_err("create directory", dir, e))?;
+        // Private: it holds every stored message (an existing directory keeps its mode).
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fsutil::io_err("create directory", dir, e))?;
+        }
         let lock = fsutil::lock_dir(dir)?;
         let opened = recovery::recover(dir, &opts)?;
         let (disk_full_tx, _) = watch::channel(false);

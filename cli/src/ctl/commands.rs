@@ -46,6 +46,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "lists a vhost's permissions",
     ),
     (
+        "list_user_permissions <username>",
+        "lists a user's permissions",
+    ),
+    (
         "purge_queue [-p <vhost>] <queue>",
         "drops a queue's ready messages",
     ),
@@ -82,6 +86,13 @@ pub fn run(o: &Options) -> Result<(), Failure> {
     }
     match command {
         "await_startup" => await_startup(o, args),
+        "list_user_permissions" => {
+            let [user] = exactly(args)?;
+            let answer = call(o, json!({"command": "list_user_permissions", "user": user}))?;
+            banner(o, format!("Listing permissions for user \"{user}\" ..."));
+            print_rows(o, &["vhost", "configure", "write", "read"], &answer);
+            Ok(())
+        }
         "status" => status(o, args),
         "add_user" => {
             let [user, password] = exactly(args)?;
@@ -350,7 +361,13 @@ fn list(o: &Options, command: &str, listing: Listing, args: &[String]) -> Result
             Listing::Permissions => println!("Listing permissions for vhost \"{vhost}\" ..."),
         }
     }
-    let rows = rows
+    print_rows(o, &columns, &rows);
+    Ok(())
+}
+
+/// A listing's header row (unless turned off) and its rows, tab-separated.
+fn print_rows(o: &Options, columns: &[&str], answer: &Value) {
+    let rows = answer
         .get("rows")
         .and_then(Value::as_array)
         .cloned()
@@ -369,7 +386,6 @@ fn list(o: &Options, command: &str, listing: Listing, args: &[String]) -> Result
         out.push('\n');
     }
     print!("{out}");
-    Ok(())
 }
 
 /// `await_startup`: waits (up to `-t` seconds, default 300, as

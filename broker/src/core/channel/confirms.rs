@@ -5,7 +5,8 @@
 //! order: while any confirm waits for the disk, the later ones (even of messages
 //! that needed no disk) queue behind it in one task per channel, which sends each
 //! as its turn comes; with nothing waiting, a confirm is sent at once, as before.
-//! A record the store fails to write is nacked.
+//! A record the store fails to write is nacked. A transaction's `tx.commit-ok`
+//! takes the same queue, after the messages it committed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -16,11 +17,18 @@ use super::events::ChannelEvent;
 use super::state::ChannelShared;
 use crate::store::Durable;
 
-/// One confirm waiting its turn.
-struct Pending {
-    tag: u64,
-    ack: bool,
-    durable: Option<Durable>,
+/// One confirm (or commit) waiting its turn.
+enum Pending {
+    Confirm {
+        tag: u64,
+        ack: bool,
+        durable: Option<Durable>,
+    },
+    /// Run `done(all durable)` once these are on disk.
+    Then {
+        durables: Vec<Durable>,
+        done: Box<dyn FnOnce(bool) + Send>,
+    },
 }
 
 /// A channel's confirms in flight (kept in its state, so tags are assigned and
@@ -42,22 +50,33 @@ impl Confirms {
         ack: bool,
         durable: Option<Durable>,
     ) {
-        let send_now = |ack| {
-            channel.sink.send(ChannelEvent::Confirm {
-                delivery_tag: tag,
-                multiple: false,
-                ack,
-            })
-        };
-        if durable.is_none() && self.waiting.load(Ordering::Acquire) == 0 {
-            send_now(ack);
+        let durables = durable.is_some();
+        self.push(channel, durables, Pending::Confirm { tag, ack, durable });
+    }
+
+    /// Runs `done` once `durables` are on disk, after the confirms before it.
+    pub(super) fn then(
+        &mut self,
+        channel: &Arc<ChannelShared>,
+        durables: Vec<Durable>,
+        done: Box<dyn FnOnce(bool) + Send>,
+    ) {
+        let any = !durables.is_empty();
+        self.push(channel, any, Pending::Then { durables, done });
+    }
+
+    /// Sends `p` at once when it waits for nothing and nothing waits before it;
+    /// else queues it for the channel's task.
+    fn push(&mut self, channel: &Arc<ChannelShared>, waits: bool, p: Pending) {
+        if !waits && self.waiting.load(Ordering::Acquire) == 0 {
+            finish(channel, p, true);
             return;
         }
         if self.queue.is_none() {
             let Ok(handle) = tokio::runtime::Handle::try_current() else {
                 // No runtime to wait in (a core driven synchronously): wait here.
-                let ok = durable.is_none_or(|d| d.wait_blocking().is_ok());
-                send_now(ack && ok);
+                let (p, ok) = wait_blocking(p, true);
+                finish(channel, p, ok);
                 return;
             };
             let (tx, rx) = mpsc::unbounded_channel();
@@ -65,12 +84,53 @@ impl Confirms {
             self.queue = Some(tx);
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        let pending = Pending { tag, ack, durable };
-        if let Some(Err(mpsc::error::SendError(p))) = self.queue.as_ref().map(|q| q.send(pending)) {
+        if let Some(Err(mpsc::error::SendError(p))) = self.queue.as_ref().map(|q| q.send(p)) {
             // The task ended (the channel is closing): nobody waits for it.
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             drop(p);
         }
+    }
+}
+
+/// Waits on the thread for what `p` waits for (no runtime); whether it all
+/// reached the disk. Its durables are consumed.
+fn wait_blocking(p: Pending, ok: bool) -> (Pending, bool) {
+    match p {
+        Pending::Confirm { tag, ack, durable } => {
+            let ok = ok && durable.is_none_or(|d| d.wait_blocking().is_ok());
+            (
+                Pending::Confirm {
+                    tag,
+                    ack,
+                    durable: None,
+                },
+                ok,
+            )
+        }
+        Pending::Then { durables, done } => {
+            let ok = durables
+                .into_iter()
+                .fold(ok, |ok, d| d.wait_blocking().is_ok() && ok);
+            (
+                Pending::Then {
+                    durables: Vec::new(),
+                    done,
+                },
+                ok,
+            )
+        }
+    }
+}
+
+/// Sends the confirm (a nack unless `ok`) or runs the commit's continuation.
+fn finish(channel: &ChannelShared, p: Pending, ok: bool) {
+    match p {
+        Pending::Confirm { tag, ack, .. } => channel.sink.send(ChannelEvent::Confirm {
+            delivery_tag: tag,
+            multiple: false,
+            ack: ack && ok,
+        }),
+        Pending::Then { done, .. } => done(ok),
     }
 }
 
@@ -80,23 +140,20 @@ async fn run(
     channel: Weak<ChannelShared>,
     waiting: Arc<AtomicUsize>,
 ) {
-    while let Some(p) = rx.recv().await {
-        let ok = match p.durable {
-            Some(d) => match d.await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "a persistent message did not reach the disk: nacked");
-                    false
-                }
-            },
-            None => true,
+    while let Some(mut p) = rx.recv().await {
+        let durables = match &mut p {
+            Pending::Confirm { durable, .. } => durable.take().into_iter().collect(),
+            Pending::Then { durables, .. } => std::mem::take(durables),
         };
+        let mut ok = true;
+        for d in durables {
+            if let Err(e) = d.await {
+                tracing::error!(error = %e, "a persistent message did not reach the disk");
+                ok = false;
+            }
+        }
         let Some(ch) = channel.upgrade() else { break };
-        ch.sink.send(ChannelEvent::Confirm {
-            delivery_tag: p.tag,
-            multiple: false,
-            ack: p.ack && ok,
-        });
+        finish(&ch, p, ok);
         // After the send: a confirm sent at once never overtakes this one.
         waiting.fetch_sub(1, Ordering::AcqRel);
     }

@@ -555,8 +555,11 @@ impl CoreChannel {
             }
         }
         self.publish_now(exchange, routing_key, mandatory, properties, body)
+            .map(|(outcome, _)| outcome)
     }
 
+    /// Publishes now; outside confirm mode, also returns when the message is on
+    /// disk, if it was stored (a transaction's commit waits for it).
     fn publish_now(
         &self,
         exchange: ShortString,
@@ -564,7 +567,7 @@ impl CoreChannel {
         mandatory: bool,
         properties: BasicProperties,
         body: Bytes,
-    ) -> Result<PublishOutcome, AmqpError> {
+    ) -> Result<(PublishOutcome, Option<crate::store::Durable>), AmqpError> {
         let sh = &self.shared;
         let vhost = &sh.conn.vhost;
         let msg = Arc::new(
@@ -621,9 +624,9 @@ impl CoreChannel {
             st.next_seq += 1;
             let tag = st.next_seq;
             out.confirm_tag = Some(tag);
-            st.confirms.confirm(sh, tag, !rejected, durable);
+            st.confirms.confirm(sh, tag, !rejected, durable.take());
         }
-        Ok(out)
+        Ok((out, durable))
     }
 
     /// `basic.get`: `Ok(None)` is get-empty.
@@ -762,7 +765,21 @@ impl CoreChannel {
     }
 
     /// `tx.commit`: publish buffered messages and apply buffered acks.
+    ///
+    /// Persistent messages routed to durable queues are stored, not yet
+    /// necessarily on disk, when this returns; the server's `tx.commit-ok`
+    /// waits for them (see `tx_commit_then`).
     pub fn tx_commit(&self) -> Result<(), AmqpError> {
+        self.tx_commit_then(Box::new(|_| {}))
+    }
+
+    /// [`tx_commit`](Self::tx_commit), then `done` once the committed
+    /// persistent messages are on disk (`done(false)`: the store failed them),
+    /// in order with the channel's confirms.
+    pub(crate) fn tx_commit_then(
+        &self,
+        done: Box<dyn FnOnce(bool) + Send>,
+    ) -> Result<(), AmqpError> {
         self.check_open()?;
         let tx = {
             let mut st = self.shared.st();
@@ -771,12 +788,16 @@ impl CoreChannel {
                 Some(tx) => std::mem::take(tx),
             }
         };
+        let mut durables = Vec::new();
         for p in tx.publishes {
-            self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)?;
+            let (_, d) =
+                self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)?;
+            durables.extend(d);
         }
         for a in tx.acks {
             self.apply_settle(a)?;
         }
+        self.shared.st().confirms.then(&self.shared, durables, done);
         Ok(())
     }
 
