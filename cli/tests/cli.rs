@@ -91,6 +91,7 @@ fn bench_counts_every_call_through_a_broker_process() {
     let broker = BrokerProcess::start();
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
     let json = std::env::temp_dir().join(format!("warren-cli-bench-{}.json", std::process::id()));
+    let svg = json.with_extension("svg");
     let out = warren(&[
         "bench",
         "--url",
@@ -103,6 +104,8 @@ fn bench_counts_every_call_through_a_broker_process() {
         "8",
         "--json",
         json.to_str().expect("utf-8 path"),
+        "--plot",
+        svg.to_str().expect("utf-8 path"),
     ]);
     assert!(
         out.status.success(),
@@ -114,6 +117,8 @@ fn bench_counts_every_call_through_a_broker_process() {
     let _ = std::fs::remove_file(&json);
     let run = &report[0];
     assert_eq!(run["completed"], 500, "{report}");
+    assert_has_series(&report);
+    assert_plots_each_run(&svg, 1);
     assert_eq!(run["errors"], 0, "{report}");
     assert_eq!(run["timeouts"], 0, "{report}");
     // The servers also answer the bench's readiness probe before the run.
@@ -132,6 +137,7 @@ fn bench_queue_mode_receives_every_message_it_sent() {
         "warren-cli-bench-queue-{}.json",
         std::process::id()
     ));
+    let svg = json.with_extension("svg");
     let out = warren(&[
         "bench",
         "--mode",
@@ -160,6 +166,8 @@ fn bench_queue_mode_receives_every_message_it_sent() {
         &url,
         "--json",
         json.to_str().expect("utf-8 path"),
+        "--plot",
+        svg.to_str().expect("utf-8 path"),
     ]);
     assert!(
         out.status.success(),
@@ -178,6 +186,8 @@ fn bench_queue_mode_receives_every_message_it_sent() {
     assert!(stdout.contains(" vs "), "--compare prints ratios: {stdout}");
     let runs = report.as_array().expect("one result per URL");
     assert_eq!(runs.len(), 2, "{report}");
+    assert_has_series(&report);
+    assert_plots_each_run(&svg, 2);
     for run in runs {
         assert_eq!(run["mode"], "queue", "{report}");
         let queue = &run["queue"];
@@ -193,6 +203,75 @@ fn bench_queue_mode_receives_every_message_it_sent() {
             latency["p50"].as_u64() <= latency["p99"].as_u64(),
             "{report}"
         );
+    }
+}
+
+/// What the dashboard's Benchmark view plots is in every run of the
+/// `--json` report: the completions second by second (adding up to
+/// `completed`) and the latency distribution (percentiles rising to
+/// 99.999, latencies never falling).
+fn assert_has_series(report: &serde_json::Value) {
+    for run in report.as_array().expect("an array of runs") {
+        let timeline: Vec<u64> = run["timeline"]
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .map(|n| n.as_u64().expect("a count"))
+            .collect();
+        assert!(!timeline.is_empty(), "{run}");
+        assert_eq!(
+            timeline.iter().sum::<u64>(),
+            run["completed"].as_u64().expect("completed"),
+            "every completion is in a second: {run}"
+        );
+        let points: Vec<(f64, u64)> = run["distribution"]
+            .as_array()
+            .expect("a distribution")
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_f64().expect("a percentile"),
+                    p[1].as_u64().expect("a latency"),
+                )
+            })
+            .collect();
+        assert!(points.len() > 10, "{run}");
+        assert_eq!(points[0].0, 0.0, "{run}");
+        assert!((points[points.len() - 1].0 - 99.999).abs() < 1e-6, "{run}");
+        for w in points.windows(2) {
+            assert!(w[0].0 < w[1].0 && w[0].1 <= w[1].1, "{run}");
+        }
+        for p in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(run["latency_us"][p].is_u64(), "{p}: {run}");
+        }
+    }
+}
+
+/// The `--plot` file is an SVG document with, for each of `runs` runs, its
+/// own colour on its lines: latency, throughput, and its legend entry.
+fn assert_plots_each_run(svg: &std::path::Path, runs: usize) {
+    let text = std::fs::read_to_string(svg).expect("the SVG plot");
+    let _ = std::fs::remove_file(svg);
+    assert!(text.trim_start().starts_with("<svg"), "{text}");
+    assert!(text.trim_end().ends_with("</svg>"), "{text}");
+    let mut strokes = std::collections::BTreeMap::<&str, usize>::new();
+    for polyline in text.split("<polyline").skip(1) {
+        let stroke = polyline
+            .split("stroke=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_default();
+        if stroke != "#000000" {
+            *strokes.entry(stroke).or_default() += 1;
+        }
+    }
+    assert_eq!(strokes.len(), runs, "one colour per run: {strokes:?}");
+    assert!(
+        strokes.values().all(|n| *n >= 3),
+        "latency, throughput and legend lines per run: {strokes:?}"
+    );
+    for i in 1..=runs {
+        assert!(text.contains(&format!("{i}. amqp://guest@")), "{text}");
     }
 }
 

@@ -879,6 +879,97 @@ fn the_dashboard_lists_the_queues_in_headless_chromium() {
 }
 
 #[test]
+fn the_benchmark_view_plots_a_bench_json_file_in_headless_chromium() {
+    let warren = ManagedBroker::start();
+    // A real result: `warren bench` twice through the broker (`--compare`).
+    let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", warren.amqp);
+    let json = std::env::temp_dir().join(unique("dash-bench") + ".json");
+    let out = Command::new(warren_bin())
+        .args(["bench", "--url", &amqp, "--compare", &amqp])
+        .args(["--count", "200", "--warmup", "0", "--in-flight", "4"])
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .output()
+        .expect("warren bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read(&json).expect("the bench's JSON");
+    let _ = std::fs::remove_file(&json);
+    // The file picker's path without a picker: the result in the link.
+    let encoded: String = report
+        .iter()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => char::from(*b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!(
+        "http://guest:guest@127.0.0.1:{}/#bench={encoded}",
+        warren.http
+    );
+    let Some(dom) = chromium(&["--dump-dom"], &url) else {
+        return;
+    };
+    let section = dom
+        .split("<section id=\"benchmark\"")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        section.starts_with(" class=\"active\""),
+        "the link opens the Benchmark view:\n{dom}"
+    );
+    let runs = section
+        .split("id=\"bench-runs\">")
+        .nth(1)
+        .and_then(|s| s.split("</tbody>").next())
+        .unwrap_or_default();
+    assert_eq!(
+        runs.matches("<tr>").count(),
+        2,
+        "one row per run:\n{section}"
+    );
+    assert!(runs.contains("amqp://guest@127.0.0.1:"), "{runs}");
+    for plot in ["bench-throughput", "bench-latency"] {
+        let svg = section
+            .split(&format!("id=\"{plot}\""))
+            .nth(1)
+            .and_then(|s| s.split("</svg>").next())
+            .unwrap_or_default();
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "{plot}: one line per run:\n{svg}"
+        );
+    }
+    assert!(
+        section.contains("id=\"bench-error\"></span>"),
+        "no error:\n{section}"
+    );
+    // Something else is refused with a message, not plotted.
+    let dom = chromium(
+        &["--dump-dom"],
+        &format!(
+            "http://guest:guest@127.0.0.1:{}/#bench=%5B%7B%22url%22%3A1%7D%5D",
+            warren.http
+        ),
+    )
+    .unwrap_or_default();
+    assert!(
+        dom.contains("not a warren bench --json file"),
+        "an error for [{{\"url\":1}}]:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"bench-runs\"></tbody>"),
+        "nothing plotted:\n{dom}"
+    );
+}
+
+#[test]
 fn message_rates_follow_the_traffic() {
     let warren = ManagedBroker::start();
     let queue = unique("rates");

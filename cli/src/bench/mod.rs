@@ -8,6 +8,7 @@
 //! each call's intended send time so stalls are not hidden (no coordinated
 //! omission).
 
+mod plot;
 mod queue;
 mod report;
 mod run;

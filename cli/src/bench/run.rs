@@ -47,38 +47,59 @@ pub enum Servers {
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Latency {
+    /// Fastest.
     pub min: u64,
+    /// Median.
     pub p50: u64,
+    /// 90th percentile.
     pub p90: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p999: u64,
+    /// Slowest.
     pub max: u64,
+    /// Mean.
     pub mean: f64,
 }
 
-/// What one run measured.
+/// What one run measured: one element of the `--json` array, which the
+/// management dashboard's Benchmark view plots (format in the README,
+/// "Bench results").
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunResult {
+    /// The broker, password redacted; `embedded` for the in-process one.
     pub url: String,
+    /// `call`, `cast`, `fanout` or `queue`.
     pub mode: Mode,
+    /// Request codec (RPC modes).
     pub codec: CodecArg,
+    /// Servers started (RPC modes).
     pub servers: usize,
+    /// Clients (RPC modes).
     pub clients: usize,
+    /// Requests in flight per client (RPC modes).
     pub in_flight: usize,
+    /// `--payload` as given.
     pub payload: String,
+    /// `--rate` (open loop), if given.
     pub rate: Option<f64>,
     /// Seconds measured (after warm-up).
     pub seconds: f64,
     /// Requests completed successfully in the measured window.
     pub completed: u64,
+    /// Requests that failed, measured window.
     pub errors: u64,
+    /// Requests that timed out, measured window.
     pub timeouts: u64,
     /// Requests the servers of this process received, whole run.
     pub received: Option<u64>,
-    /// Completed requests per second.
+    /// Completed requests (queue mode: received messages) per second.
     pub throughput: f64,
+    /// Latency percentiles, µs.
     pub latency_us: Latency,
-    /// Completions per second of the measured window, second by second.
+    /// Completions in each second of the measured window, from its start;
+    /// they add up to `completed`.
     pub timeline: Vec<u64>,
     /// (percentile, latency µs) points of the latency distribution.
     pub distribution: Vec<(f64, u64)>,
@@ -259,7 +280,9 @@ impl Shared {
             .saturating_duration_since(self.measure_from)
             .as_secs_f64()
             .max(1e-9);
-        let timeline_len = (seconds.ceil() as usize).min(self.timeline.len());
+        // Second `floor(seconds)` holds the last completion: every
+        // recorded completion is in the timeline.
+        let timeline_len = (seconds.floor() as usize + 1).min(self.timeline.len());
         let timeline = self.timeline[..timeline_len]
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
