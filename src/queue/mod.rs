@@ -49,14 +49,16 @@
 mod format;
 mod outcome;
 mod publisher;
+mod retry;
 mod stage;
 mod worker;
 
 pub use format::Format;
 pub use outcome::{IntoOutcome, Message, Outcome};
 pub use publisher::Publisher;
+pub use retry::Retry;
 pub use stage::Stage;
-pub use worker::{Retry, Worker, WorkerHandle, WorkerStats};
+pub use worker::{Worker, WorkerHandle, WorkerStats};
 
 use amq_protocol::types::AMQPValue;
 

@@ -3,94 +3,27 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::types::AMQPValue;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+mod settle;
+
+use settle::handle;
+
 use super::outcome::{IntoOutcome, Message, Outcome};
-use super::{durable_queue, with_header, Format, ERROR_HEADER, QUEUE_HEADER, RETRIES_HEADER};
-use crate::rpc::panic_message;
+use super::{durable_queue, Format, Retry};
 use crate::transport::recovery::resubscribe;
-use crate::transport::{header_count, ConsumeSpec, Delivery, Outgoing, QueueSpec, Subscription};
+use crate::transport::{ConsumeSpec, QueueSpec, Subscription};
 use crate::{Connection, Error};
 
 /// How long [`WorkerHandle::shutdown`] lets handlers finish unless set.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
-
-/// How long a message whose settling failed (its retry or dead-letter
-/// queue refused it) waits before going back to its queue, so a lasting
-/// failure is not a busy loop.
-const SETTLE_PAUSE: Duration = Duration::from_secs(1);
-
-/// Longest reason carried in the `x-warren-error` header.
-const REASON_MAX: usize = 1024;
-
-/// Retries with back-off, through TTL and dead-lettering: a message to try
-/// again goes to a retry queue `<queue>.retry.<n>` whose messages expire
-/// after the `n`-th delay and are then dead-lettered back to `<queue>`.
-/// The broker holds the message meanwhile; nothing spins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    attempts: u32,
-    first: Duration,
-    longest: Duration,
-}
-
-impl Retry {
-    /// At most `retries` retries (at least 1), after 1 s, 2 s, 4 s, …
-    /// capped at 60 s.
-    pub fn new(retries: u32) -> Self {
-        Retry {
-            attempts: retries.max(1),
-            first: Duration::from_secs(1),
-            longest: Duration::from_secs(60),
-        }
-    }
-
-    /// The first delay and the longest; each retry waits twice the one
-    /// before, up to `longest`.
-    pub fn backoff(mut self, first: Duration, longest: Duration) -> Self {
-        self.first = first.max(Duration::from_millis(1));
-        self.longest = longest.max(self.first);
-        self
-    }
-
-    /// How many retries.
-    pub fn retries(&self) -> u32 {
-        self.attempts
-    }
-
-    /// The delay before retry `n` (1-based).
-    pub fn delay(&self, n: u32) -> Duration {
-        let doublings = n.saturating_sub(1).min(31);
-        self.first
-            .checked_mul(1u32 << doublings)
-            .unwrap_or(self.longest)
-            .min(self.longest)
-    }
-
-    /// The name of retry queue `n` of `queue`.
-    pub fn queue_name(queue: &str, n: u32) -> String {
-        format!("{queue}.retry.{n}")
-    }
-
-    fn queue_spec(&self, queue: &str, n: u32) -> QueueSpec {
-        let ms = u32::try_from(self.delay(n).as_millis()).unwrap_or(u32::MAX);
-        QueueSpec {
-            message_ttl_ms: Some(ms),
-            dead_letter_exchange: Some(String::new()),
-            dead_letter_routing_key: Some(queue.to_owned()),
-            ..durable_queue(&Retry::queue_name(queue, n))
-        }
-    }
-}
 
 /// Builds a worker for messages of type `T`; [`start`](Self::start) runs it.
 pub struct Worker<T> {
@@ -678,209 +611,5 @@ impl Drop for InFlight<'_> {
         if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.1.notify_waiters();
         }
-    }
-}
-
-/// Decodes a delivery, runs the handler, settles the message.
-async fn handle<T: DeserializeOwned + Send + 'static>(
-    shared: &Shared<T>,
-    queue: &Arc<str>,
-    delivery: Delivery,
-) {
-    let retries = header_count(delivery.properties.as_amqp(), RETRIES_HEADER).unwrap_or(0);
-    let body = match Format::decode_as::<T>(
-        delivery.properties.content_type(),
-        shared.format,
-        &delivery.body,
-    ) {
-        Ok(body) => body,
-        Err(e) => {
-            let reason = format!("undecodable: {e}");
-            tracing::warn!(%queue, %reason, "rejecting a message that cannot be decoded");
-            shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-            dead_letter(shared, queue, delivery, &reason).await;
-            return;
-        }
-    };
-    let message = Message {
-        body,
-        queue: queue.clone(),
-        properties: delivery.properties.clone(),
-        redelivered: delivery.redelivered,
-        retries,
-    };
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (shared.handler)(message))) {
-        Ok(future) => AssertUnwindSafe(future)
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Outcome::Retry(format!("handler panicked: {}", panic_message(&panic)))
-            }),
-        Err(panic) => Outcome::Retry(format!("handler panicked: {}", panic_message(&panic))),
-    };
-    match outcome {
-        Outcome::Ack => match delivery.acker.ack().await {
-            Ok(()) => {
-                shared.stats.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(
-                %queue,
-                error = %e,
-                "cannot acknowledge: the broker will deliver the message again"
-            ),
-        },
-        Outcome::Requeue => {
-            if let Err(e) = delivery.acker.reject(true).await {
-                tracing::warn!(%queue, error = %e, "cannot requeue");
-            } else {
-                shared.stats.requeued.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Outcome::Retry(reason) => match shared.plan.retry {
-            Some(retry) if retries < retry.retries() => {
-                retry_later(shared, queue, delivery, retry, retries + 1, &reason).await;
-            }
-            Some(retry) => {
-                let reason = format!("gave up after {} retries: {reason}", retry.retries());
-                tracing::warn!(%queue, %reason, "dead-lettering a message");
-                dead_letter(shared, queue, delivery, &reason).await;
-            }
-            None => {
-                tracing::warn!(%queue, %reason, "handler failed (no retries): dead-lettering");
-                dead_letter(shared, queue, delivery, &reason).await;
-            }
-        },
-        Outcome::Reject(reason) => {
-            tracing::warn!(%queue, %reason, "handler rejected a message");
-            dead_letter(shared, queue, delivery, &reason).await;
-        }
-    }
-}
-
-fn reason_value(reason: &str) -> AMQPValue {
-    let mut cut = reason.len().min(REASON_MAX);
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    AMQPValue::LongString(reason[..cut].into())
-}
-
-/// Publishes a copy of `delivery` to `target` through the default
-/// exchange, confirmed, then acknowledges the original; `true` if done.
-/// On failure the original goes back to its queue after a pause.
-async fn move_to<T>(
-    shared: &Shared<T>,
-    queue: &str,
-    delivery: &Delivery,
-    target: &str,
-    properties: crate::transport::Properties,
-) -> bool {
-    let published = shared
-        .connection
-        .transport()
-        .publish(Outgoing {
-            exchange: String::new(),
-            routing_key: target.to_owned(),
-            mandatory: true,
-            confirm: true,
-            properties,
-            body: delivery.body.clone(),
-        })
-        .await;
-    if let Err(e) = published {
-        tracing::error!(
-            %queue,
-            %target,
-            error = %e,
-            "cannot move a message: it goes back to its queue"
-        );
-        tokio::time::sleep(SETTLE_PAUSE).await;
-        if let Err(e) = delivery.acker.reject(true).await {
-            tracing::warn!(%queue, error = %e, "cannot requeue");
-        }
-        return false;
-    }
-    if let Err(e) = delivery.acker.ack().await {
-        tracing::warn!(
-            %queue,
-            error = %e,
-            "moved a message but cannot acknowledge it: it will be delivered again"
-        );
-    }
-    true
-}
-
-async fn retry_later<T>(
-    shared: &Shared<T>,
-    queue: &str,
-    delivery: Delivery,
-    retry: Retry,
-    n: u32,
-    reason: &str,
-) {
-    let properties = with_header(
-        delivery.properties.clone(),
-        RETRIES_HEADER,
-        AMQPValue::LongLongInt(n.into()),
-    );
-    let properties = with_header(properties, ERROR_HEADER, reason_value(reason));
-    let target = Retry::queue_name(queue, n);
-    tracing::debug!(%queue, retry = n, delay = ?retry.delay(n), %reason, "retrying later");
-    if move_to(shared, queue, &delivery, &target, properties).await {
-        shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// To the worker's dead-letter queue with the reason, or rejected to the
-/// broker when it has none.
-async fn dead_letter<T>(shared: &Shared<T>, queue: &str, delivery: Delivery, reason: &str) {
-    let Some(target) = &shared.plan.dead_letter else {
-        tracing::error!(
-            %queue,
-            %reason,
-            "rejecting a message (the worker has no dead-letter queue: the broker drops it \
-             unless the queue dead-letters)"
-        );
-        match delivery.acker.reject(false).await {
-            Ok(()) => {
-                shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(%queue, error = %e, "cannot reject"),
-        }
-        return;
-    };
-    let properties = with_header(
-        delivery.properties.clone(),
-        ERROR_HEADER,
-        reason_value(reason),
-    );
-    let properties = with_header(
-        properties,
-        QUEUE_HEADER,
-        AMQPValue::LongString(queue.into()),
-    );
-    if move_to(shared, queue, &delivery, target, properties).await {
-        shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_double_up_to_the_longest_and_name_their_queues() {
-        let retry = Retry::new(6).backoff(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<u128> = (1..=6).map(|n| retry.delay(n).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-        // No overflow however far it goes.
-        assert_eq!(retry.delay(u32::MAX), Duration::from_secs(1));
-        assert_eq!(Retry::new(0).retries(), 1);
-        let spec = retry.queue_spec("resize", 3);
-        assert_eq!(spec.name, "resize.retry.3");
-        assert_eq!(spec.message_ttl_ms, Some(400));
-        assert_eq!(spec.dead_letter_exchange.as_deref(), Some(""));
-        assert_eq!(spec.dead_letter_routing_key.as_deref(), Some("resize"));
-        assert!(spec.durable);
     }
 }
