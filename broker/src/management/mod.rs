@@ -21,6 +21,7 @@ mod convert;
 mod dashboard;
 mod definitions;
 mod error;
+mod guard;
 mod prometheus;
 mod rates;
 mod read;
@@ -42,6 +43,7 @@ use auth::Caller;
 use error::ApiError;
 use rates::Rates;
 
+pub use guard::{IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use rates::SAMPLE_INTERVAL;
 
 /// The RabbitMQ version the API reports (`rabbitmq_version`,
@@ -146,7 +148,10 @@ impl Management {
     }
 
     /// Serves HTTP on `listener` until the process ends (or the future is
-    /// dropped).
+    /// dropped): at most [`MAX_CONNECTIONS`] connections at once (more wait
+    /// in the accept backlog), each closed after [`IDLE_TIMEOUT`] without a
+    /// byte from its client, so a slow or hostile client cannot take the
+    /// file descriptors the broker needs.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
@@ -157,6 +162,7 @@ impl Management {
             amqp_listeners: self.amqp_listeners,
             extra_metrics: self.extra_metrics,
         });
+        let listener = guard::GuardedListener::new(listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
         axum::serve(listener, router(shared)).await
     }
 }
