@@ -42,6 +42,8 @@ pub mod codes {
     pub const NOT_ALLOWED: u16 = 530;
     /// 540 NOT_IMPLEMENTED.
     pub const NOT_IMPLEMENTED: u16 = 540;
+    /// 541 INTERNAL_ERROR.
+    pub const INTERNAL_ERROR: u16 = 541;
 }
 
 /// Symbolic RabbitMQ name of a reply code (`NOT_FOUND`, ...).

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{
-    basic, channel, confirm, exchange, queue, tx, AMQPClass, BasicProperties,
+    basic, channel, confirm, connection, exchange, queue, tx, AMQPClass, BasicProperties,
 };
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
@@ -542,10 +542,31 @@ impl ServerChannel {
                                 ),
                             )));
                         } else {
+                            // The commit's outcome is unknown to the client: a
+                            // connection-level 541, as RabbitMQ closes on an
+                            // internal error, rather than a commit that never ends.
                             tracing::error!(
                                 channel = id,
-                                "tx.commit: the store failed to write the committed messages; no commit-ok"
+                                "tx.commit: the store failed to write the committed messages; \
+                                 closing the connection with 541"
                             );
+                            let _ = out.send(Outgoing::Frame(Box::new(
+                                amq_protocol::frame::AMQPFrame::Method(
+                                    0,
+                                    AMQPClass::Connection(connection::AMQPMethod::Close(
+                                        connection::Close {
+                                            reply_code: codes::INTERNAL_ERROR,
+                                            reply_text: ShortString::from(
+                                                "INTERNAL_ERROR - the broker could not write \
+                                                 the committed messages to disk",
+                                            ),
+                                            class_id: 90,
+                                            method_id: 20,
+                                        },
+                                    )),
+                                ),
+                            )));
+                            let _ = out.send(Outgoing::Close);
                         }
                     }))?;
                 }
