@@ -211,21 +211,8 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tracing::info!("in memory: nothing is kept on disk");
     }
+    // (What was recovered from the data directory is logged by the broker.)
     let broker = builder.start().await?;
-    if let Some(r) = broker.recovery() {
-        if let Some(t) = &r.torn_tail {
-            tracing::warn!("recovery: a torn write was dropped: {t}");
-        }
-        tracing::info!(
-            exchanges = r.exchanges,
-            queues = r.queues,
-            bindings = r.bindings,
-            messages = r.messages,
-            clean_shutdown = r.clean_shutdown,
-            ms = r.duration.as_millis() as u64,
-            "recovered"
-        );
-    }
     if let Some(path) = &args.definitions {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("--definitions {}: {e}", path.display()))?;
