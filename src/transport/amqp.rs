@@ -103,6 +103,15 @@ fn reply_code(e: &lapin::Error) -> Option<u16> {
 /// A failed publish: the broker refused the message (406, e.g. a body over
 /// its `max_message_size`), had no such exchange (404), or the connection
 /// failed.
+/// Whether `e` says the connection itself is gone (an operation on it can
+/// go again on a new one).
+fn connection_broke(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::IOError(_) | lapin::ErrorKind::InvalidConnectionState(_)
+    )
+}
+
 fn publish_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
     let message = format!("{what}: {e}");
     match reply_code(&e) {
@@ -559,13 +568,6 @@ impl Transport for AmqpTransport {
     async fn publish(&self, message: Outgoing) -> Result<(), Error> {
         let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
         let properties = message.properties.into_amqp();
-        let live = self.live().await?;
-        let pool = if message.confirm {
-            &live.confirmed
-        } else {
-            &live.unconfirmed
-        };
-        let channel = pool.channel(&live.connection).await?;
         let options = BasicPublishOptions {
             // A return is only read back through a publisher confirm. On a
             // channel without confirms lapin would keep every returned
@@ -575,10 +577,43 @@ impl Transport for AmqpTransport {
             mandatory: message.mandatory && message.confirm,
             immediate: false,
         };
-        let confirm = channel
-            .basic_publish(exchange, routing_key, options, &message.body, properties)
-            .await
-            .map_err(|e| publish_error(format!("cannot publish to {:?}", message.exchange), e))?;
+        // A connection can break between `live()` finding it up and the
+        // publish: then the publish goes once more, on the connection
+        // `live()` makes anew. (Had the first reached the broker, the copy is
+        // a duplicate: RPC servers drop it by its unique id; queue consumers
+        // are at-least-once.)
+        let mut retried = false;
+        let confirm = loop {
+            let live = self.live().await?;
+            let pool = if message.confirm {
+                &live.confirmed
+            } else {
+                &live.unconfirmed
+            };
+            let channel = pool.channel(&live.connection).await?;
+            let published = channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
+                    options,
+                    &message.body,
+                    properties.clone(),
+                )
+                .await;
+            match published {
+                Ok(confirm) => break confirm,
+                Err(e) if !retried && connection_broke(&e) => {
+                    tracing::debug!(error = %e, "publish on a broken connection: once more on a new one");
+                    retried = true;
+                }
+                Err(e) => {
+                    return Err(publish_error(
+                        format!("cannot publish to {:?}", message.exchange),
+                        e,
+                    ))
+                }
+            }
+        };
         if !message.confirm {
             return Ok(());
         }
