@@ -672,7 +672,7 @@ async fn execute(
         .as_ref()
         .map_or_else(TraceContext::new_root, TraceContext::child);
     trace.write_to(&mut request.context);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "rpc.server",
         otel.kind = "server",
         rpc.system = "oslo",
