@@ -232,21 +232,10 @@ async fn produce(
     } else {
         Properties::default()
     };
-    let rate = workload.rate.filter(|r| *r > 0.0);
     for k in 0u64.. {
-        let intended = match rate {
-            Some(r) => shared.start + Duration::from_secs_f64(k as f64 / r),
-            None => Instant::now(),
+        let Some((intended, measuring)) = shared.pace(k, workload.rate).await else {
+            break;
         };
-        let measuring = intended >= shared.measure_from;
-        match shared.end {
-            Some(end) if intended >= end => break,
-            None if measuring && shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 => break,
-            _ => {}
-        }
-        if rate.is_some() {
-            tokio::time::sleep_until(intended.into()).await;
-        }
         let mut body = vec![0x5a; run::pick(&sizes, &mut rng).max(STAMP)];
         let stamp = intended.saturating_duration_since(shared.start).as_micros() as u64;
         body[..STAMP].copy_from_slice(&stamp.to_le_bytes());

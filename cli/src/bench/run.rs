@@ -222,6 +222,30 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// Paces the `slot`-th request of the run at `rate` requests per second
+    /// (`None` or not above zero: as fast as possible). `None` once the run
+    /// is over (its end passed, or its count reached); else when the request
+    /// was meant to start and whether it is measured (after the warm-up).
+    pub(super) async fn pace(&self, slot: u64, rate: Option<f64>) -> Option<(Instant, bool)> {
+        let rate = rate.filter(|r| *r > 0.0);
+        let intended = match rate {
+            Some(r) => self.start + Duration::from_secs_f64(slot as f64 / r),
+            None => Instant::now(),
+        };
+        let measuring = intended >= self.measure_from;
+        match self.end {
+            Some(end) if intended >= end => return None,
+            None if measuring && self.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 => {
+                return None
+            }
+            _ => {}
+        }
+        if rate.is_some() {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        Some((intended, measuring))
+    }
+
     /// The clock and counters of a run starting now, with one histogram
     /// per recorder.
     pub(super) fn new(workload: &Workload, recorders: usize) -> Arc<Shared> {
@@ -438,22 +462,10 @@ async fn worker(
         Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let fanout = client.fanout();
     for k in 0u64.. {
-        let intended = match rate {
-            Some(r) if r > 0.0 => {
-                shared.start
-                    + Duration::from_secs_f64((k * workers as u64 + index as u64) as f64 / r)
-            }
-            _ => Instant::now(),
+        let slot = k * workers as u64 + index as u64;
+        let Some((intended, measuring)) = shared.pace(slot, rate).await else {
+            break;
         };
-        let measuring = intended >= shared.measure_from;
-        match shared.end {
-            Some(end) if intended >= end => break,
-            None if measuring && shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 => break,
-            _ => {}
-        }
-        if rate.is_some() {
-            tokio::time::sleep_until(intended.into()).await;
-        }
         let payload = ByteBuf::from(vec![0x5a; pick(&sizes, &mut rng)]);
         let result = match mode {
             Mode::Call => client.echo(payload).await.map(drop),
