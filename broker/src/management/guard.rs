@@ -1,7 +1,7 @@
 //! Limits on the management listener's connections, which share the
 //! process's file descriptors with the broker: at most
 //! [`MAX_CONNECTIONS`] at once (more wait in the kernel's accept backlog,
-//! not in memory), and a connection that sends nothing for
+//! not in memory), and a connection without traffic either way for
 //! [`IDLE_TIMEOUT`] (a slow or silent client, or an idle keep-alive) is
 //! closed. `axum::serve` has neither setting, so the listener handed to it
 //! applies them.
@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 /// Most management connections open at once.
 pub const MAX_CONNECTIONS: usize = 128;
 
-/// How long a management connection may send nothing before it is closed.
+/// How long a management connection may go without traffic before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A [`TcpListener`] that accepts only while fewer than its limit of
@@ -85,6 +85,15 @@ pub(crate) struct GuardedStream {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl GuardedStream {
+    /// Traffic either way: the idle clock starts again (so a slow response
+    /// does not count against the client's next request).
+    fn touch(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+}
+
 impl AsyncRead for GuardedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -94,8 +103,7 @@ impl AsyncRead for GuardedStream {
         let this = &mut *self;
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                let next = Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                this.touch();
                 Poll::Ready(result)
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
@@ -115,7 +123,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(_))) {
+            self.touch();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -131,7 +143,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(_))) {
+            self.touch();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

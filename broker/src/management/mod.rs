@@ -149,8 +149,8 @@ impl Management {
 
     /// Serves HTTP on `listener` until the process ends (or the future is
     /// dropped): at most [`MAX_CONNECTIONS`] connections at once (more wait
-    /// in the accept backlog), each closed after [`IDLE_TIMEOUT`] without a
-    /// byte from its client, so a slow or hostile client cannot take the
+    /// in the accept backlog), each closed after [`IDLE_TIMEOUT`] without
+    /// traffic either way, so a slow or hostile client cannot take the
     /// file descriptors the broker needs.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
