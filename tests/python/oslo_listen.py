@@ -12,18 +12,31 @@ from oslo_config import cfg
 import oslo_messaging as messaging
 
 
+# The threading executor handles the priorities' queues on several threads,
+# and print() writes the text and the newline separately: two notifications
+# at once would share a line. One lock, one write per line.
+_stdout_lock = threading.Lock()
+
+
+def emit(obj):
+    with _stdout_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
 class Endpoint(object):
     def __init__(self, count, done):
         self.left = count
         self.done = done
 
     def _record(self, priority, ctxt, publisher_id, event_type, payload, metadata):
-        print(json.dumps({"priority": priority, "publisher_id": publisher_id,
-                          "event_type": event_type, "payload": payload,
-                          "user_id": ctxt.get("user_id")}), flush=True)
-        self.left -= 1
-        if self.left <= 0:
-            self.done.set()
+        emit({"priority": priority, "publisher_id": publisher_id,
+              "event_type": event_type, "payload": payload,
+              "user_id": ctxt.get("user_id")})
+        with _stdout_lock:
+            self.left -= 1
+            if self.left <= 0:
+                self.done.set()
         return messaging.NotificationResult.HANDLED
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):

@@ -8,10 +8,23 @@ when stdin closes.
 import json
 import socket
 import sys
+import threading
 import time
 
 from oslo_config import cfg
 import oslo_messaging as messaging
+
+
+# The threading executor runs endpoints on several threads at once, and
+# print() writes the text and the newline separately: two casts in flight
+# would share a line. One lock, one write per line.
+_stdout_lock = threading.Lock()
+
+
+def emit(obj):
+    with _stdout_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
 
 class EngineEndpoint(object):
@@ -34,7 +47,7 @@ class EngineEndpoint(object):
         return seconds
 
     def record(self, ctxt, value):
-        print(json.dumps({"cast": value}), flush=True)
+        emit({"cast": value})
 
 
 def main():
