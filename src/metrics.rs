@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -75,7 +75,11 @@ pub(crate) struct Series {
 type Key = (Side, String, String);
 
 /// Service → method → series, looked up without allocating.
-type BySide = HashMap<String, HashMap<String, Arc<Series>>>;
+///
+/// Series live as long as the process (there are at most [`MAX_SERIES`]),
+/// so a measurement holds a plain reference: no reference count for the
+/// client's and the server's threads to fight over on every call.
+type BySide = HashMap<String, HashMap<String, &'static Series>>;
 
 #[derive(Default)]
 struct Registry {
@@ -91,15 +95,49 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(Registry::default)
 }
 
-/// The series of `(side, service, method)`, created on first use.
-fn series(side: Side, service: &str, method: &str) -> Arc<Series> {
+/// How many series each thread remembers in front of the registry.
+const RECENT_SERIES: usize = 16;
+
+/// The series of `(side, service, method)`, created on first use. Each
+/// thread keeps the last few it used, so a call does not take the
+/// registry's lock (a cache line both cores would pass back and forth on
+/// every call and reply).
+fn series(side: Side, service: &str, method: &str) -> &'static Series {
+    type Recent = Vec<(Side, Box<str>, Box<str>, &'static Series)>;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let hit = |recent: &std::cell::RefCell<Recent>| {
+        recent
+            .borrow()
+            .iter()
+            .find(|(s, sv, m, _)| *s == side && &**sv == service && &**m == method)
+            .map(|entry| entry.3)
+    };
+    // `try_with`: a measurement may end while its thread is being torn down.
+    if let Ok(Some(found)) = RECENT.try_with(hit) {
+        return found;
+    }
+    let found = registered(side, service, method);
+    let _ = RECENT.try_with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if recent.len() >= RECENT_SERIES {
+            recent.remove(0);
+        }
+        recent.push((side, service.into(), method.into(), found));
+    });
+    found
+}
+
+/// The registry's series of `(side, service, method)`, created on first use.
+fn registered(side: Side, service: &str, method: &str) -> &'static Series {
     let lock = &registry().sides[side as usize];
     let found = lock
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(service)
         .and_then(|methods| methods.get(method))
-        .cloned();
+        .copied();
     if let Some(series) = found {
         return series;
     }
@@ -112,13 +150,13 @@ fn series(side: Side, service: &str, method: &str) -> Arc<Series> {
     };
     let methods = map.entry(service.to_owned()).or_default();
     if let Some(series) = methods.get(method) {
-        return Arc::clone(series);
+        return series;
     }
     let method = if full { "_other" } else { method };
-    Arc::clone(methods.entry(method.to_owned()).or_insert_with(|| {
+    methods.entry(method.to_owned()).or_insert_with(|| {
         registry().count.fetch_add(1, Ordering::Relaxed);
-        Arc::default()
-    }))
+        Box::leak(Box::default())
+    })
 }
 
 /// Counts one transport reconnection.
@@ -129,7 +167,7 @@ pub(crate) fn reconnected() {
 /// A call or a served request in flight: counted as one until
 /// [`finish`](Self::finish)ed, or dropped (counted as cancelled).
 pub(crate) struct Measured {
-    series: Arc<Series>,
+    series: &'static Series,
     started: Instant,
     done: bool,
 }
@@ -215,14 +253,14 @@ pub(crate) fn failure_kind(class: &str) -> &'static str {
 pub fn render() -> String {
     let mut out = String::new();
     let registry = registry();
-    let mut series: Vec<(Key, Arc<Series>)> = Vec::new();
+    let mut series: Vec<(Key, &'static Series)> = Vec::new();
     for side in [Side::Client, Side::Server] {
         let map = registry.sides[side as usize]
             .read()
             .unwrap_or_else(|p| p.into_inner());
         for (service, methods) in map.iter() {
             for (method, s) in methods {
-                series.push(((side, service.clone(), method.clone()), Arc::clone(s)));
+                series.push(((side, service.clone(), method.clone()), *s));
             }
         }
     }

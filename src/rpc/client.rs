@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::reply_queue::{Registration, ReplyQueue, ReplyResult};
 use super::target::fanout_exchange;
+use super::trace::SpanId;
 use super::{CallOptions, Outcome, ServiceRequest, Stub, TraceContext};
 use crate::metrics::{failure_kind, Measured, Side};
 use crate::transport::recovery::DeclaredOnce;
@@ -365,9 +366,9 @@ impl Client {
 /// The trace context of a request sent with `options`: a child of the one
 /// its context carries, else of the request this task serves, else a new
 /// trace.
-fn trace_for(options: &CallOptions) -> (TraceContext, Option<String>) {
+fn trace_for(options: &CallOptions) -> (TraceContext, Option<SpanId>) {
     match TraceContext::from_context(&options.context).or_else(TraceContext::current) {
-        Some(parent) => (parent.child(), Some(parent.span_id())),
+        Some(parent) => (parent.child(), Some(SpanId(parent.span_id_value()))),
         None => (TraceContext::new_root(), None),
     }
 }
@@ -380,7 +381,7 @@ fn client_span(
     kind: &str,
     service: &str,
     method: &str,
-    (trace, parent): &(TraceContext, Option<String>),
+    (trace, parent): &(TraceContext, Option<SpanId>),
 ) -> tracing::Span {
     tracing::debug_span!(
         "rpc.client",
@@ -391,6 +392,6 @@ fn client_span(
         rpc.kind = %kind,
         trace_id = %trace.trace_id(),
         span_id = %trace.span_id(),
-        parent_id = parent.as_deref(),
+        parent_id = parent.map(tracing::field::display),
     )
 }

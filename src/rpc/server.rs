@@ -680,7 +680,9 @@ async fn execute(
         rpc.method = %request.method,
         trace_id = %trace.trace_id(),
         span_id = %trace.span_id(),
-        parent_id = parent.as_ref().map(TraceContext::span_id),
+        parent_id = parent
+            .as_ref()
+            .map(|p| tracing::field::display(super::trace::SpanId(p.span_id_value()))),
     );
     let counted = Measured::start(Side::Server, &shared.plan.topic, &request.method);
     let dispatch = tracing::Instrument::instrument(shared.service.clone().oneshot(request), span);

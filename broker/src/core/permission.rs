@@ -20,29 +20,56 @@ pub(crate) enum Access {
 /// A user's permissions on one vhost.
 #[derive(Clone)]
 pub struct Permissions {
-    configure: Regex,
-    write: Regex,
-    read: Regex,
+    configure: Pattern,
+    write: Pattern,
+    read: Pattern,
+}
+
+/// One permission pattern: the text as given and what it compiles to.
+#[derive(Clone)]
+struct Pattern {
+    given: String,
+    regex: Regex,
+    /// `.*`, the pattern nearly every user has: checked on every publish,
+    /// so answered without running the regex.
+    matches_all: bool,
+}
+
+impl Pattern {
+    fn new(given: &str) -> Result<Self, regex::Error> {
+        // RabbitMQ: "the empty string is a synonym for ^$".
+        let regex = Regex::new(if given.is_empty() { "^$" } else { given })?;
+        Ok(Pattern {
+            given: given.to_owned(),
+            regex,
+            matches_all: given == ".*",
+        })
+    }
+
+    fn is_match(&self, name: &str) -> bool {
+        self.matches_all || self.regex.is_match(name)
+    }
 }
 
 impl fmt::Debug for Permissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permissions")
-            .field("configure", &self.configure.as_str())
-            .field("write", &self.write.as_str())
-            .field("read", &self.read.as_str())
+            .field("configure", &self.configure())
+            .field("write", &self.write())
+            .field("read", &self.read())
             .finish()
     }
 }
 
 impl Permissions {
     /// Permissions from three patterns (unanchored, as RabbitMQ matches
-    /// them: `.*` allows everything, `^$` nothing but the empty name).
+    /// them: `.*` allows everything, `^$` nothing but the empty name, and
+    /// the empty pattern is a synonym for `^$`).
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, regex::Error> {
         Ok(Permissions {
-            configure: Regex::new(configure)?,
-            write: Regex::new(write)?,
-            read: Regex::new(read)?,
+            configure: Pattern::new(configure)?,
+            write: Pattern::new(write)?,
+            read: Pattern::new(read)?,
         })
     }
 
@@ -53,17 +80,17 @@ impl Permissions {
 
     /// The configure pattern, as given.
     pub fn configure(&self) -> &str {
-        self.configure.as_str()
+        &self.configure.given
     }
 
     /// The write pattern, as given.
     pub fn write(&self) -> &str {
-        self.write.as_str()
+        &self.write.given
     }
 
     /// The read pattern, as given.
     pub fn read(&self) -> &str {
-        self.read.as_str()
+        &self.read.given
     }
 
     /// Whether `access` to the resource `name` is allowed.
@@ -89,5 +116,13 @@ mod tests {
         assert!(!p.allows(Access::Read, "alice.q"));
         assert!(p.allows(Access::Read, ""));
         assert!(Permissions::new("(", ".*", ".*").is_err());
+    }
+
+    #[test]
+    fn the_empty_pattern_allows_nothing_but_the_empty_name() {
+        let p = Permissions::new("", ".*", ".*").unwrap();
+        assert!(!p.allows(Access::Configure, "q"));
+        assert!(p.allows(Access::Configure, ""));
+        assert_eq!(p.configure(), "", "shown as given");
     }
 }
