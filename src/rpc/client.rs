@@ -316,7 +316,7 @@ impl Client {
     async fn register(&self, msg_id: &str) -> Result<(Arc<ReplyQueue>, Registered), Error> {
         for _ in 0..2 {
             let queue = self.reply_queue().await?;
-            if let Some(registration) = queue.register(msg_id.to_owned()) {
+            if let Some(registration) = queue.register(msg_id) {
                 return Ok((queue, registration));
             }
         }

@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::id_key::IdKey as Key;
+
 /// How long a server remembers a request id unless told otherwise.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = super::DEFAULT_TIMEOUT;
 
@@ -45,27 +47,6 @@ pub(crate) struct Duplicates {
     /// Ids whose request's deadline is past the generations' reach, until
     /// that deadline (few: only requests with a timeout above the window).
     long: HashMap<Key, Instant>,
-}
-
-/// A remembered id: warren's and oslo's own ids (32 lowercase hex digits)
-/// as the number they spell, with no allocation; any other text as it is.
-/// Two different ids never share a key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Hex(u128),
-    Text(Box<str>),
-}
-
-impl Key {
-    fn of(id: &str) -> Key {
-        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if id.len() == 32 && id.bytes().all(lower_hex) {
-            if let Ok(n) = u128::from_str_radix(id, 16) {
-                return Key::Hex(n);
-            }
-        }
-        Key::Text(id.into())
-    }
 }
 
 impl Duplicates {

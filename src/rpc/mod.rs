@@ -13,6 +13,7 @@ mod context;
 mod dispatch;
 mod duplicates;
 mod exception;
+mod id_key;
 mod options;
 mod reply_queue;
 mod server;

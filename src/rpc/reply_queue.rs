@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use super::id_key::IdKey;
 use crate::transport::{ConsumeSpec, Delivery, Subscription};
 use crate::wire::{Codec, Reply};
 use crate::{Connection, Error};
@@ -21,7 +22,7 @@ pub(crate) type ReplyResult = Result<(Codec, Reply), Error>;
 /// The calls waiting for a reply, by correlation id; `None` once the
 /// consumer stopped, so a call cannot register on a queue whose replies
 /// will never be read (it takes a fresh queue instead).
-type Table = Mutex<Option<HashMap<String, oneshot::Sender<ReplyResult>>>>;
+type Table = Mutex<Option<HashMap<IdKey, oneshot::Sender<ReplyResult>>>>;
 
 /// A declared, consumed reply queue.
 pub(crate) struct ReplyQueue {
@@ -68,9 +69,10 @@ impl ReplyQueue {
     /// the consumer has stopped: take a fresh reply queue.
     pub(crate) fn register(
         &self,
-        msg_id: String,
+        msg_id: &str,
     ) -> Option<(Registration, oneshot::Receiver<ReplyResult>)> {
         let (tx, rx) = oneshot::channel();
+        let msg_id = IdKey::of(msg_id);
         lock(&self.pending).as_mut()?.insert(msg_id.clone(), tx);
         Some((
             Registration {
@@ -91,7 +93,7 @@ impl Drop for ReplyQueue {
 /// Removes a call from the correlation table when the call ends, however it
 /// ends (reply, timeout, cancellation).
 pub(crate) struct Registration {
-    msg_id: String,
+    msg_id: IdKey,
     pending: Arc<Table>,
 }
 
@@ -103,7 +105,7 @@ impl Drop for Registration {
     }
 }
 
-type Waiting = Option<HashMap<String, oneshot::Sender<ReplyResult>>>;
+type Waiting = Option<HashMap<IdKey, oneshot::Sender<ReplyResult>>>;
 
 fn lock(table: &Table) -> std::sync::MutexGuard<'_, Waiting> {
     table.lock().unwrap_or_else(|p| p.into_inner())
@@ -148,7 +150,9 @@ fn route(pending: &Table, queue: &str, delivery: Delivery) {
         tracing::warn!(%queue, "dropping a reply without correlation id");
         return;
     };
-    let waiter = lock(pending).as_mut().and_then(|t| t.remove(msg_id));
+    let waiter = lock(pending)
+        .as_mut()
+        .and_then(|t| t.remove(&IdKey::of(msg_id)));
     match waiter {
         Some(waiter) => {
             let _ = waiter.send(decoded);
