@@ -85,20 +85,20 @@ pub(crate) async fn transport(url: &TransportUrl) -> Result<Arc<dyn Transport>, 
                 .parse()
                 .map_err(|_| Error::config(format!("tls_listen={addr} is not a socket address")))?;
             let file = |key: &str| {
-                url.option(key)
+                url.path_option(key)
                     .ok_or_else(|| Error::config(format!("tls_listen needs {key}=PEM")))
             };
             let mut config =
                 crate::broker::server::TlsConfig::new(file("tls_cert")?, file("tls_key")?)
                     .verify_peer(url.flag("tls_verify_peer")?);
-            if let Some(ca) = url.option("tls_ca") {
+            if let Some(ca) = url.path_option("tls_ca") {
                 config = config.client_ca(ca);
             }
             Some((addr, config))
         }
         None => None,
     };
-    let data_dir = url.option("data_dir").map(PathBuf::from);
+    let data_dir = url.path_option("data_dir");
     let broker = start(listen, tls, data_dir).await?;
     Ok(Arc::new(LocalTransport::connect(
         broker.core(),

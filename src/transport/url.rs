@@ -117,10 +117,8 @@ impl TransportUrl {
     /// TLS are a configuration error rather than silently plain text.
     pub fn tls(&self) -> Result<Option<TlsOptions>, Error> {
         let path = |rabbitmq: &str, oslo: &str| {
-            self.option(rabbitmq)
-                .or_else(|| self.option(oslo))
-                .filter(|p| !p.is_empty())
-                .map(|p| std::path::PathBuf::from(percent_decode(p)))
+            self.path_option(rabbitmq)
+                .or_else(|| self.path_option(oslo))
         };
         let ca_file = path("cacertfile", "ssl_ca_file");
         let cert_file = path("certfile", "ssl_cert_file");
@@ -183,6 +181,15 @@ impl TransportUrl {
             .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// An option naming a file or directory, `%XX` escapes decoded (a path
+    /// with `&`, `=`, `#` or spaces must be escaped in a URL); `None` when
+    /// absent or empty.
+    pub fn path_option(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.option(key)
+            .filter(|p| !p.is_empty())
+            .map(|p| std::path::PathBuf::from(percent_decode(p)))
     }
 
     /// A boolean option (`true`/`false`/`1`/`0`/`yes`/`no`).
@@ -441,6 +448,23 @@ mod tests {
         );
         assert!(url.flag("amqp_durable_queues").unwrap());
         assert!(!url.flag("rabbit_quorum_queue").unwrap());
+    }
+
+    #[test]
+    fn path_options_are_percent_decoded() {
+        let url: TransportUrl = "embedded://?data_dir=/tmp/a%20b&tls_cert=/k/x%26y.pem&tls_key="
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.path_option("data_dir"),
+            Some(std::path::PathBuf::from("/tmp/a b"))
+        );
+        assert_eq!(
+            url.path_option("tls_cert"),
+            Some(std::path::PathBuf::from("/k/x&y.pem"))
+        );
+        assert_eq!(url.path_option("tls_key"), None, "empty is absent");
+        assert_eq!(url.path_option("tls_ca"), None);
     }
 
     #[test]
