@@ -269,13 +269,35 @@ pub async fn run(args: BrokerArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    let signal = stop_signal(&broker).await?;
-    tracing::info!(signal, "shutting down");
+    // A failed durable store cannot make anything durable again: stop, so
+    // that a supervisor restarts the broker and recovery replays the log
+    // (RabbitMQ's node stops its message store the same way).
+    let core = broker.core();
+    let failure = tokio::select! {
+        signal = stop_signal(&broker) => {
+            tracing::info!(signal = signal?, "shutting down");
+            None
+        }
+        e = core.store_failed() => {
+            tracing::error!(error = %e, "the durable store failed: shutting down; a restart recovers what reached the disk");
+            Some(e)
+        }
+    };
     if let Some(ctl) = ctl {
         ctl.stop();
     }
     broker.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(e) => {
+            let dir = core.data_dir().unwrap_or(std::path::Path::new("?"));
+            Err(format!(
+                "the durable store in {} failed ({e}); restart the broker to recover",
+                dir.display()
+            )
+            .into())
+        }
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and

@@ -36,12 +36,13 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(blocks.saturating_mul(size))
 }
 
-/// Follows free space and the store's disk-full state for `core` (a durable core)
+/// Follows free space and the store's disk-full and failed states for `core` (a durable core)
 /// in the current runtime, until the core is dropped.
 pub(crate) fn spawn(core: &Arc<Core>, limit: u64) {
-    let (Some(dir), Some(mut full)) = (
+    let (Some(dir), Some(mut full), Some(mut failed)) = (
         core.data_dir().map(Path::to_path_buf),
         core.watch_disk_full(),
+        core.watch_store_failed(),
     ) else {
         return;
     };
@@ -56,9 +57,12 @@ pub(crate) fn spawn(core: &Arc<Core>, limit: u64) {
             tokio::select! {
                 _ = tick.tick() => {}
                 changed = full.changed() => if changed.is_err() { break },
+                changed = failed.changed() => if changed.is_err() { break },
             }
             let Some(core) = weak.upgrade() else { break };
-            let store_full = *full.borrow();
+            // A failed store takes no more publishes, ever: its publishers
+            // are blocked as on a full disk, rather than nacked one by one.
+            let store_full = *full.borrow() || *failed.borrow();
             core.memory().set_disk_alarm(store_full || low(&dir, limit));
         }
     });

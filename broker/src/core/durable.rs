@@ -49,6 +49,7 @@ pub(crate) struct Persistence {
     next_uid: AtomicU64,
     dir: PathBuf,
     disk_full: watch::Receiver<bool>,
+    failed: watch::Receiver<bool>,
 }
 
 impl Persistence {
@@ -78,6 +79,7 @@ impl Persistence {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
         let disk_full = store.watch_disk_full();
+        let failed = store.watch_failed();
         Ok((
             Arc::new(Self {
                 store: RwLock::new(Some(store)),
@@ -85,6 +87,7 @@ impl Persistence {
                 next_uid: AtomicU64::new(clock.max(max_recovered.saturating_add(1))),
                 dir: dir.to_path_buf(),
                 disk_full,
+                failed,
             }),
             recovered,
         ))
@@ -98,6 +101,24 @@ impl Persistence {
     /// Follows the store's disk-full state.
     pub(crate) fn watch_disk_full(&self) -> watch::Receiver<bool> {
         self.disk_full.clone()
+    }
+
+    /// Follows whether the store has failed a write or an fsync.
+    pub(crate) fn watch_failed(&self) -> watch::Receiver<bool> {
+        self.failed.clone()
+    }
+
+    /// The store's failure, if it failed.
+    pub(crate) fn failure(&self) -> Option<Arc<std::io::Error>> {
+        read(&self.store).as_ref().and_then(Store::failure)
+    }
+
+    /// Fails the store as a failed write would.
+    #[cfg(test)]
+    pub(crate) fn fail_as_if_written(&self, e: std::io::Error) {
+        if let Some(store) = read(&self.store).as_ref() {
+            store.fail_as_if_written(e);
+        }
     }
 
     /// A new exchange or queue uid.

@@ -330,3 +330,55 @@ fn a_transaction_commits_once_its_persistent_messages_are_on_disk() {
     let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
     assert_eq!(bodies, ["t1", "t2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_refuses_persistent_messages_blocks_publishers_and_is_reported() {
+    let dir = TempDir::new();
+    let core = open(&dir.0).expect("open");
+    super::disk::spawn(&core, 0);
+    let ch = channel(&core);
+    durable_queue(&ch, "q", FieldTable::default());
+    publish(&ch, "", "q", "before", true);
+    assert!(core.store_failure().is_none());
+    assert!(!core.memory().alarm());
+
+    let reported = tokio::spawn({
+        let core = core.clone();
+        async move { core.store_failed().await }
+    });
+    core.durable
+        .as_ref()
+        .expect("a durable core")
+        .fail_as_if_written(std::io::Error::other("injected EIO"));
+
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), reported)
+        .await
+        .expect("store_failed resolves")
+        .expect("join");
+    assert!(e.to_string().contains("injected EIO"), "{e}");
+    assert!(core.store_failure().is_some());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !core.memory().alarm() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disk alarm blocks publishers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refused = ch
+        .basic_publish(
+            "".into(),
+            "q".into(),
+            false,
+            BasicProperties::default().with_delivery_mode(2),
+            Bytes::from_static(b"after"),
+        )
+        .expect("basic.publish");
+    assert!(
+        refused.rejected,
+        "a persistent message is nacked, not confirmed"
+    );
+    // What was queued before stays deliverable from memory.
+    let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
+    assert_eq!(bodies, ["before"]);
+}

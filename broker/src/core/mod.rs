@@ -334,6 +334,35 @@ impl Core {
         self.durable.as_ref().map(|p| p.watch_disk_full())
     }
 
+    /// Follows whether the store has failed (`None` for a core kept in memory).
+    pub(crate) fn watch_store_failed(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.durable.as_ref().map(|p| p.watch_failed())
+    }
+
+    /// The write or fsync that failed the durable store, if one did (never
+    /// for a core kept in memory). From then on nothing more can be made
+    /// durable: persistent publishes are refused, the disk alarm blocks
+    /// publishers, and the broker should be restarted, which recovers what
+    /// reached the disk (a failed fsync's pages are not trusted again, as
+    /// PostgreSQL learned).
+    pub fn store_failure(&self) -> Option<std::sync::Arc<std::io::Error>> {
+        self.durable.as_ref().and_then(|p| p.failure())
+    }
+
+    /// Resolves with [`store_failure`](Self::store_failure) once the durable
+    /// store fails; pending forever for a core kept in memory or a store
+    /// closed cleanly. `warren broker` exits on it.
+    pub async fn store_failed(&self) -> std::sync::Arc<std::io::Error> {
+        if let Some(mut failed) = self.watch_store_failed() {
+            if failed.wait_for(|f| *f).await.is_ok() {
+                return self.store_failure().unwrap_or_else(|| {
+                    std::sync::Arc::new(std::io::Error::other("the durable store failed"))
+                });
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Closes the durable store cleanly: everything pending reaches the disk and
     /// the next start knows the shutdown was clean. Settlements after this are
     /// not recorded (the broker is stopping). A no-op for a core kept in memory.

@@ -634,6 +634,8 @@ struct Shared {
     gc_deleted: AtomicU64,
     gc_relocated: AtomicU64,
     disk_full_tx: watch::Sender<bool>,
+    /// Turns true, for good, when a write or an fsync fails.
+    failed_tx: watch::Sender<bool>,
     gc_lock: Mutex<()>,
 }
 
@@ -775,6 +777,7 @@ impl Store {
         let lock = fsutil::lock_dir(dir)?;
         let opened = recovery::recover(dir, &opts)?;
         let (disk_full_tx, _) = watch::channel(false);
+        let (failed_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             opts,
@@ -806,6 +809,7 @@ impl Store {
             gc_deleted: AtomicU64::new(0),
             gc_relocated: AtomicU64::new(0),
             disk_full_tx,
+            failed_tx,
             gc_lock: Mutex::new(()),
         });
         let w = shared.clone();
@@ -1007,6 +1011,24 @@ impl Store {
     /// Follows [`Store::disk_full`].
     pub fn watch_disk_full(&self) -> watch::Receiver<bool> {
         self.shared.disk_full_tx.subscribe()
+    }
+
+    /// The failed write or fsync that stopped the store, if one did: every
+    /// record since is refused with [`StoreError::Failed`].
+    pub fn failure(&self) -> Option<Arc<io::Error>> {
+        self.shared.lock().failed.clone()
+    }
+
+    /// Follows whether the store has failed ([`Store::failure`]).
+    pub fn watch_failed(&self) -> watch::Receiver<bool> {
+        self.shared.failed_tx.subscribe()
+    }
+
+    /// Fails the store as a failed write would (for tests of what the
+    /// broker does then: an I/O error cannot be provoked portably).
+    #[cfg(test)]
+    pub(crate) fn fail_as_if_written(&self, e: io::Error) {
+        writer::fail(&self.shared, &mut [], WriteFailure::Io(Arc::new(e)));
     }
 
     /// Counters.

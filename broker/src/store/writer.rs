@@ -51,13 +51,14 @@ pub(super) fn run(shared: Arc<Shared>, mut head: Head) {
 }
 
 /// Fails `marks` and, for an I/O failure, poisons the store and fails everything pending.
-fn fail(shared: &Shared, marks: &mut [Mark], failure: WriteFailure) {
+pub(super) fn fail(shared: &Shared, marks: &mut [Mark], failure: WriteFailure) {
     let mut rest = Vec::new();
     {
         let mut st = shared.lock();
         if let WriteFailure::Io(e) = &failure {
             tracing::error!(error = %e, dir = %shared.dir.display(), "store write failed; refusing further writes");
             st.failed = Some(e.clone());
+            shared.failed_tx.send_replace(true);
         }
         if st.failed.is_some() || st.closing {
             rest = std::mem::take(&mut st.pending.marks);
