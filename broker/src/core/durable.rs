@@ -5,7 +5,8 @@
 //!
 //! - **definitions**, written when they change: vhosts ([`super::Core::add_vhost`]),
 //!   permissions ([`super::Core::set_permissions`]), durable exchanges and queues
-//!   (neither exclusive nor auto-delete; a quorum queue always is durable), and the
+//!   (not exclusive; auto-delete ones too, as RabbitMQ keeps them; a quorum queue
+//!   always is durable), and the
 //!   bindings between durable ends (predeclared exchanges count as durable). Each
 //!   exchange and queue gets a uid at declaration, never reused, which its bindings
 //!   name: a binding outlived by its queue (deleted, then declared again) is dropped at

@@ -382,3 +382,56 @@ async fn a_failed_store_refuses_persistent_messages_blocks_publishers_and_is_rep
     let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
     assert_eq!(bodies, ["before"]);
 }
+
+#[test]
+fn durable_auto_delete_queues_and_exchanges_survive_a_crash_and_go_with_their_last_user() {
+    let dir = TempDir::new();
+    {
+        let core = open(&dir.0).expect("open");
+        let ch = channel(&core);
+        let x = ExchangeDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.exchange_declare("adx", "direct", x)
+            .expect("exchange.declare");
+        let q = QueueDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare("adq", q).expect("queue.declare");
+        ch.queue_bind("adq", "adx", "k", FieldTable::default())
+            .expect("queue.bind");
+        publish(&ch, "adx", "k", "kept", true);
+        // Dropped without close_durable: a crash.
+    }
+    {
+        let core = open(&dir.0).expect("reopen");
+        let report = core.recovery().expect("a durable core reports").clone();
+        assert_eq!(
+            (report.exchanges, report.queues, report.bindings, report.messages),
+            (1, 1, 1, 1),
+            "as RabbitMQ recovers them"
+        );
+        let vh = core.vhost("/").expect("vhost");
+        assert!(vh.queue("adq").is_some_and(|q| q.auto_delete));
+        let ch = channel(&core);
+        publish(&ch, "adx", "k", "routed again", true);
+        // A consumer comes and goes: the queue goes with it, and the exchange
+        // with its last binding.
+        let tag = ch
+            .basic_consume("adq", "", super::ConsumeOptions::default())
+            .expect("basic.consume");
+        ch.basic_cancel(tag.as_str()).expect("basic.cancel");
+        assert!(vh.queue("adq").is_none(), "auto-deleted");
+        assert!(vh.exchange("adx").is_none(), "auto-deleted with its last binding");
+        core.close_durable().expect("close");
+    }
+    let core = open(&dir.0).expect("reopen again");
+    let report = core.recovery().expect("a durable core reports").clone();
+    assert_eq!((report.exchanges, report.queues), (0, 0), "their deletions hold");
+    let vh = core.vhost("/").expect("vhost");
+    assert!(vh.queue("adq").is_none() && vh.exchange("adx").is_none());
+}

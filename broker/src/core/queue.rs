@@ -121,8 +121,8 @@ impl DeadLetters {
 pub struct QueueDeclareOptions {
     /// Only check that the queue exists (404 if not); change nothing.
     pub passive: bool,
-    /// Durable: kept in the data directory of a durable core (unless exclusive or
-    /// auto-delete), with its persistent messages.
+    /// Durable: kept in the data directory of a durable core (unless exclusive),
+    /// with its persistent messages.
     pub durable: bool,
     /// Owned by the declaring connection, deleted when it closes.
     pub exclusive: bool,
@@ -444,7 +444,7 @@ pub struct Queue {
     /// Queue name.
     pub name: String,
     /// Declared durable (kept in the data directory of a durable core unless
-    /// exclusive or auto-delete).
+    /// exclusive).
     pub durable: bool,
     /// Owning connection id for exclusive queues.
     pub exclusive_owner: Option<u64>,

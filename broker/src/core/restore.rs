@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::durable::{self, Dec, Enc, Persistence, Stored};
-use super::exchange::{Destination, ExchangeKind};
+use super::exchange::{Destination, ExchangeDeclareOptions, ExchangeKind};
 use super::locks::write;
 use super::message::{Message, QueuedMessage};
 use super::password::PasswordHash;
@@ -214,8 +214,17 @@ pub(crate) fn restore(core: &Core, p: &Arc<Persistence>, r: Recovered) -> Recove
             let uid = v.u64()?;
             let kind = ExchangeKind::parse(v.str()?)?;
             let internal = v.u8()? != 0;
-            let args = durable::decode_table(v.bytes()?)?;
-            vh.restore_exchange(name, kind, internal, args, uid);
+            let arguments = durable::decode_table(v.bytes()?)?;
+            // Absent from records written before auto-delete exchanges were kept.
+            let auto_delete = v.u8().is_some_and(|b| b != 0);
+            let options = ExchangeDeclareOptions {
+                durable: true,
+                auto_delete,
+                internal,
+                arguments,
+                ..ExchangeDeclareOptions::default()
+            };
+            vh.restore_exchange(name, kind, options, uid);
             Some(())
         })();
         match ok {
@@ -231,7 +240,9 @@ pub(crate) fn restore(core: &Core, p: &Arc<Persistence>, r: Recovered) -> Recove
             let mut v = Dec::new(&d.value);
             let uid = v.u64()?;
             let args = durable::decode_table(v.bytes()?)?;
-            match vh.restore_queue(name, args, uid) {
+            // Absent from records written before auto-delete queues were kept.
+            let auto_delete = v.u8().is_some_and(|b| b != 0);
+            match vh.restore_queue(name, args, auto_delete, uid) {
                 Ok(q) => {
                     by_uid.insert(uid, q);
                     Some(())

@@ -147,7 +147,9 @@ impl VHost {
     /// Records an exchange declared durable.
     fn store_exchange(&self, x: &Exchange, uid: Option<u64>) {
         let Some(p) = &self.store else { return };
-        if !x.durable || x.auto_delete {
+        // Durable auto-delete exchanges too: RabbitMQ recovers them (they go
+        // when their last binding does).
+        if !x.durable {
             return;
         }
         let uid = uid.unwrap_or_else(|| p.new_uid());
@@ -157,6 +159,7 @@ impl VHost {
             .str(x.kind.as_str())
             .u8(u8::from(x.internal))
             .bytes(&durable::encode_table(&x.arguments))
+            .u8(u8::from(x.auto_delete))
             .done();
         p.put(
             DefClass::EXCHANGE,
@@ -339,6 +342,18 @@ impl VHost {
         Ok(())
     }
 
+    /// Deletes a removed exchange's record from the durable store, if it had one.
+    fn unrecord_exchange(&self, name: &str) {
+        if lock(&self.uids)
+            .remove(&Destination::Exchange(name.to_string()))
+            .is_some()
+        {
+            if let Some(p) = &self.store {
+                p.delete(DefClass::EXCHANGE, &durable::entity_key(&self.name, name));
+            }
+        }
+    }
+
     /// Removes every exchange's record from the durable store (its vhost is
     /// being deleted; the exchanges themselves go with the vhost).
     pub(crate) fn forget_stored_exchanges(&self) {
@@ -351,14 +366,7 @@ impl VHost {
 
     fn remove_exchange_locked(&self, name: &str) {
         let removed = write(&self.exchanges).remove(name);
-        if lock(&self.uids)
-            .remove(&Destination::Exchange(name.to_string()))
-            .is_some()
-        {
-            if let Some(p) = &self.store {
-                p.delete(DefClass::EXCHANGE, &durable::entity_key(&self.name, name));
-            }
-        }
+        self.unrecord_exchange(name);
         if let Some(x) = removed {
             // Its bindings go with it: it no longer binds to anything.
             let dests = read(&x.router).destinations();
@@ -394,6 +402,7 @@ impl VHost {
                 if emptied {
                     // Bound to nothing now, so nothing to drop from `bound_by`.
                     write(&self.exchanges).remove(&name);
+                    self.unrecord_exchange(&name);
                     todo.push(Destination::Exchange(name));
                 }
             }
@@ -618,11 +627,14 @@ impl VHost {
         Ok((q, 0, 0))
     }
 
-    /// Links a queue declared durable (neither exclusive nor auto-delete) to the
-    /// store and records it; `uid` is its recovered uid at restore.
+    /// Links a queue declared durable (and not exclusive) to the store and
+    /// records it; `uid` is its recovered uid at restore. Durable auto-delete
+    /// queues too, as RabbitMQ recovers them: they go when their last
+    /// consumer does, and until then a confirm of a persistent message in
+    /// one means "on disk" like in any durable queue.
     fn store_queue(&self, q: Queue, uid: Option<u64>) -> Queue {
         let Some(p) = &self.store else { return q };
-        if !q.durable || q.exclusive_owner.is_some() || q.auto_delete {
+        if !q.durable || q.exclusive_owner.is_some() {
             return q;
         }
         let fresh = uid.is_none();
@@ -632,6 +644,7 @@ impl VHost {
             let value = Enc::default()
                 .u64(uid)
                 .bytes(&durable::encode_table(&q.arguments))
+                .u8(u8::from(q.auto_delete))
                 .done();
             p.put(
                 DefClass::QUEUE,
@@ -652,12 +665,18 @@ impl VHost {
         &self,
         name: &str,
         kind: ExchangeKind,
-        internal: bool,
-        arguments: FieldTable,
+        options: ExchangeDeclareOptions,
         uid: u64,
     ) {
         let _t = lock(&self.topology);
-        let x = Exchange::new(name, kind, true, false, internal, arguments);
+        let x = Exchange::new(
+            name,
+            kind,
+            true,
+            options.auto_delete,
+            options.internal,
+            options.arguments,
+        );
         lock(&self.uids).insert(Destination::Exchange(name.to_string()), uid);
         write(&self.exchanges).insert(name.to_string(), Arc::new(x));
     }
@@ -667,11 +686,12 @@ impl VHost {
         &self,
         name: &str,
         arguments: FieldTable,
+        auto_delete: bool,
         uid: u64,
     ) -> Result<Arc<Queue>, AmqpError> {
         let _t = lock(&self.topology);
         let config = QueueConfig::parse(name, &self.name, &arguments)?;
-        let q = Queue::new(name.to_string(), true, None, false, arguments, config);
+        let q = Queue::new(name.to_string(), true, None, auto_delete, arguments, config);
         let q = Arc::new(self.store_queue(q, Some(uid)));
         write(&self.queues).insert(name.to_string(), q.clone());
         Ok(q)

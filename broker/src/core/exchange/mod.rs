@@ -23,7 +23,7 @@ pub use topic::TopicRouter;
 pub struct ExchangeDeclareOptions {
     /// Only check that the exchange exists (404 if not); change nothing.
     pub passive: bool,
-    /// Durable: kept in the data directory of a durable core (unless auto-delete).
+    /// Durable: kept in the data directory of a durable core.
     pub durable: bool,
     /// Deleted when its last binding goes away.
     pub auto_delete: bool,
