@@ -411,7 +411,12 @@ fn durable_auto_delete_queues_and_exchanges_survive_a_crash_and_go_with_their_la
         let core = open(&dir.0).expect("reopen");
         let report = core.recovery().expect("a durable core reports").clone();
         assert_eq!(
-            (report.exchanges, report.queues, report.bindings, report.messages),
+            (
+                report.exchanges,
+                report.queues,
+                report.bindings,
+                report.messages
+            ),
             (1, 1, 1, 1),
             "as RabbitMQ recovers them"
         );
@@ -426,12 +431,19 @@ fn durable_auto_delete_queues_and_exchanges_survive_a_crash_and_go_with_their_la
             .expect("basic.consume");
         ch.basic_cancel(tag.as_str()).expect("basic.cancel");
         assert!(vh.queue("adq").is_none(), "auto-deleted");
-        assert!(vh.exchange("adx").is_none(), "auto-deleted with its last binding");
+        assert!(
+            vh.exchange("adx").is_none(),
+            "auto-deleted with its last binding"
+        );
         core.close_durable().expect("close");
     }
     let core = open(&dir.0).expect("reopen again");
     let report = core.recovery().expect("a durable core reports").clone();
-    assert_eq!((report.exchanges, report.queues), (0, 0), "their deletions hold");
+    assert_eq!(
+        (report.exchanges, report.queues),
+        (0, 0),
+        "their deletions hold"
+    );
     let vh = core.vhost("/").expect("vhost");
     assert!(vh.queue("adq").is_none() && vh.exchange("adx").is_none());
 }
