@@ -1,12 +1,11 @@
 //! The [`Transport`] over any AMQP 0-9-1 server (RabbitMQ, LavinMQ, warren's
 //! own broker), with lapin.
 //!
-//! Publishing goes through two small pools of channels picked round-robin,
-//! so tasks publishing at once do not queue behind one channel: one pool in
-//! confirm mode for publishes that wait for the broker's confirm (casts), one
-//! without (calls and replies, whose answer is the reply itself: confirms
-//! there would only cost the broker work). A channel the broker closed is
-//! replaced on next use. Each subscription and
+//! Publishing goes through two channels, each keeping its publishes in
+//! order: one in confirm mode for publishes that wait for the broker's
+//! confirm (casts), one without (calls and replies, whose answer is the
+//! reply itself: confirms there would only cost the broker work). A channel
+//! the broker closed is replaced on next use. Each subscription and
 //! each declaration gets a channel of its own, so a refused declaration
 //! (which closes its channel in AMQP) cannot break anything else.
 //!
@@ -24,7 +23,7 @@
 //! starting another one, so a burst of operations waits for one round over
 //! the hosts, not one round each.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,43 +45,39 @@ use super::{
 };
 use crate::Error;
 
-/// Publishing channels per pool.
-const PUBLISH_CHANNELS: usize = 4;
-
 /// How long one host gets to accept the TCP connection, complete the AMQP
 /// handshake and open the publishing channels, unless the URL says otherwise.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Channels used round-robin for one kind of publish.
-struct Pool {
-    channels: Vec<Mutex<Channel>>,
-    next: AtomicUsize,
+/// The channel one kind of publish goes through, reopened if the broker
+/// closed it.
+///
+/// One channel, not several: AMQP orders messages per channel, so one keeps
+/// a client's publishes in the order they were made (oslo.messaging
+/// publishes on one channel too). Four channels used round-robin measured
+/// no faster on RabbitMQ or on warren's broker at 64 calls in flight, and
+/// 3–6 % slower for sequential calls on RabbitMQ.
+struct PublishChannel {
+    channel: Mutex<Channel>,
     confirm: bool,
 }
 
-impl Pool {
+impl PublishChannel {
     async fn open(connection: &lapin::Connection, confirm: bool) -> Result<Self, Error> {
-        let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
-        for _ in 0..PUBLISH_CHANNELS {
-            channels.push(Mutex::new(open_publisher(connection, confirm).await?));
-        }
-        Ok(Pool {
-            channels,
-            next: AtomicUsize::new(0),
+        Ok(PublishChannel {
+            channel: Mutex::new(open_publisher(connection, confirm).await?),
             confirm,
         })
     }
 
-    /// The next channel, reopened if the broker closed it.
+    /// The channel, reopened if the broker closed it.
     async fn channel(&self, connection: &lapin::Connection) -> Result<Channel, Error> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        let slot = &self.channels[index];
-        let channel = lock(slot).clone();
+        let channel = lock(&self.channel).clone();
         if channel.status().connected() {
             return Ok(channel);
         }
         let fresh = open_publisher(connection, self.confirm).await?;
-        *lock(slot) = fresh.clone();
+        *lock(&self.channel) = fresh.clone();
         Ok(fresh)
     }
 }
@@ -144,8 +139,8 @@ pub struct AmqpTransport {
 /// One established connection and its publishing channels.
 struct Live {
     connection: lapin::Connection,
-    confirmed: Pool,
-    unconfirmed: Pool,
+    confirmed: PublishChannel,
+    unconfirmed: PublishChannel,
     uri: String,
 }
 
@@ -297,8 +292,8 @@ impl Live {
         .await
         .map_err(cannot)?;
         Ok(Live {
-            confirmed: Pool::open(&connection, true).await?,
-            unconfirmed: Pool::open(&connection, false).await?,
+            confirmed: PublishChannel::open(&connection, true).await?,
+            unconfirmed: PublishChannel::open(&connection, false).await?,
             connection,
             uri: uri.to_owned(),
         })
@@ -585,12 +580,12 @@ impl Transport for AmqpTransport {
         let mut retried = false;
         let confirm = loop {
             let live = self.live().await?;
-            let pool = if message.confirm {
+            let publisher = if message.confirm {
                 &live.confirmed
             } else {
                 &live.unconfirmed
             };
-            let channel = pool.channel(&live.connection).await?;
+            let channel = publisher.channel(&live.connection).await?;
             let published = channel
                 .basic_publish(
                     exchange.clone(),

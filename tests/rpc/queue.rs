@@ -27,6 +27,7 @@ crate::conformance!(
     a_panicking_handler_dead_letters_its_message_and_the_worker_goes_on,
     dropping_the_handle_gives_back_what_was_not_started,
     a_stage_sends_to_every_destination_then_acks,
+    unconfirmed_publishes_from_one_publisher_arrive_in_order,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -751,4 +752,32 @@ async fn a_stage_sends_to_every_destination_then_acks(backend: Backend) {
         .expect("check");
     assert_eq!(left.messages, 0);
     cleanup(&connection, &[&origin, &a, &b, &dlq]).await;
+}
+
+/// Publishes awaited one after another arrive in that order, confirms or
+/// not: AMQP orders messages per channel only, so a client that spread its
+/// publishes over several channels could see two of them overtake each
+/// other at the broker (RabbitMQ runs a process per channel).
+async fn unconfirmed_publishes_from_one_publisher_arrive_in_order(backend: Backend) {
+    const COUNT: u32 = 2_000;
+    let (connection, _broker) = backend.connect().await;
+    let queue = unique("ordered");
+    let publisher = Publisher::<Task>::new(&connection, &queue)
+        .confirm(false)
+        .persistent(false);
+    publisher.declare().await.expect("declare");
+    for id in 0..COUNT {
+        publisher.publish(&task(id)).await.expect("publish");
+    }
+    let ids: Vec<u32> = take(&connection, &queue, COUNT as usize)
+        .await
+        .iter()
+        .map(|d| serde_json::from_slice::<Task>(&d.body).expect("JSON").id)
+        .collect();
+    if let Some(at) = ids.iter().zip(0..).position(|(id, i)| *id != i) {
+        let near = &ids[at..(at + 10).min(ids.len())];
+        panic!("out of the order published from message {at}: then {near:?}");
+    }
+    assert_eq!(ids.len(), COUNT as usize);
+    cleanup(&connection, &[&queue]).await;
 }
