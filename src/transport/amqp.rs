@@ -53,8 +53,8 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// closed it.
 ///
 /// One channel, not several: AMQP orders messages per channel, so one keeps
-/// a client's publishes in the order they were made (oslo.messaging
-/// publishes on one channel too). Four channels used round-robin measured
+/// a client's publishes of one kind in the order they were made
+/// (oslo.messaging publishes on one channel too). Four channels used round-robin measured
 /// no faster on RabbitMQ or on warren's broker at 64 calls in flight, and
 /// 3–6 % slower for sequential calls on RabbitMQ.
 struct PublishChannel {
