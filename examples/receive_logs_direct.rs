@@ -8,10 +8,11 @@
 //!
 //! The broker is `$TRANSPORT_URL`, else the tutorials' `localhost`.
 
-use warren::transport::{ConsumeSpec, ExchangeKind, ExchangeSpec, QueueSpec};
+use warren::queue::{Format, Message, Worker};
+use warren::transport::{ExchangeKind, ExchangeSpec};
 
 #[tokio::main]
-async fn main() -> Result<(), warren::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let severities: Vec<String> = std::env::args().skip(1).collect();
     if severities.is_empty() {
         eprintln!("Usage: receive_logs_direct [info] [warning] [error]");
@@ -20,9 +21,9 @@ async fn main() -> Result<(), warren::Error> {
     let url = std::env::var("TRANSPORT_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@localhost:5672/%2f".into());
     let connection = warren::connect(&url).await?;
-    let channel = connection.transport();
 
-    channel
+    connection
+        .transport()
         .declare_exchange(&ExchangeSpec {
             name: "direct_logs".into(),
             kind: ExchangeKind::Direct,
@@ -30,30 +31,23 @@ async fn main() -> Result<(), warren::Error> {
             auto_delete: false,
         })
         .await?;
-    let queue = format!("receive_logs_direct-{}", warren::wire::new_id());
-    channel
-        .declare_queue(&QueueSpec {
-            name: queue.clone(),
-            exclusive: true,
-            ..QueueSpec::default()
+    // An empty name: warren generates one, as the broker does for the
+    // tutorial's `queue_declare(queue="", exclusive=True)`.
+    let mut worker = Worker::<String>::new(&connection, "")
+        .exclusive(true)
+        .format(Format::Text);
+    for key in &severities {
+        worker = worker.bind("direct_logs", key.as_str());
+    }
+    let worker = worker
+        .start(|log: Message<String>| async move {
+            println!(" [x] {}:{}", log.routing_key(), log.body);
         })
         .await?;
-    for severity in &severities {
-        channel.bind_queue(&queue, "direct_logs", severity).await?;
-    }
 
     println!(" [*] Waiting for logs. To exit press CTRL+C");
-    let mut logs = channel
-        .consume(&ConsumeSpec {
-            queue,
-            prefetch: 0,
-            no_ack: true,
-        })
-        .await?;
-    while let Some(log) = logs.next().await {
-        let log = log?;
-        let line = String::from_utf8_lossy(&log.body);
-        println!(" [x] {}:{line}", log.routing_key);
-    }
+    tokio::signal::ctrl_c().await?;
+    worker.shutdown().await?;
+    connection.close().await?;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub struct Message<T> {
     /// The decoded body.
     pub body: T,
     pub(crate) queue: Arc<str>,
+    pub(crate) routing_key: String,
     pub(crate) properties: Properties,
     pub(crate) redelivered: bool,
     pub(crate) retries: u32,
@@ -25,6 +26,13 @@ impl<T> Message<T> {
     /// The queue it came from.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// The routing key it was delivered with: as published, or for a
+    /// message back from a retry, the key that brought it back (its
+    /// `x-death` header keeps the original).
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
     }
 
     /// Its AMQP properties (`reply_to`, `correlation_id`, headers…).

@@ -48,6 +48,7 @@ pub(super) async fn handle<T: DeserializeOwned + Send + 'static>(
     let message = Message {
         body,
         queue: queue.clone(),
+        routing_key: delivery.routing_key.to_string(),
         properties: delivery.properties.clone(),
         redelivered: delivery.redelivered,
         retries,
