@@ -75,7 +75,11 @@ impl Confirms {
         if self.queue.is_none() {
             let Ok(handle) = tokio::runtime::Handle::try_current() else {
                 // No runtime to wait in (a core driven synchronously): wait here.
-                let (p, ok) = wait_blocking(p, true);
+                let mut p = p;
+                let mut ok = true;
+                for d in take_durables(&mut p) {
+                    ok &= d.wait_blocking().is_ok();
+                }
                 finish(channel, p, ok);
                 return;
             };
@@ -92,33 +96,11 @@ impl Confirms {
     }
 }
 
-/// Waits on the thread for what `p` waits for (no runtime); whether it all
-/// reached the disk. Its durables are consumed.
-fn wait_blocking(p: Pending, ok: bool) -> (Pending, bool) {
+/// Takes the durable records `p` waits for, leaving it to be finished.
+fn take_durables(p: &mut Pending) -> Vec<Durable> {
     match p {
-        Pending::Confirm { tag, ack, durable } => {
-            let ok = ok && durable.is_none_or(|d| d.wait_blocking().is_ok());
-            (
-                Pending::Confirm {
-                    tag,
-                    ack,
-                    durable: None,
-                },
-                ok,
-            )
-        }
-        Pending::Then { durables, done } => {
-            let ok = durables
-                .into_iter()
-                .fold(ok, |ok, d| d.wait_blocking().is_ok() && ok);
-            (
-                Pending::Then {
-                    durables: Vec::new(),
-                    done,
-                },
-                ok,
-            )
-        }
+        Pending::Confirm { durable, .. } => durable.take().into_iter().collect(),
+        Pending::Then { durables, .. } => std::mem::take(durables),
     }
 }
 
@@ -141,12 +123,8 @@ async fn run(
     waiting: Arc<AtomicUsize>,
 ) {
     while let Some(mut p) = rx.recv().await {
-        let durables = match &mut p {
-            Pending::Confirm { durable, .. } => durable.take().into_iter().collect(),
-            Pending::Then { durables, .. } => std::mem::take(durables),
-        };
         let mut ok = true;
-        for d in durables {
+        for d in take_durables(&mut p) {
             if let Err(e) = d.await {
                 tracing::error!(error = %e, "a persistent message did not reach the disk");
                 ok = false;

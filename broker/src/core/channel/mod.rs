@@ -558,8 +558,9 @@ impl CoreChannel {
             .map(|(outcome, _)| outcome)
     }
 
-    /// Publishes now; outside confirm mode, also returns when the message is on
-    /// disk, if it was stored (a transaction's commit waits for it).
+    /// Publishes now. Outside confirm mode, also returns the handle that
+    /// resolves once the message is on disk, if it was stored (a
+    /// transaction's commit waits for it); in confirm mode the confirm waits.
     fn publish_now(
         &self,
         exchange: ShortString,
