@@ -1003,7 +1003,12 @@ mod tests {
         core.close_connection("127.0.0.1:5555 -> 127.0.0.1:5672", "maintenance")
             .expect("close");
         assert!(watch.has_changed().unwrap_or(false));
-        assert_eq!(watch.borrow_and_update().as_deref(), Some("maintenance"));
+        let forced = watch.borrow_and_update().clone().expect("a close");
+        assert_eq!(
+            (forced.code, forced.text.as_str()),
+            (320, "CONNECTION_FORCED - maintenance"),
+            "RabbitMQ's close_connection"
+        );
         assert!(matches!(
             core.close_connection("nope", "x"),
             Err(AdminError::NotFound(_))

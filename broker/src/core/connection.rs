@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, watch};
 
 use super::channel::{ChannelEvent, ChannelSink, CoreChannel};
+use super::error::AmqpError;
 use super::memory::MemoryMonitor;
 use super::permission::Permissions;
 use super::session::{Attached, Registry, Session};
@@ -50,12 +51,13 @@ impl CoreConnection {
         self.shared.set_info(info);
     }
 
-    /// Watches for an operator's request to close this connection
-    /// ([`Core::close_connection`](super::Core::close_connection)): the
-    /// value becomes `Some(reason)`, and the server is to send
-    /// `connection.close` 320 CONNECTION_FORCED with it. A connection
-    /// nobody watches is closed by the core itself.
-    pub fn forced_close(&self) -> watch::Receiver<Option<String>> {
+    /// Watches for a request to close this connection: an operator's
+    /// ([`Core::close_connection`](super::Core::close_connection), 320
+    /// CONNECTION_FORCED with the reason) or the core's (541 INTERNAL_ERROR
+    /// when the store fails a transaction's messages). The value becomes
+    /// `Some(error)`, and the server is to send `connection.close` with it.
+    /// A connection nobody watches is closed by the core itself.
+    pub fn forced_close(&self) -> watch::Receiver<Option<AmqpError>> {
         self.shared.forced_close()
     }
 

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use super::error::{codes, AmqpError};
 use super::locks::lock;
 use super::memory::MemoryMonitor;
 use super::permission::Permissions;
@@ -87,8 +88,9 @@ pub(crate) struct Session {
     info: Mutex<Option<ConnectionInfo>>,
     /// When the connection was opened in the core.
     opened_at: SystemTime,
-    /// An operator's request to close the connection, with its reason.
-    forced: watch::Sender<Option<String>>,
+    /// A request to close the connection (an operator's, or the core's on
+    /// an internal error), with the `connection.close` to send.
+    forced: watch::Sender<Option<AmqpError>>,
     registry: Arc<Registry>,
 }
 
@@ -143,17 +145,23 @@ impl Session {
             .map_or_else(|| format!("in-process {}", self.id), |i| i.name.clone())
     }
 
-    /// Watches for an operator's request to close the connection.
-    pub(crate) fn forced_close(&self) -> watch::Receiver<Option<String>> {
+    /// Watches for a request to close the connection.
+    pub(crate) fn forced_close(&self) -> watch::Receiver<Option<AmqpError>> {
         self.forced.subscribe()
     }
 
-    /// An operator closes the connection: whoever serves it (the AMQP
-    /// server, watching [`forced_close`](Self::forced_close)) sends
-    /// `connection.close` with the reason; with nobody watching (an
-    /// in-process connection) the core closes it at once.
+    /// An operator closes the connection: 320 CONNECTION_FORCED with the
+    /// reason, as RabbitMQ's `close_connection`.
     pub(crate) fn force_close(&self, reason: &str) {
-        self.forced.send_replace(Some(reason.to_owned()));
+        self.close_with_error(AmqpError::new(codes::CONNECTION_FORCED, reason));
+    }
+
+    /// Closes the connection with `error`: whoever serves it (the AMQP
+    /// server, watching [`forced_close`](Self::forced_close)) sends
+    /// `connection.close` with it; with nobody watching (an in-process
+    /// connection) the core closes it at once.
+    pub(crate) fn close_with_error(&self, error: AmqpError) {
+        self.forced.send_replace(Some(error));
         if self.forced.receiver_count() == 0 {
             self.close();
         }

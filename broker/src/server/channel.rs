@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{
-    basic, channel, confirm, connection, exchange, queue, tx, AMQPClass, BasicProperties,
+    basic, channel, confirm, exchange, queue, tx, AMQPClass, BasicProperties,
 };
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
@@ -531,7 +531,9 @@ impl ServerChannel {
                     );
                 }
                 tx::AMQPMethod::Commit(_) => {
-                    // commit-ok once the committed persistent messages are on disk.
+                    // commit-ok once the committed persistent messages are on
+                    // disk; if the store fails them, the core closes the
+                    // connection (541) instead.
                     let (out, id) = (out.clone(), self.id);
                     ch.tx_commit_then(Box::new(move |ok| {
                         if ok {
@@ -541,32 +543,6 @@ impl ServerChannel {
                                     AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
                                 ),
                             )));
-                        } else {
-                            // The commit's outcome is unknown to the client: a
-                            // connection-level 541, as RabbitMQ closes on an
-                            // internal error, rather than a commit that never ends.
-                            tracing::error!(
-                                channel = id,
-                                "tx.commit: the store failed to write the committed messages; \
-                                 closing the connection with 541"
-                            );
-                            let _ = out.send(Outgoing::Frame(Box::new(
-                                amq_protocol::frame::AMQPFrame::Method(
-                                    0,
-                                    AMQPClass::Connection(connection::AMQPMethod::Close(
-                                        connection::Close {
-                                            reply_code: codes::INTERNAL_ERROR,
-                                            reply_text: ShortString::from(
-                                                "INTERNAL_ERROR - the broker could not write \
-                                                 the committed messages to disk",
-                                            ),
-                                            class_id: 90,
-                                            method_id: 20,
-                                        },
-                                    )),
-                                ),
-                            )));
-                            let _ = out.send(Outgoing::Close);
                         }
                     }))?;
                 }

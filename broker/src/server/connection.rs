@@ -106,7 +106,7 @@ struct Conn {
     client_properties: FieldTable,
     auth_mechanism: String,
     /// An operator's request to close the connection (once it is open).
-    forced: Option<watch::Receiver<Option<String>>>,
+    forced: Option<watch::Receiver<Option<AmqpError>>>,
     /// The common name of the client's verified TLS certificate: the user
     /// an `EXTERNAL` login is.
     external: Option<String>,
@@ -382,7 +382,7 @@ impl Conn {
                     }
                     () = out.control_room(), if !self.flow.is_blocked() => {}
                     () = out.closed() => return,
-                    reason = forced_close(self.forced.clone()) => self.forced_closed(reason),
+                    error = forced_close(self.forced.clone()) => self.forced_closed(&error),
                     changed = shutdown.changed(), if !shutdown_seen => {
                         if changed.is_err() {
                             shutdown_seen = true;
@@ -418,7 +418,7 @@ impl Conn {
                     }
                 },
                 () = out.closed() => return,
-                reason = forced_close(self.forced.clone()) => self.forced_closed(reason),
+                error = forced_close(self.forced.clone()) => self.forced_closed(&error),
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() {
                         shutdown_seen = true;
@@ -431,12 +431,16 @@ impl Conn {
         }
     }
 
-    /// An operator closed the connection: 320 CONNECTION_FORCED with the
-    /// reason, as RabbitMQ's `close_connection`.
-    fn forced_closed(&mut self, reason: String) {
+    /// The core asked to close the connection (an operator, or an internal
+    /// error): `connection.close` with its error.
+    fn forced_closed(&mut self, error: &AmqpError) {
         self.forced = None;
-        tracing::info!(%reason, "connection closed by an operator");
-        self.close_with(&AmqpError::new(codes::CONNECTION_FORCED, reason));
+        if error.code == codes::CONNECTION_FORCED {
+            tracing::info!(reason = %error.text, "connection closed by an operator");
+        } else {
+            tracing::error!(code = error.code, text = %error.text, "the broker closes the connection");
+        }
+        self.close_with(error);
     }
 
     /// Closes each channel whose oldest delivery has waited for its ack
@@ -864,13 +868,13 @@ impl Conn {
     }
 }
 
-/// Resolves with the reason once an operator asks to close the connection;
+/// Resolves with the error once the core asks to close the connection;
 /// never without a watch (or once the watch is gone).
-async fn forced_close(rx: Option<watch::Receiver<Option<String>>>) -> String {
+async fn forced_close(rx: Option<watch::Receiver<Option<AmqpError>>>) -> AmqpError {
     if let Some(mut rx) = rx {
         loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
+            if let Some(error) = rx.borrow_and_update().clone() {
+                return error;
             }
             if rx.changed().await.is_err() {
                 break;

@@ -775,13 +775,31 @@ impl CoreChannel {
     }
 
     /// [`tx_commit`](Self::tx_commit), then `done` once the committed
-    /// persistent messages are on disk (`done(false)`: the store failed them),
-    /// in order with the channel's confirms.
+    /// persistent messages are on disk, in order with the channel's
+    /// confirms. `done(false)`: the store failed them, and the connection is
+    /// closed with 541 INTERNAL_ERROR (the commit's outcome is unknown to
+    /// the client: RabbitMQ closes on an internal error too, rather than
+    /// leave a commit that never ends).
     pub(crate) fn tx_commit_then(
         &self,
         done: Box<dyn FnOnce(bool) + Send>,
     ) -> Result<(), AmqpError> {
         self.check_open()?;
+        let conn = self.shared.conn.clone();
+        let done: Box<dyn FnOnce(bool) + Send> = Box::new(move |ok| {
+            if !ok {
+                conn.close_with_error(
+                    AmqpError::new(
+                        codes::INTERNAL_ERROR,
+                        "the broker could not write the committed messages to disk",
+                    )
+                    // tx.commit's ids: the store answers after the dispatcher
+                    // has handled the frame, so it cannot stamp them.
+                    .during(90, 20),
+                );
+            }
+            done(ok);
+        });
         let tx = {
             let mut st = self.shared.st();
             match st.tx.as_mut() {
