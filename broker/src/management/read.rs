@@ -143,14 +143,15 @@ pub(crate) async fn whoami(State(s): State<Arc<Shared>>, headers: HeaderMap) -> 
 pub(crate) async fn nodes(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
     s.caller(&headers)?;
     let memory = s.core.memory();
+    let (mem_alarm, disk_alarm) = s.alarms();
     Ok(Json(json!([{
         "name": s.node,
         "type": "disc",
         "running": true,
         "mem_used": super::prometheus::resident_memory().unwrap_or(memory.tracked() as u64),
         "mem_limit": memory.watermark(),
-        "mem_alarm": s.alarms().0,
-        "disk_free_alarm": s.alarms().1,
+        "mem_alarm": mem_alarm,
+        "disk_free_alarm": disk_alarm,
     }])))
 }
 
