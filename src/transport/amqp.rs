@@ -652,7 +652,7 @@ impl Transport for AmqpTransport {
             .await
             .map_err(|e| transport_error(format!("cannot consume queue {:?}", spec.queue), e))?;
         Ok(Box::new(AmqpSubscription {
-            channel,
+            channel: Arc::new(channel),
             consumer,
             no_ack: spec.no_ack,
             ended: false,
@@ -679,7 +679,8 @@ impl Transport for AmqpTransport {
 }
 
 struct AmqpSubscription {
-    channel: Channel,
+    /// Shared with the ackers of its deliveries.
+    channel: Arc<Channel>,
     consumer: lapin::Consumer,
     no_ack: bool,
     /// Set once the stream ended or failed: no more deliveries.
@@ -726,7 +727,10 @@ impl Subscription for AmqpSubscription {
         let acker: Box<dyn Acker> = if self.no_ack {
             Box::new(NoAck)
         } else {
-            Box::new(LapinAcker(delivery.acker))
+            Box::new(LapinAcker {
+                channel: self.channel.clone(),
+                tag: delivery.delivery_tag,
+            })
         };
         Some(Ok(Delivery {
             properties: Properties::from(delivery.properties),
@@ -760,23 +764,53 @@ impl Subscription for AmqpSubscription {
     }
 }
 
-struct LapinAcker(lapin::Acker);
+/// Settles one delivery on the channel it arrived on.
+///
+/// The frame goes straight onto the channel, not through lapin's
+/// [`lapin::Acker`], which hands it to lapin's internal task, which spawns
+/// another task to send it, whose completion wakes the caller: three task
+/// hops and a thread wake-up per settled message. Nor is the write waited
+/// for: the frame is queued on the connection and written by lapin's I/O
+/// thread. lapin writes acks ahead of publishes still queued, so whatever
+/// must reach the broker before an ack (a reply before its request's ack)
+/// is published, and that publish awaited, before the ack is queued; the
+/// RPC server does so. A settlement lost with the connection before it was
+/// written is a message the broker delivers again, as after any lost ack.
+struct LapinAcker {
+    channel: Arc<Channel>,
+    tag: u64,
+}
+
+impl LapinAcker {
+    /// Queues `settle` on the channel; an error only if it could not be
+    /// queued (the channel or the connection is gone).
+    fn queue<F>(what: &str, settle: F) -> Result<(), Error>
+    where
+        F: std::future::Future<Output = Result<(), lapin::Error>>,
+    {
+        // The first poll queues the frame; what is left is waiting for the
+        // write, which nothing needs.
+        match futures::FutureExt::now_or_never(settle) {
+            Some(Err(e)) => Err(transport_error(what, e)),
+            Some(Ok(())) | None => Ok(()),
+        }
+    }
+}
 
 #[async_trait]
 impl Acker for LapinAcker {
     async fn ack(&self) -> Result<(), Error> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| transport_error("basic.ack failed", e))
+        Self::queue(
+            "basic.ack failed",
+            self.channel.basic_ack(self.tag, BasicAckOptions::default()),
+        )
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.0
-            .reject(BasicRejectOptions { requeue })
-            .await
-            .map(|_| ())
-            .map_err(|e| transport_error("basic.reject failed", e))
+        Self::queue(
+            "basic.reject failed",
+            self.channel
+                .basic_reject(self.tag, BasicRejectOptions { requeue }),
+        )
     }
 }
