@@ -104,6 +104,7 @@ spec! {
     publisher_confirms: [lapin, pika, kombu],
     mandatory_returns: [lapin, pika, kombu],
     transactions: [lapin, pika],
+    tx_commit_with_a_refused_message_fails: [pika],
     tx_and_confirm_do_not_mix: [pika],
     direct_reply_to: [lapin, pika],
 

@@ -779,6 +779,22 @@ def transactions(conn, n):
     assert "PRECONDITION_FAILED" in e.reply_text, e
 
 
+@feature
+def tx_commit_with_a_refused_message_fails(conn, n):
+    # A queue that refuses publishes when full: of the two committed
+    # messages it takes one, and the commit says so rather than commit-ok.
+    q = n.q("full")
+    watcher = conn.channel()
+    watcher.queue_declare(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch = conn.channel()
+    ch.tx_select()
+    publish(ch, "", q, b"1")
+    publish(ch, "", q, b"2")
+    e = expect_channel_error(406, ch.tx_commit)
+    assert "partial tx completion" in e.reply_text, e
+    assert get_all(watcher, q) == [b"1"]
+
+
 # --- direct reply-to -------------------------------------------------------
 
 

@@ -378,6 +378,20 @@ async fn a_failed_store_refuses_persistent_messages_blocks_publishers_and_is_rep
         refused.rejected,
         "a persistent message is nacked, not confirmed"
     );
+    // Nor does a transaction commit one.
+    let tx = channel(&core);
+    tx.tx_select().expect("tx.select");
+    tx.basic_publish(
+        "".into(),
+        "q".into(),
+        false,
+        BasicProperties::default().with_delivery_mode(2),
+        Bytes::from_static(b"in a transaction"),
+    )
+    .expect("buffered");
+    let e = tx.tx_commit().expect_err("the commit fails");
+    assert_eq!(e.code, 406, "{e:?}");
+    assert!(e.text.contains("partial tx completion"), "{e:?}");
     // What was queued before stays deliverable from memory.
     let bodies: Vec<String> = take_all(&ch, "q").into_iter().map(|(b, _)| b).collect();
     assert_eq!(bodies, ["before"]);

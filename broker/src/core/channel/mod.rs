@@ -776,7 +776,9 @@ impl CoreChannel {
 
     /// [`tx_commit`](Self::tx_commit), then `done` once the committed
     /// persistent messages are on disk, in order with the channel's
-    /// confirms. `done(false)`: the store failed them, and the connection is
+    /// confirms. A commit some of whose messages a queue or the store
+    /// refused is 406 PRECONDITION_FAILED "partial tx completion" (the rest
+    /// is committed), as on RabbitMQ, and `done` is not called. `done(false)`: the store failed them, and the connection is
     /// closed with 541 INTERNAL_ERROR (the commit's outcome is unknown to
     /// the client: RabbitMQ closes on an internal error too, rather than
     /// leave a commit that never ends).
@@ -808,13 +810,25 @@ impl CoreChannel {
             }
         };
         let mut durables = Vec::new();
+        let mut refused = 0usize;
         for p in tx.publishes {
-            let (_, d) =
+            let (outcome, d) =
                 self.publish_now(p.exchange, p.routing_key, p.mandatory, p.properties, p.body)?;
+            refused += usize::from(outcome.rejected);
             durables.extend(d);
         }
         for a in tx.acks {
             self.apply_settle(a)?;
+        }
+        if refused > 0 {
+            // A queue refused a message (`x-overflow=reject-publish`), or
+            // the store could not take it (disk full, failed store): the
+            // commit did not happen as the client asked, and a commit-ok
+            // would tell it otherwise. RabbitMQ closes the channel so.
+            return Err(AmqpError::precondition(format!(
+                "partial tx completion: {refused} of the committed messages were refused \
+                 (a full queue that rejects publishes, or the broker's store)"
+            )));
         }
         self.shared.st().confirms.then(&self.shared, durables, done);
         Ok(())
