@@ -166,7 +166,7 @@ pub async fn measure(workload: &Workload) -> Result<RunResult, Box<dyn std::erro
     let _ = progress.await;
 
     let (histogram, seconds, timeline) = shared.summary();
-    let completed = shared.completed.load(Ordering::Relaxed);
+    let completed = shared.completed();
     let received_total = counts.received_total.load(Ordering::Relaxed);
     let result = RunResult {
         url: run::display_url(&workload.url),

@@ -207,18 +207,32 @@ pub async fn serve_until_ctrl_c(workload: &Workload) -> Result<(), Box<dyn std::
 }
 
 /// Shared by the workers of one run.
+///
+/// What a completion records goes to its worker's own [`Recorder`], so
+/// the load generator adds no lock or counter that every worker contends
+/// on (at 250k calls/s a shared one is a cache line bouncing between the
+/// cores on every call); the progress bar and the summary merge them.
 pub(super) struct Shared {
     pub(super) start: Instant,
     pub(super) measure_from: Instant,
     pub(super) end: Option<Instant>,
     pub(super) remaining: AtomicI64,
-    pub(super) completed: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) timeouts: AtomicU64,
-    pub(super) timeline: Vec<AtomicU64>,
-    pub(super) histograms: Vec<Mutex<Histogram<u64>>>,
-    pub(super) last_done: Mutex<Option<Instant>>,
+    recorders: Vec<Mutex<Recorder>>,
+    /// The seconds a timeline may hold.
+    seconds: usize,
     pub(super) finished: std::sync::atomic::AtomicBool,
+}
+
+/// One worker's completions.
+struct Recorder {
+    histogram: Histogram<u64>,
+    completed: u64,
+    /// Completions per second of the measured window (grown as seconds
+    /// pass: a run may have thousands of workers).
+    timeline: Vec<u64>,
+    last_done: Option<Instant>,
 }
 
 impl Shared {
@@ -265,52 +279,81 @@ impl Shared {
                     .count
                     .map_or(i64::MAX, |c| c.min(i64::MAX as u64) as i64),
             ),
-            completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
-            timeline: (0..seconds_hint).map(|_| AtomicU64::new(0)).collect(),
-            histograms: (0..recorders)
-                .map(|_| Mutex::new(new_histogram()))
+            recorders: (0..recorders.max(1))
+                .map(|_| {
+                    Mutex::new(Recorder {
+                        histogram: new_histogram(),
+                        completed: 0,
+                        timeline: Vec::new(),
+                        last_done: None,
+                    })
+                })
                 .collect(),
-            last_done: Mutex::new(None),
+            seconds: seconds_hint,
             finished: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Records one completion at `done`, `micros` after it was meant to start.
     pub(super) fn record(&self, recorder: usize, micros: u64, done: Instant) {
-        if let Some(h) = self.histograms.get(recorder) {
-            let _ = lock(h).record(micros.max(1));
-        }
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        let Some(r) = self.recorders.get(recorder) else {
+            return;
+        };
+        let mut r = lock(r);
+        let _ = r.histogram.record(micros.max(1));
+        r.completed += 1;
         let second = done.saturating_duration_since(self.measure_from).as_secs() as usize;
-        if let Some(slot) = self.timeline.get(second) {
-            slot.fetch_add(1, Ordering::Relaxed);
+        if second < self.seconds {
+            if r.timeline.len() <= second {
+                r.timeline.resize(second + 1, 0);
+            }
+            r.timeline[second] += 1;
         }
-        let mut last = lock(&self.last_done);
-        if last.is_none_or(|l| l < done) {
-            *last = Some(done);
+        if r.last_done.is_none_or(|l| l < done) {
+            r.last_done = Some(done);
         }
+    }
+
+    /// Completions so far.
+    pub(super) fn completed(&self) -> u64 {
+        self.recorders.iter().map(|r| lock(r).completed).sum()
+    }
+
+    /// The histogram of every completion so far.
+    pub(super) fn histogram(&self) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        for r in &self.recorders {
+            let _ = histogram.add(&lock(r).histogram);
+        }
+        histogram
     }
 
     /// The merged histogram, the measured seconds and the timeline.
     pub(super) fn summary(&self) -> (Histogram<u64>, f64, Vec<u64>) {
-        let mut histogram = new_histogram();
-        for h in &self.histograms {
-            let _ = histogram.add(&*lock(h));
+        let histogram = self.histogram();
+        let mut last_done = None;
+        let mut timeline: Vec<u64> = Vec::new();
+        for r in &self.recorders {
+            let r = lock(r);
+            last_done = last_done.max(r.last_done);
+            if timeline.len() < r.timeline.len() {
+                timeline.resize(r.timeline.len(), 0);
+            }
+            for (sum, n) in timeline.iter_mut().zip(&r.timeline) {
+                *sum += n;
+            }
         }
-        let window_end = lock(&self.last_done).unwrap_or_else(Instant::now);
+        let window_end = last_done.unwrap_or_else(Instant::now);
         let seconds = window_end
             .saturating_duration_since(self.measure_from)
             .as_secs_f64()
             .max(1e-9);
         // Second `floor(seconds)` holds the last completion: every
         // recorded completion is in the timeline.
-        let timeline_len = (seconds.floor() as usize + 1).min(self.timeline.len());
-        let timeline = self.timeline[..timeline_len]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let timeline_len = (seconds.floor() as usize + 1).min(timeline.len());
+        timeline.truncate(timeline_len);
         (histogram, seconds, timeline)
     }
 }
@@ -382,7 +425,7 @@ pub async fn measure(
     let _ = progress.await;
 
     let (histogram, seconds, timeline) = shared.summary();
-    let completed = shared.completed.load(Ordering::Relaxed);
+    let completed = shared.completed();
     // Casts may still be in the servers' queues: give them a moment.
     if matches!(servers, Servers::InProcess) && workload.mode != Mode::Call {
         let expected = completed
@@ -518,13 +561,10 @@ pub(super) fn progress_bar(
         while !shared.finished.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let now = Instant::now();
-            let done = shared.completed.load(Ordering::Relaxed);
+            let done = shared.completed();
             let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
             last = (now, done);
-            let mut h = new_histogram();
-            for w in &shared.histograms {
-                let _ = h.add(&*lock(w));
-            }
+            let h = shared.histogram();
             let phase = if now < shared.measure_from {
                 "warm-up "
             } else {
