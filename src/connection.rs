@@ -113,7 +113,8 @@ impl Connection {
     #[cfg(feature = "embedded")]
     pub fn in_process(broker: &crate::broker::BrokerHandle) -> Result<Self, Error> {
         let transport =
-            crate::transport::local::LocalTransport::connect(broker.core(), "/", broker.user())?;
+            crate::transport::local::LocalTransport::connect(broker.core(), "/", broker.user())?
+                .with_max_message_size(broker.max_message_size());
         Ok(Connection::from_transport(
             Arc::new(transport),
             Codec::MsgPack,

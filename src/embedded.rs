@@ -100,9 +100,8 @@ pub(crate) async fn transport(url: &TransportUrl) -> Result<Arc<dyn Transport>, 
     };
     let data_dir = url.path_option("data_dir");
     let broker = start(listen, tls, data_dir).await?;
-    Ok(Arc::new(LocalTransport::connect(
-        broker.core(),
-        "/",
-        broker.user(),
-    )?))
+    Ok(Arc::new(
+        LocalTransport::connect(broker.core(), "/", broker.user())?
+            .with_max_message_size(broker.max_message_size()),
+    ))
 }

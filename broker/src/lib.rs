@@ -457,6 +457,7 @@ impl BrokerBuilder {
                 tls_addrs,
                 tls,
                 first_user,
+                max_message_size: admission.limits.max_message_size,
                 shutdown: shutdown_tx,
                 tracker: Mutex::new(Some(tracker)),
                 done: tokio::sync::Mutex::new(Some(done)),
@@ -473,6 +474,8 @@ struct HandleInner {
     tls: Option<Arc<server::tls::TlsAcceptor>>,
     /// The first user's name, and its password unless it was given as a hash.
     first_user: (String, Option<String>),
+    /// The largest message body accepted (capped like RabbitMQ's).
+    max_message_size: u64,
     shutdown: watch::Sender<bool>,
     tracker: Mutex<Option<mpsc::Sender<()>>>,
     done: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
@@ -550,6 +553,15 @@ impl BrokerHandle {
     /// The bound listener addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inner.local_addrs.clone()
+    }
+
+    /// The largest message body the broker accepts, in bytes
+    /// ([`BrokerBuilder::max_message_size`], capped at 512 MiB as on
+    /// RabbitMQ). The TCP listeners refuse a larger one with 406; an
+    /// in-process publisher must check it itself, since the core takes
+    /// whatever body it is handed.
+    pub fn max_message_size(&self) -> u64 {
+        self.inner.max_message_size
     }
 
     /// The socket-free core.

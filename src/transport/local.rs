@@ -32,9 +32,18 @@ fn publish_refused(e: AmqpError) -> Error {
     refused(e)
 }
 
+/// The largest body a [`LocalTransport`] publishes unless told the
+/// broker's own limit: the most any broker may be configured to take
+/// (RabbitMQ's hard cap, 512 MiB).
+const MAX_MESSAGE_SIZE_CAP: u64 = 512 * 1024 * 1024;
+
 /// A connection to a broker core in this process.
 pub struct LocalTransport {
     connection: CoreConnection,
+    /// The broker's `max_message_size`: the core takes any body it is
+    /// handed, so the limit a TCP client meets in the broker's frame reader
+    /// is checked here.
+    max_message_size: u64,
     /// Publishes go through one channel: they are synchronous calls into
     /// the core, so there is nothing to wait for in between.
     publisher: Mutex<Arc<CoreChannel>>,
@@ -55,8 +64,16 @@ impl LocalTransport {
         let (publisher, _events) = connection.open_channel_mpsc();
         Ok(LocalTransport {
             connection,
+            max_message_size: MAX_MESSAGE_SIZE_CAP,
             publisher: Mutex::new(Arc::new(publisher)),
         })
+    }
+
+    /// Refuses bodies over `bytes`, as the broker's TCP listeners do with
+    /// its `max_message_size` (see `BrokerHandle::max_message_size`).
+    pub fn with_max_message_size(mut self, bytes: u64) -> Self {
+        self.max_message_size = bytes;
+        self
     }
 
     /// A channel for one operation; an AMQP error closes only it.
@@ -170,6 +187,15 @@ impl Transport for LocalTransport {
             properties,
             body,
         } = message;
+        if body.len() as u64 > self.max_message_size {
+            // What a TCP publisher gets as 406 PRECONDITION_FAILED, in
+            // RabbitMQ's words.
+            return Err(Error::refused(format!(
+                "message size {} is larger than configured max size {}",
+                body.len(),
+                self.max_message_size
+            )));
+        }
         // The names move into the core; kept only for a returned message's
         // error, which needs them back.
         let (exchange, routing_key) = (short_owned(exchange)?, short_owned(routing_key)?);

@@ -776,6 +776,58 @@ async fn max_message_size_is_configurable() {
     served(&url).await;
 }
 
+/// The in-process path meets the limit a TCP client meets: the core takes
+/// any body, so the transport checks the broker's `max_message_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_size_holds_for_in_process_publishers_too() {
+    use warren::transport::{Outgoing, Properties, QueueSpec};
+    let broker = warren::broker::Broker::builder()
+        .no_listen()
+        .max_message_size(1000)
+        .start()
+        .await
+        .expect("start the embedded broker");
+    assert_eq!(broker.max_message_size(), 1000);
+    let connection = warren::Connection::in_process(&broker).expect("connect");
+    let queue = unique("in-process-size");
+    let transport = connection.transport();
+    transport
+        .declare_queue(&QueueSpec {
+            name: queue.clone(),
+            ..QueueSpec::default()
+        })
+        .await
+        .expect("declare");
+    let publish = |size: usize| Outgoing {
+        exchange: String::new(),
+        routing_key: queue.clone(),
+        mandatory: false,
+        confirm: true,
+        properties: Properties::default(),
+        body: vec![0; size].into(),
+    };
+    transport
+        .publish(publish(1000))
+        .await
+        .expect("1000 bytes are allowed");
+    let err = transport
+        .publish(publish(1001))
+        .await
+        .expect_err("1001 bytes are refused");
+    assert!(err.is_refused(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("larger than configured max size 1000"),
+        "{err}"
+    );
+    let left = transport.check_queue(&queue).await.expect("check");
+    assert_eq!(left.messages, 1, "only the allowed message was queued");
+    transport
+        .publish(publish(10))
+        .await
+        .expect("the connection still publishes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_past_its_declared_size_closes_the_connection_with_501() {
     let broker = embedded_broker().await;
