@@ -105,6 +105,7 @@ spec! {
     mandatory_returns: [lapin, pika, kombu],
     transactions: [lapin, pika],
     tx_commit_with_a_refused_message_fails: [pika],
+    acks_in_a_transaction_take_their_deliveries: [pika],
     tx_and_confirm_do_not_mix: [pika],
     direct_reply_to: [lapin, pika],
 

@@ -780,6 +780,44 @@ def transactions(conn, n):
 
 
 @feature
+def acks_in_a_transaction_take_their_deliveries(conn, n):
+    # As on RabbitMQ: an ack in a transaction takes its delivery at once,
+    # so acking it again is 406 (and a transaction cannot grow by repeating
+    # one); a rollback gives it back; a channel closed mid-transaction
+    # requeues it, as uncommitted.
+    q = n.q("q")
+    watcher = conn.channel()
+    watcher.queue_declare(q)
+    for body in (b"a", b"b"):
+        publish(watcher, "", q, body)
+    eventually(lambda: watcher.queue_declare(q, passive=True).method.message_count, 2)
+    ch = conn.channel()
+    ch.tx_select()
+    first, _, _ = ch.basic_get(q)
+    ch.basic_ack(first.delivery_tag)
+    ch.basic_ack(delivery_tag=0, multiple=True)
+    ch.basic_ack(delivery_tag=0, multiple=True)
+    try:
+        ch.basic_ack(first.delivery_tag)
+        ch.basic_qos(prefetch_count=0)
+        raise AssertionError("a second ack of one delivery was accepted")
+    except ChannelClosedByBroker as e:
+        assert e.reply_code == 406 and "unknown delivery tag" in e.reply_text, e
+    # The closed channel's transaction never committed: both are back.
+    eventually(lambda: watcher.queue_declare(q, passive=True).method.message_count, 2)
+    ch = conn.channel()
+    ch.tx_select()
+    first, _, _ = ch.basic_get(q)
+    ch.basic_ack(first.delivery_tag)
+    ch.tx_rollback()
+    ch.basic_ack(first.delivery_tag)
+    ch.tx_commit()
+    eventually(lambda: watcher.queue_declare(q, passive=True).method.message_count, 1)
+    ch.close()
+    assert get_all(watcher, q) == [b"b"]
+
+
+@feature
 def tx_commit_with_a_refused_message_fails(conn, n):
     # A queue that refuses publishes when full: of the two committed
     # messages it takes one, and the commit says so rather than commit-ok.

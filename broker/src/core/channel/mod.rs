@@ -26,7 +26,7 @@ pub use events::{
 };
 pub(crate) use state::MAX_TX_BYTES;
 
-use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, Unacked};
+use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, TxSettle, Unacked};
 
 use crate::core::error::{codes, AmqpError};
 use crate::core::exchange::{Destination, ExchangeDeclareOptions};
@@ -692,16 +692,17 @@ impl CoreChannel {
         {
             let mut st = sh.st();
             if st.tx.is_some() {
-                let (tag, multiple) = match op {
-                    TxAck::Ack(t, m) | TxAck::Nack(t, m, _) => (t, m),
+                let (tag, multiple, ack, requeue) = match op {
+                    TxAck::Ack(t, m) => (t, m, true, false),
+                    TxAck::Nack(t, m, r) => (t, m, false, r),
                 };
-                if !(st.unacked.contains_key(&tag) || multiple && tag == 0) {
-                    return Err(AmqpError::precondition(format!(
-                        "unknown delivery tag {tag}"
-                    )));
-                }
-                if let Some(tx) = st.tx.as_mut() {
-                    tx.acks.push(op);
+                let taken = state::take_tagged(&mut st, tag, multiple)?;
+                if let (Some(tx), false) = (st.tx.as_mut(), taken.is_empty()) {
+                    tx.acks.push(TxSettle {
+                        taken,
+                        ack,
+                        requeue,
+                    });
                 }
                 return Ok(());
             }
@@ -817,8 +818,9 @@ impl CoreChannel {
             refused += usize::from(outcome.rejected);
             durables.extend(d);
         }
-        for a in tx.acks {
-            self.apply_settle(a)?;
+        for settle in tx.acks {
+            let taken = settle.taken.into_values().collect();
+            self.shared.settle_taken(taken, settle.ack, settle.requeue);
         }
         if refused > 0 {
             // A queue refused a message (`x-overflow=reject-publish`), or
@@ -841,7 +843,10 @@ impl CoreChannel {
         match st.tx.as_mut() {
             None => Err(AmqpError::precondition("channel is not transactional")),
             Some(tx) => {
-                *tx = Tx::default();
+                let settled = std::mem::take(tx).acks;
+                // As on RabbitMQ, what the transaction acknowledged is
+                // unacknowledged again (and may be settled anew).
+                state::restore_settled(&mut st, settled);
                 Ok(())
             }
         }

@@ -48,17 +48,28 @@ pub(super) struct TxPublish {
     pub(super) _charge: Charge,
 }
 
-/// A settlement (`basic.ack`, `basic.nack`, `basic.reject`), buffered in a
-/// transaction until `tx.commit`.
+/// A settlement (`basic.ack`, `basic.nack`, `basic.reject`).
 pub(super) enum TxAck {
     Ack(u64, bool),
     Nack(u64, bool, bool),
 }
 
+/// A settlement made in a transaction: the deliveries it names, taken out
+/// of the channel's unacknowledged ones when it arrived (as RabbitMQ does),
+/// so that a second settlement of the same tag is 406 "unknown delivery
+/// tag" and a transaction buffers no more settlements than there were
+/// deliveries. `tx.commit` settles them; `tx.rollback` and closing the
+/// channel put them back among the unacknowledged.
+pub(super) struct TxSettle {
+    pub(super) taken: BTreeMap<u64, Unacked>,
+    pub(super) ack: bool,
+    pub(super) requeue: bool,
+}
+
 #[derive(Default)]
 pub(super) struct Tx {
     pub(super) publishes: Vec<TxPublish>,
-    pub(super) acks: Vec<TxAck>,
+    pub(super) acks: Vec<TxSettle>,
     /// Memory held by `publishes` (their charges' total).
     pub(super) bytes: usize,
 }
@@ -235,21 +246,7 @@ impl ChannelShared {
     /// it; 0 with `multiple`: all).
     pub(super) fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
         let mut st = self.st();
-        if multiple && tag == 0 {
-            return Ok(std::mem::take(&mut st.unacked).into_values().collect());
-        }
-        if !st.unacked.contains_key(&tag) {
-            return Err(AmqpError::precondition(format!(
-                "unknown delivery tag {tag}"
-            )));
-        }
-        if multiple {
-            let rest = st.unacked.split_off(&(tag.saturating_add(1)));
-            let taken = std::mem::replace(&mut st.unacked, rest);
-            Ok(taken.into_values().collect())
-        } else {
-            Ok(st.unacked.remove(&tag).into_iter().collect())
-        }
+        Ok(take_tagged(&mut st, tag, multiple)?.into_values().collect())
     }
 
     /// Puts taken deliveries back at the head of their queues, in order.
@@ -300,7 +297,11 @@ impl ChannelShared {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return;
             }
-            st.tx = None;
+            // Settlements an open transaction took go back with the rest:
+            // uncommitted, they never happened.
+            if let Some(tx) = st.tx.take() {
+                restore_settled(&mut st, tx.acks);
+            }
             (
                 std::mem::take(&mut st.unacked),
                 std::mem::take(&mut st.consumers),
@@ -458,5 +459,36 @@ impl Subscriber for Consumer {
         if let Some(channel) = self.channel.upgrade() {
             channel.cancelled_by_broker(self);
         }
+    }
+}
+
+/// Takes the deliveries `tag` names (every one up to it with `multiple`,
+/// all with `multiple` and tag 0) out of the unacknowledged ones.
+pub(super) fn take_tagged(
+    st: &mut ChState,
+    tag: u64,
+    multiple: bool,
+) -> Result<BTreeMap<u64, Unacked>, AmqpError> {
+    if multiple && tag == 0 {
+        return Ok(std::mem::take(&mut st.unacked));
+    }
+    if !st.unacked.contains_key(&tag) {
+        return Err(AmqpError::precondition(format!(
+            "unknown delivery tag {tag}"
+        )));
+    }
+    if multiple {
+        let rest = st.unacked.split_off(&(tag.saturating_add(1)));
+        Ok(std::mem::replace(&mut st.unacked, rest))
+    } else {
+        Ok(st.unacked.remove_entry(&tag).into_iter().collect())
+    }
+}
+
+/// Puts the deliveries of a transaction's settlements back among the
+/// unacknowledged ones (a rollback, or a channel closing mid-transaction).
+pub(super) fn restore_settled(st: &mut ChState, settled: Vec<TxSettle>) {
+    for settle in settled {
+        st.unacked.extend(settle.taken);
     }
 }
