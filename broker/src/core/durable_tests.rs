@@ -381,14 +381,7 @@ async fn a_failed_store_refuses_persistent_messages_blocks_publishers_and_is_rep
     // Nor does a transaction commit one.
     let tx = channel(&core);
     tx.tx_select().expect("tx.select");
-    tx.basic_publish(
-        "".into(),
-        "q".into(),
-        false,
-        BasicProperties::default().with_delivery_mode(2),
-        Bytes::from_static(b"in a transaction"),
-    )
-    .expect("buffered");
+    publish(&tx, "", "q", "in a transaction", true);
     let e = tx.tx_commit().expect_err("the commit fails");
     assert_eq!(e.code, 406, "{e:?}");
     assert!(e.text.contains("partial tx completion"), "{e:?}");
