@@ -144,6 +144,18 @@ struct Live {
     confirmed: PublishChannel,
     unconfirmed: PublishChannel,
     uri: String,
+    /// Set when an operation on this connection failed because the
+    /// connection itself did (a reset socket): lapin may still call it
+    /// connected for a while, and the operation's one retry must go on a
+    /// new connection, not this one again.
+    broken: AtomicBool,
+}
+
+impl Live {
+    /// Whether operations can go through this connection.
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Acquire) && self.connection.status().connected()
+    }
 }
 
 impl std::fmt::Debug for AmqpTransport {
@@ -298,6 +310,7 @@ impl Live {
             unconfirmed: PublishChannel::open(&connection, false).await?,
             connection,
             uri: uri.to_owned(),
+            broken: AtomicBool::new(false),
         })
     }
 }
@@ -387,7 +400,7 @@ impl AmqpTransport {
     /// it was lost.
     async fn live(&self) -> Result<Arc<Live>, Error> {
         let current = self.current();
-        if current.connection.status().connected() {
+        if current.usable() {
             return Ok(current);
         }
         if self.closed.load(Ordering::Acquire) {
@@ -398,7 +411,7 @@ impl AmqpTransport {
         let seen = self.failed_rounds.load(Ordering::Acquire);
         let mut last_error = self.reconnecting.lock().await;
         let current = self.current();
-        if current.connection.status().connected() {
+        if current.usable() {
             return Ok(current);
         }
         if self.failed_rounds.load(Ordering::Acquire) != seen {
@@ -601,6 +614,7 @@ impl Transport for AmqpTransport {
                 Ok(confirm) => break confirm,
                 Err(e) if !retried && connection_broke(&e) => {
                     tracing::debug!(error = %e, "publish on a broken connection: once more on a new one");
+                    live.broken.store(true, Ordering::Release);
                     retried = true;
                 }
                 Err(e) => {
