@@ -779,10 +779,11 @@ impl CoreChannel {
     /// persistent messages are on disk, in order with the channel's
     /// confirms. A commit some of whose messages a queue or the store
     /// refused is 406 PRECONDITION_FAILED "partial tx completion" (the rest
-    /// is committed), as on RabbitMQ, and `done` is not called. `done(false)`: the store failed them, and the connection is
-    /// closed with 541 INTERNAL_ERROR (the commit's outcome is unknown to
-    /// the client: RabbitMQ closes on an internal error too, rather than
-    /// leave a commit that never ends).
+    /// is committed), as on RabbitMQ, and `done` is not called.
+    /// `done(false)`: the store failed them after taking them, and the
+    /// connection is closed with 541 INTERNAL_ERROR (the commit's outcome is
+    /// unknown to the client: RabbitMQ closes on an internal error too,
+    /// rather than leave a commit that never ends).
     pub(crate) fn tx_commit_then(
         &self,
         done: Box<dyn FnOnce(bool) + Send>,
