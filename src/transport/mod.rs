@@ -310,6 +310,12 @@ pub struct Outgoing {
 }
 
 /// Acknowledges one delivery.
+///
+/// A settlement returns once it is on its way: applied by the in-process
+/// broker, or queued on the connection by the AMQP transport, ahead of
+/// publishes still waiting to be written (await a publish that must reach
+/// the broker first). An error means it could not be sent (the channel or
+/// the connection is gone); the broker then delivers the message again.
 #[async_trait]
 pub trait Acker: Send + Sync {
     /// Positive acknowledgement: the broker forgets the message.
