@@ -26,7 +26,7 @@ pub use events::{
 };
 pub(crate) use state::MAX_TX_BYTES;
 
-use state::{ChannelShared, Consumer, Tx, TxAck, TxPublish, TxSettle, Unacked};
+use state::{ChannelShared, Consumer, Tx, TxPublish, TxSettle, Unacked};
 
 use crate::core::error::{codes, AmqpError};
 use crate::core::exchange::{Destination, ExchangeDeclareOptions};
@@ -667,7 +667,7 @@ impl CoreChannel {
 
     /// `basic.ack`.
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AmqpError> {
-        self.settle_or_buffer(TxAck::Ack(delivery_tag, multiple))
+        self.settle(delivery_tag, multiple, true, false)
     }
 
     /// `basic.nack`.
@@ -677,27 +677,24 @@ impl CoreChannel {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), AmqpError> {
-        self.settle_or_buffer(TxAck::Nack(delivery_tag, multiple, requeue))
+        self.settle(delivery_tag, multiple, false, requeue)
     }
 
     /// `basic.reject`.
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
-        self.settle_or_buffer(TxAck::Nack(delivery_tag, false, requeue))
+        self.settle(delivery_tag, false, false, requeue)
     }
 
-    /// Settles now, or buffers the settlement in an open transaction.
-    fn settle_or_buffer(&self, op: TxAck) -> Result<(), AmqpError> {
+    /// Takes the deliveries a settlement names, then settles them (acked,
+    /// or requeued or dead-lettered as rejected), or in an open transaction
+    /// keeps them for `tx.commit`.
+    fn settle(&self, tag: u64, multiple: bool, ack: bool, requeue: bool) -> Result<(), AmqpError> {
         self.check_open()?;
-        let sh = &self.shared;
-        {
-            let mut st = sh.st();
-            if st.tx.is_some() {
-                let (tag, multiple, ack, requeue) = match op {
-                    TxAck::Ack(t, m) => (t, m, true, false),
-                    TxAck::Nack(t, m, r) => (t, m, false, r),
-                };
-                let taken = state::take_tagged(&mut st, tag, multiple)?;
-                if let (Some(tx), false) = (st.tx.as_mut(), taken.is_empty()) {
+        let taken = {
+            let mut st = self.shared.st();
+            let taken = state::take_tagged(&mut st, tag, multiple)?;
+            if let Some(tx) = st.tx.as_mut() {
+                if !taken.is_empty() {
                     tx.acks.push(TxSettle {
                         taken,
                         ack,
@@ -706,22 +703,10 @@ impl CoreChannel {
                 }
                 return Ok(());
             }
-        }
-        self.apply_settle(op)
-    }
-
-    fn apply_settle(&self, op: TxAck) -> Result<(), AmqpError> {
-        let sh = &self.shared;
-        match op {
-            TxAck::Ack(tag, multiple) => {
-                let taken = sh.take_unacked(tag, multiple)?;
-                sh.settle_taken(taken, true, false);
-            }
-            TxAck::Nack(tag, multiple, requeue) => {
-                let taken = sh.take_unacked(tag, multiple)?;
-                sh.settle_taken(taken, false, requeue);
-            }
-        }
+            taken
+        };
+        self.shared
+            .settle_taken(taken.into_values().collect(), ack, requeue);
         Ok(())
     }
 

@@ -48,12 +48,6 @@ pub(super) struct TxPublish {
     pub(super) _charge: Charge,
 }
 
-/// A settlement (`basic.ack`, `basic.nack`, `basic.reject`).
-pub(super) enum TxAck {
-    Ack(u64, bool),
-    Nack(u64, bool, bool),
-}
-
 /// A settlement made in a transaction: the deliveries it names, taken out
 /// of the channel's unacknowledged ones when it arrived (as RabbitMQ does),
 /// so that a second settlement of the same tag is 406 "unknown delivery
